@@ -1,0 +1,211 @@
+"""Django settings for Hearth.
+
+Everything that differs between machines comes from the environment:
+
+``DATABASE_URL``
+    A database URL (``postgres://user@host:5432/name``); default: SQLite file
+    ``db.sqlite3`` beside ``manage.py``. Parsed by ``dj-database-url``.
+``REDIS_URL``
+    When set, the channel layer is ``channels_redis`` on that server, so several
+    daphne processes can route signaling to each other; default: the in-memory
+    layer (one process only).
+``ICE_SERVERS``
+    JSON list of RTCIceServer dicts (``[{"urls": "stun:stun.example.org"}]``);
+    default ``[]``. Never empty-means-Google: aiortc adds Google's public STUN
+    server when it is given *no* list, so Hearth always passes this one.
+``ICE_HOST_ADDRESSES``
+    Comma-separated IP addresses the server gathers ICE host candidates on
+    (e.g. ``127.0.0.1`` for tests); default: every interface address (aioice's
+    own behaviour).
+``DEBUG``, ``SECRET_KEY``, ``ALLOWED_HOSTS`` (comma-separated), ``MEDIA_ROOT``,
+``CSRF_TRUSTED_ORIGINS`` (comma-separated), ``SECURE`` (``1`` turns on HTTPS-only
+cookies, HSTS and the SSL redirect, for deployment behind TLS).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+
+def _env_bool(name: str, default: bool) -> bool:
+    value = os.environ.get(name)
+    if value is None:
+        return default
+    return value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _env_list(name: str, default: str = "") -> list[str]:
+    return [item.strip() for item in os.environ.get(name, default).split(",") if item.strip()]
+
+
+DEBUG = _env_bool("DEBUG", False)
+SECURE = _env_bool("SECURE", False)
+SECRET_KEY = os.environ.get("SECRET_KEY", "")
+if not SECRET_KEY:
+    if SECURE:
+        raise ImproperlyConfigured("SECURE=1 needs a SECRET_KEY from the environment.")
+    SECRET_KEY = "django-insecure-hearth-local-development-only"
+
+ALLOWED_HOSTS = _env_list("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]")
+CSRF_TRUSTED_ORIGINS = _env_list("CSRF_TRUSTED_ORIGINS")
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "channels",
+    "users",
+    "streams",
+    "frontend",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "project.urls"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+ASGI_APPLICATION = "project.asgi.application"
+
+DATABASES = {
+    "default": dj_database_url.config(
+        default=f"sqlite:///{BASE_DIR / 'db.sqlite3'}", conn_max_age=0
+    )
+}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # Several processes (two daphnes in the tests, the batch command) share the file.
+    DATABASES["default"].setdefault("OPTIONS", {})["timeout"] = 20
+    test_name = os.environ.get("HEARTH_SQLITE_TEST_NAME")
+    if test_name:
+        # A file test database lets the daphne processes a test starts see its rows.
+        DATABASES["default"]["TEST"] = {"NAME": test_name}
+
+REDIS_URL = os.environ.get("REDIS_URL", "")
+if REDIS_URL:
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {"hosts": [REDIS_URL], "capacity": 500, "expiry": 30},
+        }
+    }
+else:
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+
+AUTH_USER_MODEL = "users.User"
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "home"
+LOGOUT_REDIRECT_URL = "login"
+
+LANGUAGE_CODE = "en-gb"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+STATIC_ROOT = BASE_DIR / "staticfiles"
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {
+        "BACKEND": (
+            "django.contrib.staticfiles.storage.StaticFilesStorage"
+            if DEBUG
+            else "whitenoise.storage.CompressedManifestStaticFilesStorage"
+        )
+    },
+}
+WHITENOISE_USE_FINDERS = DEBUG
+
+MEDIA_ROOT = Path(os.environ.get("MEDIA_ROOT", BASE_DIR / "media"))
+MEDIA_URL = "/media/"  # never served directly: recordings go through an authorising view
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# --- Security (``manage.py check --deploy`` is clean with SECURE=1) ---------------
+SESSION_COOKIE_SECURE = SECURE
+CSRF_COOKIE_SECURE = SECURE
+SECURE_SSL_REDIRECT = SECURE
+SECURE_HSTS_SECONDS = 31_536_000 if SECURE else 0
+SECURE_HSTS_INCLUDE_SUBDOMAINS = SECURE
+SECURE_HSTS_PRELOAD = SECURE
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if SECURE else None
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+X_FRAME_OPTIONS = "DENY"
+SESSION_COOKIE_HTTPONLY = True
+
+# --- WebRTC --------------------------------------------------------------------
+try:
+    ICE_SERVERS: list[dict[str, object]] = json.loads(os.environ.get("ICE_SERVERS", "[]"))
+except json.JSONDecodeError as exc:
+    raise ImproperlyConfigured(f"ICE_SERVERS is not valid JSON: {exc}") from exc
+if not isinstance(ICE_SERVERS, list):
+    raise ImproperlyConfigured("ICE_SERVERS must be a JSON list of RTCIceServer objects.")
+ICE_HOST_ADDRESSES = _env_list("ICE_HOST_ADDRESSES")
+
+HEARTH = {
+    # Largest SDP offer accepted, in bytes (browsers send 3-8 kB).
+    "MAX_SDP_BYTES": 64 * 1024,
+    # Largest WebSocket text frame accepted, in bytes.
+    "MAX_WS_MESSAGE_BYTES": 96 * 1024,
+    # Seconds between the owner process's liveness stamps on a live session, and
+    # the age after which a session whose owner stopped stamping counts as dead.
+    "SESSION_HEARTBEAT_S": 5.0,
+    "SESSION_STALE_S": 20.0,
+    # A presence connection not seen for this long counts as gone (crashed process).
+    "PRESENCE_STALE_S": 90.0,
+    # Worker threads for media processing (DeepFilterNet) in each process.
+    "MEDIA_THREADS": int(os.environ.get("MEDIA_THREADS", os.cpu_count() or 2)),
+}
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": "WARNING"},
+    "loggers": {
+        "hearth": {"level": os.environ.get("HEARTH_LOG_LEVEL", "INFO")},
+        "aioice": {"level": "WARNING"},
+        "aiortc": {"level": "WARNING"},
+    },
+}

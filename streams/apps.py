@@ -1,0 +1,8 @@
+from django.apps import AppConfig
+
+
+class StreamsConfig(AppConfig):
+    """Live sessions, signaling, the aiortc media server, processors and recordings."""
+
+    default_auto_field = "django.db.models.BigAutoField"
+    name = "streams"

@@ -1,0 +1,76 @@
+"""Live sessions and their recordings."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+
+
+class LiveSession(models.Model):
+    """One broadcast by ``broadcaster``; live while ``ended_at`` is null.
+
+    ``owner_channel`` is the channel-layer name of the daphne process that holds the
+    broadcaster's peer connection: listeners' SDP offers are routed there.
+    ``heartbeat_at`` is stamped by that process; a session whose stamp is older than
+    ``HEARTH["SESSION_STALE_S"]`` lost its process and is ended by the next reader.
+    """
+
+    broadcaster = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="live_sessions"
+    )
+    title = models.CharField(max_length=120, blank=True)
+    denoise = models.BooleanField(default=True)
+    owner_channel = models.CharField(max_length=255)
+    started_at = models.DateTimeField(auto_now_add=True)
+    heartbeat_at = models.DateTimeField()
+    ended_at = models.DateTimeField(null=True, blank=True)
+    end_reason = models.CharField(max_length=40, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["broadcaster"],
+                condition=Q(ended_at__isnull=True),
+                name="one_live_session_per_broadcaster",
+            )
+        ]
+        ordering = ["-started_at"]
+
+    def __str__(self) -> str:
+        return f"{self.broadcaster} live #{self.pk}"
+
+    @property
+    def is_live(self) -> bool:
+        """True until the session ends."""
+        return self.ended_at is None
+
+
+class Recording(models.Model):
+    """The processed audio of one live session, a 16-bit PCM WAV file at 48 kHz mono.
+
+    ``file`` is relative to ``MEDIA_ROOT``. ``processing`` records the processor
+    settings the audio went through (``{"denoise": true, "model": ...}``).
+    ``ended_at``/``duration_s`` are set when the file is finalised.
+    """
+
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="recordings"
+    )
+    session = models.OneToOneField(
+        LiveSession, on_delete=models.SET_NULL, null=True, blank=True, related_name="recording"
+    )
+    title = models.CharField(max_length=120)
+    file = models.FileField(upload_to="recordings/", max_length=255)
+    sample_rate = models.PositiveIntegerField(default=48_000)
+    processing = models.JSONField(default=dict)
+    started_at = models.DateTimeField()
+    ended_at = models.DateTimeField(null=True, blank=True)
+    duration_s = models.FloatField(default=0.0)
+    size_bytes = models.PositiveBigIntegerField(default=0)
+
+    class Meta:
+        ordering = ["-started_at"]
+
+    def __str__(self) -> str:
+        return self.title

@@ -1,0 +1,66 @@
+"""Accounts, friend requests, friendships and presence connections."""
+
+from __future__ import annotations
+
+from django.contrib.auth.models import AbstractUser
+from django.db import models
+from django.db.models import F, Q
+
+
+class User(AbstractUser):
+    """A Hearth account (Django's user with room to grow; custom from migration 0001)."""
+
+
+class FriendRequest(models.Model):
+    """A pending request from ``from_user`` to ``to_user``; deleted when answered."""
+
+    from_user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="sent_requests")
+    to_user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="received_requests")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["from_user", "to_user"], name="friend_request_unique"),
+            models.CheckConstraint(
+                condition=~Q(from_user=F("to_user")), name="friend_request_not_self"
+            ),
+        ]
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.from_user} -> {self.to_user}"
+
+
+class Friendship(models.Model):
+    """An accepted friendship, stored once with ``user_low.id < user_high.id``."""
+
+    user_low = models.ForeignKey(User, on_delete=models.CASCADE, related_name="+")
+    user_high = models.ForeignKey(User, on_delete=models.CASCADE, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["user_low", "user_high"], name="friendship_unique"),
+            models.CheckConstraint(
+                condition=Q(user_low__lt=F("user_high")), name="friendship_ordered"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.user_low} <-> {self.user_high}"
+
+
+class PresenceConnection(models.Model):
+    """One open WebSocket of a signed-in page; a user is online while one exists.
+
+    ``channel_name`` is the consumer's channel-layer name. ``last_seen`` is bumped by
+    the page's heartbeat so connections of a crashed process age out.
+    """
+
+    user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="presence_connections")
+    channel_name = models.CharField(max_length=255, unique=True)
+    connected_at = models.DateTimeField(auto_now_add=True)
+    last_seen = models.DateTimeField()
+
+    def __str__(self) -> str:
+        return f"{self.user} @ {self.channel_name}"

@@ -1,0 +1,76 @@
+"""Read-only queries about users, friendships and presence (HackSoftware style)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from django.conf import settings
+from django.db.models import Q, QuerySet
+from django.utils import timezone
+
+from users.models import FriendRequest, Friendship, PresenceConnection, User
+
+
+def friend_ids(*, user: User) -> set[int]:
+    """Ids of ``user``'s accepted friends."""
+    pairs = Friendship.objects.filter(Q(user_low=user) | Q(user_high=user)).values_list(
+        "user_low_id", "user_high_id"
+    )
+    return {high if low == user.id else low for low, high in pairs}
+
+
+def friend_list(*, user: User) -> QuerySet[User]:
+    """``user``'s friends ordered by username."""
+    return User.objects.filter(id__in=friend_ids(user=user)).order_by("username")
+
+
+def friendship_exists(*, user_a: User | int, user_b: User | int) -> bool:
+    """Whether the two users are friends (order does not matter; a user is no self-friend)."""
+    a = user_a if isinstance(user_a, int) else user_a.id
+    b = user_b if isinstance(user_b, int) else user_b.id
+    if a == b:
+        return False
+    low, high = sorted((a, b))
+    return Friendship.objects.filter(user_low_id=low, user_high_id=high).exists()
+
+
+def friend_request_incoming_list(*, user: User) -> QuerySet[FriendRequest]:
+    """Pending requests sent to ``user``, newest first."""
+    return FriendRequest.objects.filter(to_user=user).select_related("from_user")
+
+
+def friend_request_outgoing_list(*, user: User) -> QuerySet[FriendRequest]:
+    """Pending requests ``user`` sent, newest first."""
+    return FriendRequest.objects.filter(from_user=user).select_related("to_user")
+
+
+def user_search(*, user: User, query: str, limit: int = 10) -> list[User]:
+    """Active users whose username contains ``query`` (case-insensitive), not ``user``.
+
+    An empty or blank query returns no one: there is no browsable user directory.
+    """
+    query = query.strip()
+    if not query:
+        return []
+    return list(
+        User.objects.filter(username__icontains=query, is_active=True)
+        .exclude(id=user.id)
+        .order_by("username")[:limit]
+    )
+
+
+def _fresh_connections() -> QuerySet[PresenceConnection]:
+    cutoff = timezone.now() - timedelta(seconds=settings.HEARTH["PRESENCE_STALE_S"])
+    return PresenceConnection.objects.filter(last_seen__gte=cutoff)
+
+
+def user_is_online(*, user_id: int) -> bool:
+    """Whether the user has at least one fresh page connection."""
+    return _fresh_connections().filter(user_id=user_id).exists()
+
+
+def online_user_ids(*, user_ids: set[int]) -> set[int]:
+    """The subset of ``user_ids`` with at least one fresh page connection."""
+    return set(
+        _fresh_connections().filter(user_id__in=user_ids).values_list("user_id", flat=True)
+    )

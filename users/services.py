@@ -1,0 +1,203 @@
+"""Writes for accounts, friendships and presence (HackSoftware style).
+
+Every function takes keyword-only arguments, runs in one transaction and sends
+its real-time events with ``users.events.users_notify`` (after commit).
+Business-rule violations raise :class:`FriendshipError` with a message fit to
+show the user.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from users.events import users_notify
+from users.models import FriendRequest, Friendship, PresenceConnection, User
+from users.selectors import friend_ids, friendship_exists
+
+
+class FriendshipError(Exception):
+    """A friend action that breaks a rule; ``str(error)`` is a user-facing message."""
+
+
+@dataclass(frozen=True, slots=True)
+class FriendRequestResult:
+    """Outcome of :func:`friend_request_send`.
+
+    ``status`` is ``"requested"`` (a new pending request, in ``request``) or
+    ``"accepted"`` (the other user had already asked, so a friendship was made).
+    """
+
+    status: str
+    request: FriendRequest | None = None
+    friendship: Friendship | None = None
+
+
+def _notify_friends_changed(*user_ids: int) -> None:
+    users_notify(user_ids=user_ids, event="friends.changed", data={})
+
+
+def _friendship_create(*, a: User, b: User) -> Friendship:
+    low, high = (a, b) if a.id < b.id else (b, a)
+    friendship, _ = Friendship.objects.get_or_create(user_low=low, user_high=high)
+    FriendRequest.objects.filter(from_user__in=[a, b], to_user__in=[a, b]).delete()
+    _notify_friends_changed(a.id, b.id)
+    return friendship
+
+
+@transaction.atomic
+def friend_request_send(*, from_user: User, to_username: str) -> FriendRequestResult:
+    """Ask the user called ``to_username`` to be ``from_user``'s friend.
+
+    A request to someone who already asked ``from_user`` accepts theirs instead.
+
+    Raises:
+        FriendshipError: unknown user, self-request, already friends, or a request
+            already pending.
+    """
+    to_user = User.objects.filter(username__iexact=to_username.strip(), is_active=True).first()
+    if to_user is None:
+        raise FriendshipError(f"No user called “{to_username.strip()}”.")
+    if to_user.id == from_user.id:
+        raise FriendshipError("You can't send a friend request to yourself.")
+    if friendship_exists(user_a=from_user, user_b=to_user):
+        raise FriendshipError(f"You and {to_user.username} are already friends.")
+    if FriendRequest.objects.filter(from_user=to_user, to_user=from_user).exists():
+        return FriendRequestResult(
+            status="accepted", friendship=_friendship_create(a=from_user, b=to_user)
+        )
+    if FriendRequest.objects.filter(from_user=from_user, to_user=to_user).exists():
+        raise FriendshipError(f"You already asked {to_user.username}.")
+    try:
+        with transaction.atomic():
+            request = FriendRequest.objects.create(from_user=from_user, to_user=to_user)
+    except IntegrityError as exc:  # a concurrent duplicate
+        raise FriendshipError(f"You already asked {to_user.username}.") from exc
+    _notify_friends_changed(from_user.id, to_user.id)
+    return FriendRequestResult(status="requested", request=request)
+
+
+def _request_for(*, request_id: int, **owner: User) -> FriendRequest:
+    request = FriendRequest.objects.select_for_update().filter(id=request_id, **owner).first()
+    if request is None:
+        raise FriendshipError("That friend request no longer exists.")
+    return request
+
+
+@transaction.atomic
+def friend_request_accept(*, user: User, request_id: int) -> Friendship:
+    """Accept the pending request ``request_id`` sent to ``user``.
+
+    Raises:
+        FriendshipError: no such pending request addressed to ``user``.
+    """
+    request = _request_for(request_id=request_id, to_user=user)
+    return _friendship_create(a=request.from_user, b=user)
+
+
+@transaction.atomic
+def friend_request_decline(*, user: User, request_id: int) -> None:
+    """Decline (delete) the pending request ``request_id`` sent to ``user``.
+
+    Raises:
+        FriendshipError: no such pending request addressed to ``user``.
+    """
+    request = _request_for(request_id=request_id, to_user=user)
+    request.delete()
+    _notify_friends_changed(request.from_user_id, user.id)
+
+
+@transaction.atomic
+def friend_request_cancel(*, user: User, request_id: int) -> None:
+    """Withdraw the pending request ``request_id`` that ``user`` sent.
+
+    Raises:
+        FriendshipError: no such pending request sent by ``user``.
+    """
+    request = _request_for(request_id=request_id, from_user=user)
+    request.delete()
+    _notify_friends_changed(user.id, request.to_user_id)
+
+
+@transaction.atomic
+def friendship_delete(*, user: User, friend_id: int) -> None:
+    """End the friendship between ``user`` and user ``friend_id`` (unfriend).
+
+    Raises:
+        FriendshipError: the two are not friends.
+    """
+    low, high = sorted((user.id, friend_id))
+    deleted, _ = Friendship.objects.filter(user_low_id=low, user_high_id=high).delete()
+    if not deleted:
+        raise FriendshipError("You are not friends.")
+    _notify_friends_changed(user.id, friend_id)
+
+
+# --- Presence ------------------------------------------------------------------
+
+
+def _presence_broadcast(*, user: User, online: bool) -> None:
+    users_notify(
+        user_ids=friend_ids(user=user),
+        event="presence",
+        data={"user_id": user.id, "username": user.username, "online": online},
+    )
+
+
+def _stale_cutoff() -> timezone.datetime:
+    return timezone.now() - timedelta(seconds=settings.HEARTH["PRESENCE_STALE_S"])
+
+
+@transaction.atomic
+def presence_connect(*, user: User, channel_name: str) -> bool:
+    """Record a new page connection of ``user``; return True if they came online.
+
+    Several tabs count as one presence: friends hear "online" only for the first.
+    """
+    User.objects.select_for_update().filter(id=user.id).first()  # serialise per user
+    was_online = PresenceConnection.objects.filter(
+        user=user, last_seen__gte=_stale_cutoff()
+    ).exists()
+    PresenceConnection.objects.update_or_create(
+        channel_name=channel_name, defaults={"user": user, "last_seen": timezone.now()}
+    )
+    if not was_online:
+        _presence_broadcast(user=user, online=True)
+    return not was_online
+
+
+@transaction.atomic
+def presence_disconnect(*, user: User, channel_name: str) -> bool:
+    """Forget a closed page connection; return True if ``user`` went offline."""
+    User.objects.select_for_update().filter(id=user.id).first()
+    PresenceConnection.objects.filter(channel_name=channel_name).delete()
+    still_online = PresenceConnection.objects.filter(
+        user=user, last_seen__gte=_stale_cutoff()
+    ).exists()
+    if not still_online:
+        _presence_broadcast(user=user, online=False)
+    return not still_online
+
+
+def presence_touch(*, channel_name: str) -> None:
+    """Mark a page connection as alive now (called on the page's heartbeat)."""
+    PresenceConnection.objects.filter(channel_name=channel_name).update(last_seen=timezone.now())
+
+
+@transaction.atomic
+def presence_prune() -> int:
+    """Delete connections not seen for ``PRESENCE_STALE_S`` (a crashed process's).
+
+    Friends of users who thereby went offline are told. Returns rows deleted.
+    """
+    stale = PresenceConnection.objects.filter(last_seen__lt=_stale_cutoff())
+    user_ids = set(stale.values_list("user_id", flat=True))
+    deleted, _ = stale.delete()
+    for user in User.objects.filter(id__in=user_ids):
+        if not PresenceConnection.objects.filter(user=user).exists():
+            _presence_broadcast(user=user, online=False)
+    return deleted
