@@ -71,6 +71,4 @@ def user_is_online(*, user_id: int) -> bool:
 
 def online_user_ids(*, user_ids: set[int]) -> set[int]:
     """The subset of ``user_ids`` with at least one fresh page connection."""
-    return set(
-        _fresh_connections().filter(user_id__in=user_ids).values_list("user_id", flat=True)
-    )
+    return set(_fresh_connections().filter(user_id__in=user_ids).values_list("user_id", flat=True))

@@ -183,9 +183,17 @@ def presence_disconnect(*, user: User, channel_name: str) -> bool:
     return not still_online
 
 
-def presence_touch(*, channel_name: str) -> None:
-    """Mark a page connection as alive now (called on the page's heartbeat)."""
-    PresenceConnection.objects.filter(channel_name=channel_name).update(last_seen=timezone.now())
+def presence_touch(*, user: User, channel_name: str) -> None:
+    """Mark a page connection as alive now (called on the page's heartbeat).
+
+    A connection pruned meanwhile (its process looked dead) is recorded again, and
+    friends hear that the user is back online.
+    """
+    updated = PresenceConnection.objects.filter(channel_name=channel_name).update(
+        last_seen=timezone.now()
+    )
+    if not updated:
+        presence_connect(user=user, channel_name=channel_name)
 
 
 @transaction.atomic

@@ -1,0 +1,15 @@
+from django.urls import path
+
+from users import views
+
+urlpatterns = [
+    path("users/search", views.user_search, name="api_user_search"),
+    path("friends", views.friend_list, name="api_friend_list"),
+    path("friends/requests", views.friend_request_create, name="api_friend_request_create"),
+    path(
+        "friends/requests/<int:request_id>/<str:action>",
+        views.friend_request_action,
+        name="api_friend_request_action",
+    ),
+    path("friends/<int:user_id>/unfriend", views.friend_remove, name="api_friend_remove"),
+]

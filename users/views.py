@@ -1,0 +1,126 @@
+"""JSON API for friends: search, requests, unfriend, friend list with presence."""
+
+from __future__ import annotations
+
+from django.http import HttpRequest, JsonResponse
+
+from project.api import ApiError, api_view, json_body
+from streams.selectors import live_session_by_broadcaster
+from users import selectors, services
+from users.models import FriendRequest, User
+
+
+def _user_json(user: User) -> dict[str, object]:
+    return {"id": user.id, "username": user.username}
+
+
+def _request_json(request: FriendRequest, other: User) -> dict[str, object]:
+    return {
+        "id": request.id,
+        "user": _user_json(other),
+        "created_at": request.created_at.isoformat(),
+    }
+
+
+@api_view(("GET",))
+def user_search(request: HttpRequest) -> JsonResponse:
+    """GET ``?q=`` → ``{"users": [{id, username, relation}]}``; relation is
+    ``friend``, ``incoming``, ``outgoing`` or ``none``."""
+    me = request.user
+    found = selectors.user_search(user=me, query=request.GET.get("q", "")[:150])
+    friends = selectors.friend_ids(user=me)
+    incoming = set(
+        selectors.friend_request_incoming_list(user=me).values_list("from_user_id", flat=True)
+    )
+    outgoing = set(
+        selectors.friend_request_outgoing_list(user=me).values_list("to_user_id", flat=True)
+    )
+
+    def relation(user_id: int) -> str:
+        if user_id in friends:
+            return "friend"
+        if user_id in incoming:
+            return "incoming"
+        return "outgoing" if user_id in outgoing else "none"
+
+    return JsonResponse({"users": [{**_user_json(u), "relation": relation(u.id)} for u in found]})
+
+
+@api_view(("GET",))
+def friend_list(request: HttpRequest) -> JsonResponse:
+    """GET → friends with ``online`` and ``live`` state, and pending requests both ways."""
+    me = request.user
+    friends = list(selectors.friend_list(user=me))
+    ids = {f.id for f in friends}
+    online = selectors.online_user_ids(user_ids=ids)
+    live = live_session_by_broadcaster(user_ids=ids)
+    return JsonResponse(
+        {
+            "friends": [
+                {
+                    **_user_json(f),
+                    "online": f.id in online,
+                    "live": (
+                        {
+                            "session_id": live[f.id].id,
+                            "started_at": live[f.id].started_at.isoformat(),
+                        }
+                        if f.id in live
+                        else None
+                    ),
+                }
+                for f in friends
+            ],
+            "incoming": [
+                _request_json(r, r.from_user)
+                for r in selectors.friend_request_incoming_list(user=me)
+            ],
+            "outgoing": [
+                _request_json(r, r.to_user) for r in selectors.friend_request_outgoing_list(user=me)
+            ],
+        }
+    )
+
+
+@api_view(("POST",))
+def friend_request_create(request: HttpRequest) -> JsonResponse:
+    """POST ``{"username"}`` → 201 ``{"status": "requested"|"accepted", "message"}``."""
+    username = json_body(request).get("username")
+    if not isinstance(username, str) or not username.strip():
+        raise ApiError("Give the username of the person to add.")
+    try:
+        result = services.friend_request_send(from_user=request.user, to_username=username)
+    except services.FriendshipError as exc:
+        raise ApiError(str(exc)) from exc
+    message = "Friend request sent." if result.status == "requested" else "You are now friends."
+    return JsonResponse({"status": result.status, "message": message}, status=201)
+
+
+_REQUEST_ACTIONS = {
+    "accept": services.friend_request_accept,
+    "decline": services.friend_request_decline,
+    "cancel": services.friend_request_cancel,
+}
+
+
+@api_view(("POST",))
+def friend_request_action(request: HttpRequest, request_id: int, action: str) -> JsonResponse:
+    """POST → accept, decline (requests to me) or cancel (my requests)."""
+    service = _REQUEST_ACTIONS.get(action)
+    if service is None:
+        raise ApiError("Unknown action.", status=404)
+    try:
+        service(user=request.user, request_id=request_id)
+    except services.FriendshipError as exc:
+        raise ApiError(str(exc), status=404) from exc
+    return JsonResponse({"ok": True})
+
+
+@api_view(("POST",))
+def friend_remove(request: HttpRequest, user_id: int) -> JsonResponse:
+    """POST → end the friendship with user ``user_id``."""
+    try:
+        services.friendship_delete(user=request.user, friend_id=user_id)
+    except services.FriendshipError as exc:
+        raise ApiError(str(exc), status=404) from exc
+    return JsonResponse({"ok": True})
