@@ -1,0 +1,88 @@
+"""Page views: each renders a template; the pages' scripts talk to the JSON API and
+the WebSocket for everything dynamic."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth import login
+from django.contrib.auth.decorators import login_required
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.views.decorators.http import require_http_methods, require_safe
+
+from streams.models import LiveSession
+from streams.selectors import live_session_active_for, live_session_visible_get
+from users.forms import SignupForm
+
+
+def _session_json(session: LiveSession) -> dict[str, Any]:
+    return {
+        "id": session.id,
+        "broadcaster": {"id": session.broadcaster_id, "username": session.broadcaster.username},
+        "started_at": session.started_at.isoformat(),
+        "denoise": session.denoise,
+    }
+
+
+def _page(request: HttpRequest, template: str, **context: Any) -> HttpResponse:
+    """Render ``template`` with what every signed-in page's scripts need."""
+    context.setdefault("ice_servers", settings.ICE_SERVERS)
+    context["hearth_user"] = {"id": request.user.pk, "username": request.user.get_username()}
+    return render(request, template, context)
+
+
+@require_safe
+def home(request: HttpRequest) -> HttpResponse:
+    """Landing page for visitors; the friends-and-live dashboard once signed in."""
+    if not request.user.is_authenticated:
+        return render(request, "frontend/landing.html")
+    return _page(request, "frontend/home.html")
+
+
+@require_http_methods(["GET", "POST"])
+def signup(request: HttpRequest) -> HttpResponse:
+    """Create an account, sign it in and go home."""
+    if request.user.is_authenticated:
+        return redirect("home")
+    form = SignupForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        user = form.save()
+        login(request, user, backend="django.contrib.auth.backends.ModelBackend")
+        return redirect("home")
+    return render(request, "frontend/signup.html", {"form": form})
+
+
+@login_required
+@require_safe
+def go_live(request: HttpRequest) -> HttpResponse:
+    """Broadcast the microphone; shows the user's session if another tab is live."""
+    active = live_session_active_for(user=request.user)
+    return _page(
+        request,
+        "frontend/go_live.html",
+        active_session=_session_json(active) if active else None,
+    )
+
+
+@login_required
+@require_safe
+def listen(request: HttpRequest, session_id: int) -> HttpResponse:
+    """Listen to a friend's live session; 404 unless it is live and visible to the user."""
+    session = live_session_visible_get(user=request.user, session_id=session_id)
+    if session is None:
+        raise Http404("No such live broadcast.")
+    return _page(
+        request,
+        "frontend/listen.html",
+        live_session=session,
+        live_session_json=_session_json(session),
+    )
+
+
+@login_required
+@require_safe
+def recordings(request: HttpRequest) -> HttpResponse:
+    """The user's own and friends' recordings (listed by the page's script)."""
+    return _page(request, "frontend/recordings.html")

@@ -1,0 +1,24 @@
+// Runs on every signed-in page: opens the shared socket and drives the header's
+// connection indicator.
+import { socket } from "./socket.js";
+
+const indicator = document.getElementById("ws-status");
+const LABELS = {
+  idle: "Connecting…",
+  connecting: "Connecting…",
+  open: "Connected",
+  closed: "Reconnecting…",
+  "signed-out": "Signed out — reload",
+};
+
+function render(state) {
+  if (!indicator) return;
+  indicator.dataset.state = state;
+  const label = LABELS[state] ?? state;
+  indicator.querySelector(".ws-label").textContent = label;
+  indicator.title = `Real-time connection: ${label}`;
+}
+
+socket.onState(render);
+render(socket.state);
+socket.start();

@@ -1,0 +1,384 @@
+// "Go live": pick a microphone, watch its level, and broadcast it to the server over
+// WebRTC (signalled on the page's WebSocket). States: idle, connecting, live, ended,
+// error, and "elsewhere" (this user is live from another tab).
+import { errorMessage } from "./api.js";
+import { socket } from "./socket.js";
+import { formatDuration, plural, readJson, secondsSince, showMessage } from "./ui.js";
+import { closePeer, createOfferSdp, createPeerConnection } from "./webrtc.js";
+
+const $ = (id) => document.getElementById(id);
+const els = {
+  section: $("go-live"),
+  status: $("live-status"),
+  message: $("live-message"),
+  error: $("live-error"),
+  elapsed: $("live-elapsed"),
+  listeners: $("listener-count"),
+  listenerLabel: $("listener-label"),
+  mic: $("mic-select"),
+  micEnable: $("mic-enable"),
+  micHelp: $("mic-help"),
+  meter: $("mic-level"),
+  meterBar: $("mic-level-bar"),
+  denoise: $("denoise"),
+  start: $("go-live-start"),
+  stop: $("go-live-stop"),
+  ended: $("live-ended"),
+};
+
+const me = readJson("current-user", {});
+const STATUS_TEXT = {
+  idle: "Idle",
+  connecting: "Connecting…",
+  live: "Live",
+  stopping: "Stopping…",
+  ended: "Ended",
+  error: "Error",
+  elsewhere: "Live in another tab",
+};
+const END_REASONS = {
+  replaced: "You went live from another tab or window, so this broadcast ended.",
+  disconnected: "The connection to the server was lost, so the broadcast ended.",
+  server_shutdown: "The server restarted, so the broadcast ended.",
+};
+
+let state = "idle";
+let pc = null;
+let sender = null;
+let stream = null;
+let sessionId = null;
+let signalled = false; // broadcast.start was sent: the server may hold a session for us
+let elsewhereSession = readJson("active-session");
+let attempt = 0; // bumps on every start/stop so stale async steps give up
+
+// --- State and display -----------------------------------------------------------
+
+function setState(next, { message = "", error = "" } = {}) {
+  state = next;
+  els.section.dataset.state = next;
+  els.status.dataset.state = next;
+  els.status.textContent = STATUS_TEXT[next] ?? next;
+  els.message.textContent = message;
+  showMessage(els.error, error);
+
+  const broadcasting = next === "connecting" || next === "live" || next === "stopping";
+  els.start.hidden = broadcasting;
+  els.start.disabled = next === "elsewhere"; // the server allows one live session per user
+  els.start.textContent =
+    next === "ended" || next === "error" ? "Start again" : "Start broadcast";
+  els.stop.hidden = !(next === "connecting" || next === "live");
+  els.stop.disabled = false;
+  els.denoise.disabled = broadcasting;
+  els.ended.hidden = next !== "ended";
+
+  if (next === "live") {
+    els.elapsed.dataset.elapsedSince = new Date().toISOString();
+  } else if (next === "elsewhere" && elsewhereSession) {
+    els.elapsed.dataset.elapsedSince = elsewhereSession.started_at;
+  } else {
+    delete els.elapsed.dataset.elapsedSince;
+    if (next === "connecting" || next === "idle") els.elapsed.textContent = formatDuration(0);
+  }
+  if (next === "connecting" || next === "idle") setListeners(0);
+  if (next === "elsewhere") els.listeners.textContent = "–"; // counted by the other tab's page
+}
+
+function setListeners(count) {
+  els.listeners.textContent = String(count);
+  els.listenerLabel.textContent = plural(count, "listener").replace(/^\d+ /, "");
+}
+
+function showElsewhere() {
+  if (!elsewhereSession) return;
+  setState("elsewhere", { message: "You're already live in another tab or window. Stop that broadcast to go live here." });
+  els.elapsed.textContent = formatDuration(secondsSince(elsewhereSession.started_at));
+}
+
+// --- Microphone ------------------------------------------------------------------
+
+function micErrorMessage(error) {
+  switch (error?.name) {
+    case "NotAllowedError":
+    case "SecurityError":
+      return "Microphone access was blocked. Allow it in your browser's site settings and try again.";
+    case "NotFoundError":
+      return "No microphone was found. Plug one in and try again.";
+    case "NotReadableError":
+      return "The microphone could not be opened; another app may be using it.";
+    case "OverconstrainedError":
+      return "The selected microphone is not available. Choose another one.";
+    default:
+      return errorMessage(error);
+  }
+}
+
+async function refreshDevices() {
+  if (!navigator.mediaDevices?.enumerateDevices) return;
+  let devices;
+  try {
+    devices = await navigator.mediaDevices.enumerateDevices();
+  } catch {
+    return;
+  }
+  const inputs = devices.filter((d) => d.kind === "audioinput" && d.deviceId && d.deviceId !== "default");
+  const selected = els.mic.value;
+  const fallback = devices.find((d) => d.kind === "audioinput" && d.deviceId === "default");
+  const options = [new Option(fallback?.label || "Default microphone", "")];
+  inputs.forEach((d, i) => options.push(new Option(d.label || `Microphone ${i + 1}`, d.deviceId)));
+  els.mic.replaceChildren(...options);
+  els.mic.value = inputs.some((d) => d.deviceId === selected) ? selected : "";
+}
+
+/** Open the selected microphone (replacing any open one) and start the level meter. */
+async function openMic() {
+  if (!navigator.mediaDevices?.getUserMedia) {
+    throw new Error("microphone access needs a secure (HTTPS) connection and a modern browser.");
+  }
+  const deviceId = els.mic.value;
+  const next = await navigator.mediaDevices.getUserMedia({
+    audio: {
+      deviceId: deviceId ? { exact: deviceId } : undefined,
+      // The server denoises (DeepFilterNet3); the browser's own processing would fight it.
+      noiseSuppression: false,
+      echoCancellation: false,
+      autoGainControl: true,
+    },
+  });
+  const previous = stream;
+  stream = next;
+  const track = stream.getAudioTracks()[0];
+  track.addEventListener("ended", () => {
+    if (stream === next && (state === "live" || state === "connecting")) {
+      showMessage(els.error, "The microphone was disconnected. Choose another one to keep broadcasting.");
+    }
+  });
+  if (sender) await sender.replaceTrack(track);
+  previous?.getTracks().forEach((t) => t.stop());
+  startMeter(stream);
+  els.micEnable.hidden = true;
+  els.micHelp.textContent = "Speak to check the level before you go live.";
+  await refreshDevices();
+  return stream;
+}
+
+function closeMic() {
+  stream?.getTracks().forEach((t) => t.stop());
+  stream = null;
+  stopMeter();
+  els.micEnable.hidden = false;
+}
+
+// --- Level meter (WebAudio AnalyserNode on the local stream) -------------------------
+
+let audioCtx = null;
+let analyser = null;
+let source = null;
+let meterFrame = 0;
+let level = 0;
+
+function startMeter(mediaStream) {
+  try {
+    audioCtx ??= new AudioContext();
+    audioCtx.resume().catch(() => {});
+    analyser ??= Object.assign(audioCtx.createAnalyser(), { fftSize: 1024 });
+    source?.disconnect();
+    source = audioCtx.createMediaStreamSource(mediaStream);
+    source.connect(analyser);
+  } catch {
+    return; // no WebAudio: the meter stays at zero, broadcasting still works
+  }
+  const samples = new Float32Array(analyser.fftSize);
+  cancelAnimationFrame(meterFrame);
+  const draw = () => {
+    analyser.getFloatTimeDomainData(samples);
+    let sum = 0;
+    for (const s of samples) sum += s * s;
+    const db = 20 * Math.log10(Math.sqrt(sum / samples.length) || 1e-8);
+    const target = Math.min(1, Math.max(0, (db + 60) / 60)); // -60 dBFS .. 0 dBFS
+    level = target > level ? target : level * 0.9 + target * 0.1; // fast attack, slow release
+    setMeter(level);
+    meterFrame = requestAnimationFrame(draw);
+  };
+  draw();
+}
+
+function setMeter(value) {
+  els.meter.value = value;
+  els.meterBar.style.transform = `scaleX(${value})`;
+  els.meterBar.dataset.level = value > 0.85 ? "high" : value > 0.6 ? "mid" : "low";
+}
+
+function stopMeter() {
+  cancelAnimationFrame(meterFrame);
+  source?.disconnect();
+  source = null;
+  level = 0;
+  setMeter(0);
+}
+
+// --- Broadcasting ----------------------------------------------------------------
+
+function teardownPeer() {
+  closePeer(pc);
+  pc = null;
+  sender = null;
+  sessionId = null;
+  signalled = false;
+}
+
+function onConnectionState(peer) {
+  if (peer !== pc) return;
+  switch (peer.connectionState) {
+    case "connected":
+      if (state === "connecting") setState("live");
+      else if (state === "live") els.message.textContent = "";
+      break;
+    case "disconnected":
+      if (state === "live") els.message.textContent = "Connection unstable — trying to recover…";
+      break;
+    case "failed":
+      fail("The audio connection to the server failed.");
+      break;
+    default:
+      break;
+  }
+}
+
+function fail(message) {
+  attempt += 1;
+  if (signalled) socket.send({ type: "broadcast.stop" });
+  teardownPeer();
+  closeMic();
+  setState("error", { error: message });
+}
+
+async function start() {
+  const mine = ++attempt;
+  setState("connecting", { message: "Opening the microphone…" });
+  try {
+    if (!stream || stream.getAudioTracks()[0]?.readyState !== "live") await openMic();
+    if (mine !== attempt) return;
+    els.message.textContent = "Connecting to the server…";
+    const peer = createPeerConnection();
+    pc = peer;
+    window.hearthBroadcaster = { pc: peer };
+    peer.addEventListener("connectionstatechange", () => onConnectionState(peer));
+    sender = peer.addTransceiver(stream.getAudioTracks()[0], { direction: "sendonly", streams: [stream] }).sender;
+    const sdp = await createOfferSdp(peer);
+    if (mine !== attempt) return;
+    signalled = true;
+    const reply = await socket.request(
+      { type: "broadcast.start", sdp, denoise: els.denoise.checked },
+      "broadcast.answer",
+      { timeout: 20_000 },
+    );
+    if (mine !== attempt) return;
+    sessionId = reply.session_id;
+    elsewhereSession = null;
+    await peer.setRemoteDescription({ type: "answer", sdp: reply.sdp });
+    if (mine !== attempt) return;
+    if (peer.connectionState === "connected") setState("live");
+    else els.message.textContent = "Establishing the audio connection…";
+  } catch (error) {
+    if (mine !== attempt) return;
+    // The server refused the offer (an error frame): it holds no session for us.
+    if (error?.name === "SocketError" && !["timeout", "disconnected", "offline"].includes(error.code)) {
+      signalled = false;
+    }
+    const micError = error instanceof DOMException && !pc;
+    fail(micError ? micErrorMessage(error) : `Couldn't go live: ${errorMessage(error)}`);
+  }
+}
+
+async function stop() {
+  const mine = ++attempt;
+  const hadSession = sessionId !== null;
+  setState("stopping", { message: "Ending the broadcast…" });
+  let note = "";
+  if (signalled) {
+    try {
+      const reply = await socket.request({ type: "broadcast.stop" }, "broadcast.ended", { timeout: 10_000 });
+      if (reply.recording_id == null) note = "Nothing was recorded.";
+    } catch (error) {
+      note = `The server did not confirm the end: ${errorMessage(error)}`;
+    }
+  }
+  if (mine !== attempt) return;
+  teardownPeer();
+  closeMic();
+  if (hadSession) setState("ended", { message: note ? `Broadcast ended. ${note}` : "Broadcast ended." });
+  else setState("idle");
+}
+
+// --- Events ----------------------------------------------------------------------
+
+socket.on("session.stats", (msg) => {
+  if (msg.session_id === sessionId) setListeners(msg.listeners);
+});
+
+socket.on("session.ended", (msg) => {
+  if (sessionId !== null && msg.session_id === sessionId && state !== "stopping") {
+    attempt += 1;
+    teardownPeer();
+    closeMic();
+    setState("ended", { message: END_REASONS[msg.reason] ?? "The broadcast ended." });
+  } else if (state === "elsewhere" && elsewhereSession?.id === msg.session_id) {
+    elsewhereSession = null;
+    setState("idle");
+  }
+});
+
+// Our own live/not-live status: the server tells all our pages when any of them starts or stops.
+socket.on("live", (msg) => {
+  if (msg.user_id !== me?.id || msg.session_id === sessionId) return;
+  if (msg.live && (state === "idle" || state === "ended" || state === "error")) {
+    elsewhereSession = { id: msg.session_id, started_at: msg.started_at };
+    showElsewhere();
+  } else if (!msg.live && state === "elsewhere") {
+    elsewhereSession = null;
+    setState("idle");
+  }
+});
+
+// The server ends a page's broadcast when its socket closes.
+socket.onState((connState) => {
+  if (connState === "open" || !(state === "live" || state === "connecting")) return;
+  attempt += 1;
+  teardownPeer();
+  closeMic();
+  setState("error", { error: "Lost the connection to the server, so the broadcast ended." });
+});
+
+els.start.addEventListener("click", start);
+els.stop.addEventListener("click", stop);
+els.micEnable.addEventListener("click", async () => {
+  els.micEnable.disabled = true;
+  try {
+    showMessage(els.error, "");
+    await openMic();
+  } catch (error) {
+    showMessage(els.error, micErrorMessage(error));
+  } finally {
+    els.micEnable.disabled = false;
+  }
+});
+els.mic.addEventListener("change", async () => {
+  if (!stream) return; // picked up when the microphone is next opened
+  try {
+    showMessage(els.error, "");
+    await openMic();
+  } catch (error) {
+    showMessage(els.error, micErrorMessage(error));
+  }
+});
+navigator.mediaDevices?.addEventListener?.("devicechange", refreshDevices);
+window.addEventListener("pagehide", () => {
+  if (signalled) socket.send({ type: "broadcast.stop" });
+});
+
+if (!navigator.mediaDevices?.getUserMedia) {
+  els.micHelp.textContent = "Microphone access needs a secure (HTTPS) connection and a modern browser.";
+}
+setState("idle");
+if (elsewhereSession) showElsewhere();
+refreshDevices();

@@ -1,0 +1,213 @@
+// Recordings: the user's own and friends', newest first, with a player each.
+// Owners can rename (inline form, PATCH) and delete (confirm, DELETE). The list
+// refreshes on "recordings.changed" without interrupting a playing item.
+import { api, errorMessage } from "./api.js";
+import { socket } from "./socket.js";
+import { formatDate, formatDuration, h, showMessage } from "./ui.js";
+
+const $ = (id) => document.getElementById(id);
+const els = {
+  list: $("recordings-list"),
+  empty: $("recordings-empty"),
+  error: $("recordings-error"),
+  status: $("recordings-status"),
+};
+
+const items = new Map(); // recording id -> {li, parts, recording}
+let loaded = false;
+let loadSeq = 0;
+
+async function load() {
+  const seq = ++loadSeq;
+  try {
+    const data = await api("/api/recordings");
+    if (seq !== loadSeq) return;
+    loaded = true;
+    showMessage(els.error, "");
+    render(data.recordings);
+  } catch (error) {
+    if (seq !== loadSeq) return;
+    showMessage(els.error, `Couldn't load recordings: ${errorMessage(error)}`);
+    if (!loaded) els.empty.textContent = "Recordings are not available right now.";
+  }
+}
+
+function render(recordings) {
+  const seen = new Set();
+  const nodes = recordings.map((rec) => {
+    seen.add(rec.id);
+    let item = items.get(rec.id);
+    if (!item) {
+      item = build(rec);
+      items.set(rec.id, item);
+    }
+    update(item, rec);
+    return item.li;
+  });
+  for (const [id, item] of items) {
+    if (!seen.has(id)) {
+      item.parts.audio?.pause();
+      items.delete(id);
+    }
+  }
+  // Move nodes into order without re-creating them (a playing <audio> keeps playing).
+  nodes.forEach((node, index) => {
+    if (els.list.children[index] !== node) els.list.insertBefore(node, els.list.children[index] ?? null);
+  });
+  while (els.list.children.length > nodes.length) els.list.lastElementChild.remove();
+  els.empty.textContent = "No recordings yet. When you or your friends go live, the broadcasts appear here.";
+  els.empty.hidden = nodes.length > 0;
+}
+
+function build(rec) {
+  const parts = {
+    title: h("h2", { class: "recording-title" }),
+    owner: h("span", { class: "recording-owner" }),
+    date: h("time", { class: "recording-date" }),
+    duration: h("span", { class: "recording-duration mono" }),
+    badges: h("span", { class: "badges" }),
+    player: h("div", { class: "recording-player" }),
+    actions: h("div", { class: "row-actions recording-actions" }),
+    form: null,
+    audio: null,
+  };
+  const li = h(
+    "li",
+    { class: "recording-item card", dataset: { recordingId: rec.id } },
+    h(
+      "div",
+      { class: "recording-head" },
+      h("div", { class: "recording-heading" }, parts.title, h("p", { class: "row-meta" }, parts.owner, " · ", parts.date, " · ", parts.duration)),
+      parts.badges,
+    ),
+    parts.player,
+    parts.actions,
+  );
+  return { li, parts, recording: rec };
+}
+
+function update(item, rec) {
+  const { parts } = item;
+  item.recording = rec;
+  parts.title.textContent = rec.title || "Untitled";
+  parts.owner.textContent = rec.is_owner ? "You" : rec.owner.username;
+  parts.date.textContent = formatDate(rec.started_at);
+  parts.date.setAttribute("datetime", rec.started_at);
+  const inProgress = !rec.ended_at;
+  parts.duration.textContent = inProgress ? "recording…" : formatDuration(rec.duration_s);
+
+  parts.badges.replaceChildren(
+    ...[
+      inProgress ? h("span", { class: "badge badge-live" }, "Recording") : null,
+      rec.processing?.denoise ? h("span", { class: "badge" }, "Denoised") : null,
+    ].filter(Boolean),
+  );
+
+  if (inProgress) {
+    parts.audio = null;
+    parts.player.replaceChildren(h("p", { class: "muted" }, "Still recording — it can be played once the broadcast ends."));
+  } else if (!parts.audio || parts.audio.getAttribute("src") !== rec.audio_url) {
+    parts.audio = h("audio", {
+      controls: true,
+      preload: "metadata",
+      src: rec.audio_url,
+      "aria-label": `Play ${rec.title || "recording"}`,
+    });
+    parts.player.replaceChildren(parts.audio);
+  } else {
+    parts.audio.setAttribute("aria-label", `Play ${rec.title || "recording"}`);
+  }
+
+  if (rec.is_owner && !parts.form && !parts.actions.childElementCount) {
+    parts.actions.append(
+      h("button", { type: "button", class: "btn btn-small rename-button", onclick: () => openRename(item) }, "Rename"),
+      h("button", { type: "button", class: "btn btn-small btn-danger-ghost delete-button", onclick: (e) => remove(item, e.currentTarget) }, "Delete"),
+    );
+  }
+  // A recording still being written cannot be deleted (the server answers 409).
+  const del = parts.actions.querySelector(".delete-button");
+  if (del) del.hidden = inProgress;
+  for (const button of parts.actions.querySelectorAll("button")) {
+    const verb = button.classList.contains("rename-button") ? "Rename" : "Delete";
+    button.setAttribute("aria-label", `${verb} ${rec.title || "recording"}`);
+  }
+}
+
+function openRename(item) {
+  const { parts } = item;
+  const inputId = `rename-${item.recording.id}`;
+  const input = h("input", { id: inputId, name: "title", type: "text", maxlength: 120, required: true, value: item.recording.title });
+  const error = h("p", { class: "field-errors", role: "alert", hidden: true });
+  const close = () => {
+    parts.form.remove();
+    parts.form = null;
+    parts.actions.hidden = false;
+    parts.actions.querySelector(".rename-button")?.focus();
+  };
+  parts.form = h(
+    "form",
+    { class: "rename-form", onsubmit: (event) => saveRename(event, item, input, error, close) },
+    h("label", { for: inputId }, "New title"),
+    h(
+      "div",
+      { class: "input-row" },
+      input,
+      h("button", { type: "submit", class: "btn btn-primary btn-small" }, "Save"),
+      h("button", { type: "button", class: "btn btn-ghost btn-small", onclick: close }, "Cancel"),
+    ),
+    error,
+  );
+  input.addEventListener("keydown", (event) => {
+    if (event.key === "Escape") close();
+  });
+  parts.actions.hidden = true;
+  parts.actions.after(parts.form);
+  input.focus();
+  input.select();
+}
+
+async function saveRename(event, item, input, error, close) {
+  event.preventDefault();
+  const title = input.value.trim();
+  if (!title) {
+    showMessage(error, "Enter a title.");
+    return;
+  }
+  const submit = event.currentTarget.querySelector("button[type=submit]");
+  submit.disabled = true;
+  try {
+    const updated = await api(`/api/recordings/${encodeURIComponent(item.recording.id)}`, {
+      method: "PATCH",
+      body: { title },
+    });
+    update(item, updated && updated.id ? updated : { ...item.recording, title });
+    close();
+    els.status.textContent = `Renamed to “${title}”.`;
+  } catch (err) {
+    showMessage(error, errorMessage(err));
+    submit.disabled = false;
+  }
+}
+
+async function remove(item, button) {
+  const title = item.recording.title || "this recording";
+  if (!window.confirm(`Delete “${title}”? This cannot be undone.`)) return;
+  button.disabled = true;
+  try {
+    await api(`/api/recordings/${encodeURIComponent(item.recording.id)}`, { method: "DELETE" });
+    item.parts.audio?.pause();
+    items.delete(item.recording.id);
+    item.li.remove();
+    els.empty.hidden = items.size > 0;
+    els.status.textContent = `Deleted “${title}”.`;
+  } catch (error) {
+    showMessage(els.error, errorMessage(error));
+    button.disabled = false;
+  }
+}
+
+socket.on("recordings.changed", () => load());
+socket.onState((connState, { reconnected }) => {
+  if (reconnected) load();
+});
+load();

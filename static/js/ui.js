@@ -1,0 +1,80 @@
+// Small DOM and formatting helpers shared by the pages.
+
+/**
+ * Create an element: h("li", {class: "x", dataset: {id: 1}, onclick: fn}, "text", child).
+ * Strings become text nodes (never HTML), null/false children are skipped.
+ */
+export function h(tag, attrs = {}, ...children) {
+  const el = document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs)) {
+    if (value === null || value === undefined || value === false) continue;
+    if (key === "class") el.className = value;
+    else if (key === "dataset") Object.assign(el.dataset, value);
+    else if (key.startsWith("on") && typeof value === "function") el.addEventListener(key.slice(2), value);
+    else if (value === true) el.setAttribute(key, "");
+    else el.setAttribute(key, String(value));
+  }
+  for (const child of children.flat()) {
+    if (child === null || child === undefined || child === false) continue;
+    el.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+  return el;
+}
+
+/** Read a {{ value|json_script:id }} block; `fallback` when it is missing or invalid. */
+export function readJson(id, fallback = null) {
+  const el = document.getElementById(id);
+  if (!el) return fallback;
+  try {
+    return JSON.parse(el.textContent);
+  } catch {
+    return fallback;
+  }
+}
+
+/** 75 -> "1:15", 3725 -> "1:02:05". */
+export function formatDuration(totalSeconds) {
+  const s = Math.max(0, Math.floor(Number(totalSeconds) || 0));
+  const hours = Math.floor(s / 3600);
+  const minutes = Math.floor((s % 3600) / 60);
+  const seconds = String(s % 60).padStart(2, "0");
+  return hours ? `${hours}:${String(minutes).padStart(2, "0")}:${seconds}` : `${minutes}:${seconds}`;
+}
+
+/** Seconds since an ISO 8601 timestamp (or Date / epoch ms). */
+export function secondsSince(when) {
+  const t = when instanceof Date ? when.getTime() : new Date(when).getTime();
+  return Number.isNaN(t) ? 0 : (Date.now() - t) / 1000;
+}
+
+const dateFormat = new Intl.DateTimeFormat(undefined, { dateStyle: "medium", timeStyle: "short" });
+
+/** A readable local date and time for an ISO 8601 timestamp. */
+export function formatDate(iso) {
+  const date = new Date(iso);
+  return Number.isNaN(date.getTime()) ? "" : dateFormat.format(date);
+}
+
+/** "1 listener", "3 listeners". */
+export function plural(count, word) {
+  return `${count} ${word}${count === 1 ? "" : "s"}`;
+}
+
+/** Show `message` in `el` (unhidden), or hide it when message is empty. */
+export function showMessage(el, message) {
+  if (!el) return;
+  el.textContent = message || "";
+  el.hidden = !message;
+}
+
+// Every element with data-elapsed-since="ISO" shows the time since then, ticking each second.
+function tick() {
+  for (const el of document.querySelectorAll("[data-elapsed-since]")) {
+    el.textContent = formatDuration(secondsSince(el.dataset.elapsedSince));
+  }
+}
+tick();
+setInterval(tick, 1000);
+
+/** Refresh [data-elapsed-since] elements now (after adding some). */
+export const refreshElapsed = tick;

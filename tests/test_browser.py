@@ -1,0 +1,255 @@
+"""The whole product in headless Debian Chromium, driven by Playwright.
+
+Two people sign up, become friends, one goes live with the (fake) microphone
+playing the 0 dB noisy JFK mix, the other sees it without reloading, listens,
+and after the broadcast replays the recording. Any console error fails the test.
+
+Network rule: daphne and Chromium both run inside a network namespace that has
+only a loopback interface (tests/netns.py), so Chromium cannot gather or use any
+LAN candidate; the server gathers on 127.0.0.1 (ICE_HOST_ADDRESSES).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import ConsoleMessage, Page, expect, sync_playwright
+
+from tests.netns import inside, network_namespace
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
+
+REPO = Path(__file__).resolve().parents[1]
+CHROMIUM = "/usr/bin/chromium"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _database_url_for_namespace() -> str:
+    """The test database, reachable from inside the namespace (PostgreSQL by socket)."""
+    from django.db import connection
+
+    cfg = connection.settings_dict
+    if connection.vendor == "sqlite":
+        return f"sqlite:///{cfg['NAME']}"
+    if connection.vendor == "postgresql":
+        user = cfg.get("USER") or "postgres"
+        password = f":{cfg['PASSWORD']}" if cfg.get("PASSWORD") else ""
+        return f"postgres://{user}{password}@%2Fvar%2Frun%2Fpostgresql/{cfg['NAME']}"
+    raise RuntimeError(f"unsupported test database {connection.vendor}")
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[tuple[str, str]]:
+    """daphne inside a fresh loopback-only namespace; yields (namespace, base URL)."""
+    port = _free_port()
+    env = {
+        **os.environ,
+        "DATABASE_URL": _database_url_for_namespace(),
+        "SECRET_KEY": "browser-test",
+        "DEBUG": "0",
+        "ALLOWED_HOSTS": "127.0.0.1,localhost",
+        "ICE_HOST_ADDRESSES": "127.0.0.1",
+        "ICE_SERVERS": "[]",
+        "MEDIA_ROOT": str(tmp_path / "media"),
+        "STATIC_ROOT": str(tmp_path / "static"),
+        "PYTHONUNBUFFERED": "1",
+    }
+    env.pop("REDIS_URL", None)  # one process: the in-memory layer (Redis is outside the namespace)
+    subprocess.run(
+        [sys.executable, "manage.py", "collectstatic", "--noinput", "-v", "0"],
+        cwd=REPO,
+        env=env,
+        check=True,
+    )
+    log = (tmp_path / "daphne.log").open("w")
+    with network_namespace("hearth-e2e") as ns:
+        with inside(ns):
+            proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "daphne",
+                    "-b",
+                    "127.0.0.1",
+                    "-p",
+                    str(port),
+                    "project.asgi:application",
+                ],
+                cwd=REPO,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+            base = f"http://127.0.0.1:{port}"
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    with urllib.request.urlopen(f"{base}/health", timeout=2) as response:
+                        if response.status == 200:
+                            break
+                except OSError:
+                    pass
+                assert proc.poll() is None and time.monotonic() < deadline, (
+                    "daphne did not start:\n" + (tmp_path / "daphne.log").read_text()[-3000:]
+                )
+                time.sleep(0.3)
+        try:
+            yield ns, base
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            log.close()
+            print((tmp_path / "daphne.log").read_text()[-4000:])
+
+
+def _watch_console(page: Page, errors: list[str]) -> None:
+    def on_console(message: ConsoleMessage) -> None:
+        if message.type == "error":
+            errors.append(f"{page.url}: {message.text}")
+
+    page.on("console", on_console)
+    page.on("pageerror", lambda exc: errors.append(f"{page.url}: uncaught {exc}"))
+    page.on("dialog", lambda dialog: dialog.accept())
+
+
+def _sign_up(page: Page, base: str, username: str) -> None:
+    page.goto(f"{base}/signup/")
+    page.fill("#id_username", username)
+    page.fill("#id_password1", "a-long-Passphrase-42")
+    page.fill("#id_password2", "a-long-Passphrase-42")
+    page.click("#signup-form button[type=submit]")
+    expect(page.locator("#ws-status")).to_have_attribute("data-state", "open", timeout=10_000)
+
+
+def test_sign_up_befriend_go_live_listen_and_replay(server, noisy_jfk_wav: Path) -> None:
+    assert shutil.which(CHROMIUM) or Path(CHROMIUM).exists(), "install Debian chromium"
+    ns, base = server
+    errors: list[str] = []
+    with inside(ns):  # Playwright's driver and Chromium start inside the namespace
+        playwright = sync_playwright().start()
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM,
+            args=[
+                "--no-sandbox",
+                "--use-fake-ui-for-media-stream",
+                "--use-fake-device-for-media-stream",
+                f"--use-file-for-fake-audio-capture={noisy_jfk_wav}",
+                "--allow-loopback-in-peer-connection",
+                "--autoplay-policy=no-user-gesture-required",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+            ],
+        )
+    try:
+        alice_ctx = browser.new_context(viewport={"width": 1280, "height": 900})
+        bob_ctx = browser.new_context(viewport={"width": 390, "height": 844})  # a phone
+        alice, bob = alice_ctx.new_page(), bob_ctx.new_page()
+        for page in (alice, bob):
+            _watch_console(page, errors)
+
+        _sign_up(alice, base, "alice")
+        _sign_up(bob, base, "bob")
+
+        # Alice finds Bob and asks; Bob's page shows the request without reload.
+        alice.fill("#friend-search-input", "bob")
+        alice.press("#friend-search-input", "Enter")
+        alice.locator('.search-result[data-username="bob"] .add-friend-button').click()
+        expect(alice.locator("#outgoing-list .request-item")).to_have_count(1)
+        bob.locator("#incoming-list .accept-button").click()
+        expect(bob.locator('.friend-item[data-presence="online"]')).to_have_count(1)
+        expect(alice.locator('.friend-item[data-presence="online"]')).to_have_count(1)
+
+        # Alice goes live; Bob sees her in "Live now" without reloading.
+        alice.goto(f"{base}/live/")
+        expect(alice.locator("#denoise")).to_be_checked()
+        alice.click("#go-live-start")
+        expect(alice.locator("#live-status")).to_have_attribute(
+            "data-state", "live", timeout=20_000
+        )
+        live_item = bob.locator(".live-now-item")
+        expect(live_item).to_have_count(1, timeout=10_000)
+        expect(bob.locator('.friend-item[data-presence="live"]')).to_have_count(1)
+
+        # Bob listens: the unmuted audio element plays non-silent remote audio.
+        live_item.locator(".listen-link").click()
+        expect(bob.locator("#broadcaster-name")).to_contain_text("alice")
+        bob.click("#listen-start")
+        expect(bob.locator("#listen-status")).to_have_attribute(
+            "data-state", "live", timeout=20_000
+        )
+        expect(alice.locator("#listener-count")).to_have_text("1", timeout=10_000)
+        assert bob.evaluate("document.getElementById('remote-audio').muted") is False
+        level = 0.0
+        for _ in range(40):
+            level = bob.evaluate(
+                """async () => {
+                    const stats = await window.hearthListener.pc.getStats();
+                    let level = 0;
+                    stats.forEach((s) => {
+                        if (s.type === "inbound-rtp" && s.kind === "audio") {
+                            level = s.audioLevel || 0;
+                        }
+                    });
+                    return level;
+                }"""
+            )
+            if level > 0.01:
+                break
+            bob.wait_for_timeout(250)
+        assert level > 0.01, f"remote audioLevel stayed at {level}"
+        bob.wait_for_timeout(3000)  # let a few seconds of speech be recorded
+
+        # Alice stops; Bob is told; the recording appears for Bob and plays, seekably.
+        alice.click("#go-live-stop")
+        expect(alice.locator("#live-status")).to_have_attribute(
+            "data-state", "ended", timeout=20_000
+        )
+        expect(bob.locator("#listen-status")).to_have_attribute(
+            "data-state", "ended", timeout=10_000
+        )
+        bob.click("#listen-recordings-link")
+        item = bob.locator(".recording-item")
+        expect(item).to_have_count(1, timeout=10_000)
+        expect(item.locator(".recording-title")).to_contain_text("alice")
+        played = bob.evaluate(
+            """async () => {
+                const audio = document.querySelector('.recording-item audio');
+                audio.muted = false;
+                if (audio.readyState < 1) {
+                    await new Promise(
+                        (ok) => audio.addEventListener('loadedmetadata', ok, {once: true}));
+                }
+                const duration = audio.duration;
+                audio.currentTime = Math.min(2, duration / 2);  // seek: needs HTTP Range
+                await audio.play();
+                await new Promise((ok) => setTimeout(ok, 1200));
+                const result = {duration, time: audio.currentTime, paused: audio.paused};
+                audio.pause();
+                return result;
+            }"""
+        )
+        assert played["duration"] > 3, played
+        assert played["time"] > 2.3 and not played["paused"], played
+        assert errors == [], "console errors:\n" + "\n".join(errors)
+    finally:
+        browser.close()
+        playwright.stop()
