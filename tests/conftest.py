@@ -1,0 +1,92 @@
+"""Shared fixtures: real test material, loopback-only ICE, a media root per test."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DIR = Path(os.environ.get("HEARTH_SHARED_DIR", REPO_ROOT.parent / "shared"))
+DATA_DIR = SHARED_DIR / "data"
+
+
+@pytest.fixture(autouse=True)
+def _hearth_settings(settings, tmp_path: Path) -> None:
+    # Every WebRTC peer in the tests gathers ICE host candidates on loopback only.
+    settings.ICE_HOST_ADDRESSES = ["127.0.0.1"]
+    settings.ICE_SERVERS = []
+    settings.MEDIA_ROOT = tmp_path / "media"
+
+
+@pytest.fixture(scope="session")
+def jfk_48k() -> np.ndarray:
+    """JFK excerpt as float32 mono 48 kHz (the clean reference)."""
+    from streams.audio import load_audio
+
+    return load_audio(DATA_DIR / "jfk.flac")
+
+
+@pytest.fixture(scope="session")
+def noise_48k() -> np.ndarray:
+    """Real recorded noise, float32 mono 48 kHz."""
+    from streams.audio import load_audio
+
+    return load_audio(DATA_DIR / "noise_freesound_573577.wav")
+
+
+@pytest.fixture(scope="session")
+def noisy_jfk_0db(jfk_48k: np.ndarray, noise_48k: np.ndarray) -> np.ndarray:
+    """JFK + looped noise at 0 dB SNR, float32 mono 48 kHz, peak 0.95."""
+    from streams.audio import make_noisy_mix
+
+    return make_noisy_mix(jfk_48k, noise_48k, 0.0, peak=0.95)
+
+
+@pytest.fixture(scope="session")
+def noisy_jfk_wav(tmp_path_factory: pytest.TempPathFactory, noisy_jfk_0db: np.ndarray) -> Path:
+    """The 0 dB noisy JFK mix as a 48 kHz 16-bit WAV file (peak 0.95, for Chromium)."""
+    from streams.audio import write_wav
+
+    path = tmp_path_factory.mktemp("material") / "noisy_jfk_0db.wav"
+    write_wav(path, noisy_jfk_0db)
+    return path
+
+
+@pytest.fixture(scope="session")
+def noisy_jfk_speech_level(jfk_48k: np.ndarray, noise_48k: np.ndarray) -> np.ndarray:
+    """JFK + noise at 0 dB SNR with the speech at its recorded level (-17 dBFS RMS).
+
+    The noise is impulsive: its peaks exceed full scale, and a 16-bit path (Opus
+    decoding, the browser) clips them; the speech itself is untouched.
+    """
+    from streams.audio import make_noisy_mix
+
+    return make_noisy_mix(jfk_48k, noise_48k, 0.0)
+
+
+def write_float_wav(path: Path, samples: np.ndarray, sample_rate: int = 48_000) -> None:
+    """32-bit float WAV via PyAV: keeps the mix's impulsive noise peaks beyond [-1, 1]."""
+    import av
+
+    with av.open(str(path), "w", format="wav") as container:
+        stream = container.add_stream("pcm_f32le", rate=sample_rate, layout="mono")
+        frame = av.AudioFrame.from_ndarray(
+            np.asarray(samples, np.float32).reshape(1, -1), format="flt", layout="mono"
+        )
+        frame.sample_rate = sample_rate
+        frame.pts = 0
+        for packet in [*stream.encode(frame), *stream.encode(None)]:
+            container.mux(packet)
+
+
+@pytest.fixture(scope="session")
+def noisy_jfk_speech_level_wav(
+    tmp_path_factory: pytest.TempPathFactory, noisy_jfk_speech_level: np.ndarray
+) -> Path:
+    """:func:`noisy_jfk_speech_level` as a 48 kHz 32-bit float WAV (no clipping on disk)."""
+    path = tmp_path_factory.mktemp("material") / "noisy_jfk_0db_float.wav"
+    write_float_wav(path, noisy_jfk_speech_level)
+    return path
