@@ -18,7 +18,7 @@ Everything that differs between machines comes from the environment:
     (e.g. ``127.0.0.1`` for tests); default: every interface address (aioice's
     own behaviour).
 ``DEBUG``, ``SECRET_KEY``, ``ALLOWED_HOSTS`` (comma-separated), ``MEDIA_ROOT``,
-``CSRF_TRUSTED_ORIGINS`` (comma-separated), ``SECURE`` (``1`` turns on HTTPS-only
+``CSRF_TRUSTED_ORIGINS`` (comma-separated), ``STATIC_ROOT``, ``SECURE`` (``1`` turns on HTTPS-only
 cookies, HSTS and the SSL redirect, for deployment behind TLS).
 """
 
@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from pathlib import Path
 
 import dj_database_url
@@ -108,10 +109,14 @@ DATABASES = {
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # Several processes (two daphnes in the tests, the batch command) share the file.
     DATABASES["default"].setdefault("OPTIONS", {})["timeout"] = 20
-    test_name = os.environ.get("HEARTH_SQLITE_TEST_NAME")
-    if test_name:
-        # A file test database lets the daphne processes a test starts see its rows.
-        DATABASES["default"]["TEST"] = {"NAME": test_name}
+    # Tests use a file database (not SQLite's in-memory one) so that the daphne
+    # processes a test starts can open the same rows; one file per test run.
+    DATABASES["default"]["TEST"] = {
+        "NAME": os.environ.get(
+            "HEARTH_SQLITE_TEST_NAME",
+            str(Path(tempfile.gettempdir()) / f"hearth-test-{os.getpid()}.sqlite3"),
+        )
+    }
 
 REDIS_URL = os.environ.get("REDIS_URL", "")
 if REDIS_URL:
@@ -142,7 +147,7 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
-STATIC_ROOT = BASE_DIR / "staticfiles"
+STATIC_ROOT = Path(os.environ.get("STATIC_ROOT", BASE_DIR / "staticfiles"))
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {

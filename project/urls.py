@@ -1,8 +1,16 @@
-"""Top-level URL configuration."""
+"""Top-level URL configuration: pages, JSON API, recording audio, health, admin."""
 
 from django.contrib import admin
 from django.urls import include, path
 
+from project.views import health
+from streams.urls import api_urlpatterns as streams_api
+
 urlpatterns = [
+    path("health", health, name="health"),
     path("admin/", admin.site.urls),
+    path("api/", include("users.urls")),
+    path("api/", include(streams_api)),
+    path("", include("streams.urls")),
+    path("", include("frontend.urls")),
 ]

@@ -1,0 +1,503 @@
+"""streams.services and streams.selectors: live sessions, recordings and their events."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import struct
+import uuid
+from datetime import timedelta
+
+import numpy as np
+import pytest
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
+from django.conf import settings as django_settings
+from django.db import transaction
+from django.utils import timezone
+
+from streams import selectors, services
+from streams.audio import write_wav
+from streams.models import LiveSession, Recording
+from streams.recording import RecordingInfo, WavRecorder
+from streams.services import LiveSessionError, RecordingError
+from users.events import user_group
+from users.models import Friendship, User
+
+pytestmark = pytest.mark.django_db
+
+RATE = 48_000
+
+
+# --- Helpers -------------------------------------------------------------------------
+
+
+def make_user(username: str) -> User:
+    return User.objects.create_user(username=username, password=None)
+
+
+def befriend(a: User, b: User) -> None:
+    low, high = sorted((a, b), key=lambda u: u.id)
+    Friendship.objects.create(user_low=low, user_high=high)
+
+
+@pytest.fixture
+def alice() -> User:
+    return make_user("alice")
+
+
+@pytest.fixture
+def bob() -> User:
+    return make_user("bob")
+
+
+@pytest.fixture
+def carol() -> User:
+    return make_user("carol")
+
+
+@pytest.fixture
+def layer(settings):
+    """The configured channel layer, fresh for this test (its own Redis key prefix)."""
+    config = copy.deepcopy(settings.CHANNEL_LAYERS)
+    default = config["default"]
+    if "redis" in default["BACKEND"].lower():
+        default.setdefault("CONFIG", {})["prefix"] = f"hearth-test-{uuid.uuid4().hex[:12]}"
+    settings.CHANNEL_LAYERS = config  # channels drops its cached layers on this change
+    return get_channel_layer()
+
+
+class Inbox:
+    """A channel in the given groups; ``events()`` returns what arrived so far."""
+
+    def __init__(self, layer, *groups: str) -> None:
+        self.layer = layer
+        self.channel = async_to_sync(layer.new_channel)()
+        for group in groups:
+            async_to_sync(layer.group_add)(group, self.channel)
+
+    def events(self) -> list[tuple[str, dict]]:
+        marker = uuid.uuid4().hex
+        async_to_sync(self.layer.send)(self.channel, {"type": "test.marker", "marker": marker})
+        received: list[dict] = []
+
+        async def drain() -> None:
+            while True:
+                message = await asyncio.wait_for(self.layer.receive(self.channel), 5)
+                if message.get("marker") == marker:
+                    return
+                received.append(message)
+
+        async_to_sync(drain)()
+        assert all(m["type"] == "hearth.event" for m in received), received
+        return [(m["event"], m["data"]) for m in received]
+
+
+def tone(frames: int) -> np.ndarray:
+    return (0.3 * np.sin(np.arange(frames) * 2 * np.pi * 440 / RATE)).astype(np.float32)
+
+
+def write_recording_wav(recording: Recording, frames: int) -> None:
+    path = services.recording_path(recording)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_wav(path, tone(frames))
+
+
+def session_stale_time() -> timezone.datetime:
+    return timezone.now() - timedelta(seconds=django_settings.HEARTH["SESSION_STALE_S"] + 5)
+
+
+def start(user: User, **kwargs) -> tuple[LiveSession, Recording]:
+    kwargs.setdefault("denoise", True)
+    kwargs.setdefault("owner_channel", "specific.owner!1")
+    return services.live_session_start(broadcaster=user, **kwargs)
+
+
+def make_recording(owner: User, *, age_s: float = 0, ended: bool = True) -> Recording:
+    started = timezone.now() - timedelta(seconds=age_s)
+    recording = Recording.objects.create(
+        owner=owner,
+        title=f"{owner.username} rec",
+        file=f"recordings/{owner.id}/{uuid.uuid4().hex}.wav",
+        started_at=started,
+        ended_at=started + timedelta(seconds=1) if ended else None,
+    )
+    write_recording_wav(recording, 480)
+    return recording
+
+
+# --- live_session_start --------------------------------------------------------------
+
+
+def test_start_creates_session_and_recording(alice):
+    session, recording = start(alice, denoise=True, title="Morning show")
+    assert session.is_live
+    assert session.broadcaster == alice
+    assert session.owner_channel == "specific.owner!1"
+    assert session.denoise is True
+    assert session.heartbeat_at is not None
+    assert recording.session == session
+    assert recording.owner == alice
+    assert recording.title == "Morning show"
+    assert recording.file.name.startswith(f"recordings/{alice.id}/")
+    assert recording.file.name.endswith(f"session{session.id}.wav")
+    assert recording.processing["denoise"] is True
+    assert recording.ended_at is None
+    assert services.recording_path(recording) == (
+        django_settings.MEDIA_ROOT
+        / "recordings"
+        / str(alice.id)
+        / recording.file.name.split("/")[-1]
+    )
+
+
+def test_start_without_denoise_and_default_title(alice):
+    _, recording = start(alice, denoise=False)
+    assert recording.processing["denoise"] is False
+    assert recording.title.startswith("alice live, ")
+    assert len(recording.title) <= 120
+
+
+def test_long_title_is_truncated(alice):
+    session, recording = start(alice, title="x" * 300)
+    assert session.title == "x" * 120
+    assert recording.title == "x" * 120
+
+
+def test_default_title_fits_for_a_long_username():
+    user = make_user("u" * 150)  # Django allows 150-character usernames
+    _, recording = start(user)
+    recording.refresh_from_db()  # SQLite does not enforce varchar lengths
+    assert len(recording.title) <= 120
+
+
+def test_second_start_while_live_is_refused(alice):
+    first, _ = start(alice)
+    with pytest.raises(LiveSessionError) as excinfo:
+        start(alice)
+    assert excinfo.value.code == "already_live"
+    assert str(excinfo.value)
+    assert LiveSession.objects.count() == 1
+    assert Recording.objects.count() == 1
+    first.refresh_from_db()
+    assert first.is_live
+
+
+def test_start_ends_a_stale_session_as_lost(alice):
+    old, old_recording = start(alice)
+    LiveSession.objects.filter(id=old.id).update(heartbeat_at=session_stale_time())
+    write_recording_wav(old_recording, RATE // 2)
+    new, _ = start(alice)
+    assert new.id != old.id
+    assert new.is_live
+    old.refresh_from_db()
+    assert old.ended_at is not None
+    assert old.end_reason == "lost"
+    old_recording.refresh_from_db()
+    assert old_recording.ended_at is not None
+    assert old_recording.duration_s == pytest.approx(0.5)
+    assert old_recording.size_bytes == services.recording_path(old_recording).stat().st_size
+
+
+# --- live_session_end ----------------------------------------------------------------
+
+
+def test_end_with_recording_info(alice):
+    session, recording = start(alice)
+    info = RecordingInfo(frames=RATE * 3, sample_rate=RATE, duration_s=3.0, size_bytes=288_044)
+    result = services.live_session_end(session_id=session.id, reason="stopped", info=info)
+    assert result == recording
+    session.refresh_from_db()
+    recording.refresh_from_db()
+    assert session.ended_at is not None
+    assert session.end_reason == "stopped"
+    assert not session.is_live
+    assert recording.ended_at == session.ended_at
+    assert recording.duration_s == 3.0
+    assert recording.size_bytes == 288_044
+
+
+def test_end_without_info_repairs_the_wav_on_disk(alice):
+    session, recording = start(alice)
+    path = services.recording_path(recording)
+    with WavRecorder(path) as recorder:
+        recorder.write(tone(RATE))
+    # A writer killed before patching the header leaves zero sizes behind.
+    data = bytearray(path.read_bytes())
+    data[4:8] = struct.pack("<L", 0)
+    data[40:44] = struct.pack("<L", 0)
+    path.write_bytes(bytes(data))
+    result = services.live_session_end(session_id=session.id, reason="lost")
+    assert result == recording
+    recording.refresh_from_db()
+    assert recording.duration_s == pytest.approx(1.0)
+    assert recording.size_bytes == 44 + 2 * RATE == path.stat().st_size
+    assert struct.unpack("<L", path.read_bytes()[40:44])[0] == 2 * RATE
+
+
+@pytest.mark.parametrize("case", ["empty_info", "header_only_file", "no_file"])
+def test_recording_without_audio_is_deleted(alice, case):
+    session, recording = start(alice)
+    path = services.recording_path(recording)
+    info = None
+    if case == "empty_info":
+        WavRecorder(path).close()
+        info = RecordingInfo(frames=0, sample_rate=RATE, duration_s=0.0, size_bytes=44)
+    elif case == "header_only_file":
+        WavRecorder(path).close()
+    result = services.live_session_end(session_id=session.id, reason="stopped", info=info)
+    assert result is None
+    assert not Recording.objects.exists()
+    assert not path.exists()
+    session.refresh_from_db()
+    assert session.ended_at is not None
+
+
+def test_stale_session_with_a_headerless_file_does_not_block_going_live(alice):
+    stale, recording = start(alice)
+    LiveSession.objects.filter(id=stale.id).update(heartbeat_at=session_stale_time())
+    path = services.recording_path(recording)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"")  # created, but the process died before the header was written
+    new, _ = start(alice)
+    assert new.is_live
+    stale.refresh_from_db()
+    assert stale.end_reason == "lost"
+
+
+def test_ending_twice_is_a_no_op(alice):
+    session, recording = start(alice)
+    info = RecordingInfo(frames=RATE, sample_rate=RATE, duration_s=1.0, size_bytes=96_044)
+    services.live_session_end(session_id=session.id, reason="stopped", info=info)
+    session.refresh_from_db()
+    ended_at = session.ended_at
+    again = services.live_session_end(session_id=session.id, reason="other", info=None)
+    assert again == recording
+    session.refresh_from_db()
+    recording.refresh_from_db()
+    assert session.ended_at == ended_at
+    assert session.end_reason == "stopped"
+    assert recording.duration_s == 1.0
+
+
+def test_end_stale(alice, bob, carol):
+    fresh, _ = start(alice)
+    stale, stale_recording = start(bob)
+    LiveSession.objects.filter(id=stale.id).update(heartbeat_at=session_stale_time())
+    write_recording_wav(stale_recording, RATE // 4)
+    ended, _ = start(carol)
+    services.live_session_end(session_id=ended.id, reason="stopped")
+    LiveSession.objects.filter(id=ended.id).update(heartbeat_at=session_stale_time())
+    assert selectors.live_session_stale_list() == [stale]
+    assert services.live_session_end_stale() == 1
+    stale.refresh_from_db()
+    fresh.refresh_from_db()
+    assert stale.end_reason == "lost"
+    assert fresh.is_live
+    stale_recording.refresh_from_db()
+    assert stale_recording.duration_s == pytest.approx(0.25)
+    assert services.live_session_end_stale() == 0
+
+
+def test_heartbeat(alice, bob):
+    live, _ = start(alice)
+    ended, _ = start(bob)
+    services.live_session_end(session_id=ended.id, reason="stopped")
+    old = session_stale_time()
+    LiveSession.objects.update(heartbeat_at=old)
+    assert services.live_session_heartbeat(session_ids=[]) == 0
+    assert services.live_session_heartbeat(session_ids=[live.id, ended.id, 99999]) == 1
+    live.refresh_from_db()
+    ended.refresh_from_db()
+    assert live.heartbeat_at > old
+    assert ended.heartbeat_at == old
+    assert selectors.live_session_active_for(user=alice) == live
+
+
+# --- Selectors -----------------------------------------------------------------------
+
+
+def test_live_session_visibility(alice, bob, carol):
+    befriend(alice, bob)
+    session, _ = start(alice)
+    assert selectors.live_session_visible_get(user=bob, session_id=session.id) == session
+    assert selectors.live_session_visible_get(user=carol, session_id=session.id) is None
+    assert selectors.live_session_visible_get(user=alice, session_id=session.id) is None
+    assert selectors.live_session_visible_get(user=bob, session_id=99999) is None
+    assert selectors.live_session_active_for(user=alice) == session
+    assert selectors.live_session_active_for(user=bob) is None
+    assert selectors.live_session_list_for_friends(user=bob) == [session]
+    assert selectors.live_session_list_for_friends(user=carol) == []
+    assert selectors.live_session_list_for_friends(user=alice) == []
+    assert selectors.live_session_by_broadcaster(user_ids={alice.id, bob.id}) == {alice.id: session}
+
+    LiveSession.objects.filter(id=session.id).update(heartbeat_at=session_stale_time())
+    assert selectors.live_session_visible_get(user=bob, session_id=session.id) is None
+    assert selectors.live_session_active_for(user=alice) is None
+    assert selectors.live_session_list_for_friends(user=bob) == []
+    assert selectors.live_session_by_broadcaster(user_ids={alice.id}) == {}
+    assert selectors.live_session_stale_list() == [session]
+
+    services.live_session_end(session_id=session.id, reason="stopped")
+    assert selectors.live_session_stale_list() == []
+
+
+def test_live_sessions_of_friends_newest_first(alice, bob, carol):
+    befriend(alice, bob)
+    befriend(alice, carol)
+    older, _ = start(bob)
+    newer, _ = start(carol)
+    LiveSession.objects.filter(id=older.id).update(started_at=timezone.now() - timedelta(minutes=5))
+    assert selectors.live_session_list_for_friends(user=alice) == [newer, older]
+
+
+def test_recording_list_visible(alice, bob, carol):
+    befriend(alice, bob)
+    own_old = make_recording(alice, age_s=300)
+    friends = make_recording(bob, age_s=100)
+    own_new = make_recording(alice, age_s=10)
+    strangers = make_recording(carol, age_s=0)
+    assert list(selectors.recording_list_visible(user=alice)) == [own_new, friends, own_old]
+    assert list(selectors.recording_list_visible(user=bob)) == [own_new, friends, own_old]
+    assert list(selectors.recording_list_visible(user=carol)) == [strangers]
+    assert selectors.recording_visible_get(user=bob, recording_id=own_old.id) == own_old
+    assert selectors.recording_visible_get(user=carol, recording_id=own_old.id) is None
+    assert selectors.recording_visible_get(user=alice, recording_id=strangers.id) is None
+
+
+# --- Recordings ----------------------------------------------------------------------
+
+
+def test_recording_rename(alice, bob):
+    befriend(alice, bob)
+    recording = make_recording(alice)
+    renamed = services.recording_rename(user=alice, recording_id=recording.id, title="  New  ")
+    assert renamed.title == "New"
+    recording.refresh_from_db()
+    assert recording.title == "New"
+    services.recording_rename(user=alice, recording_id=recording.id, title="y" * 120)
+    for bad in ("", "   ", "z" * 121):
+        with pytest.raises(RecordingError, match="1 to 120"):
+            services.recording_rename(user=alice, recording_id=recording.id, title=bad)
+    with pytest.raises(RecordingError, match="No such recording"):
+        services.recording_rename(user=bob, recording_id=recording.id, title="Mine now")
+    with pytest.raises(RecordingError):
+        services.recording_rename(user=alice, recording_id=99999, title="x")
+    recording.refresh_from_db()
+    assert recording.title == "y" * 120
+
+
+def test_recording_delete_removes_the_file_after_commit(
+    alice, bob, django_capture_on_commit_callbacks
+):
+    befriend(alice, bob)
+    recording = make_recording(alice)
+    path = services.recording_path(recording)
+    with pytest.raises(RecordingError):
+        services.recording_delete(user=bob, recording_id=recording.id)
+    assert Recording.objects.filter(id=recording.id).exists()
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        services.recording_delete(user=alice, recording_id=recording.id)
+    assert not Recording.objects.filter(id=recording.id).exists()
+    assert path.exists()  # not before the commit
+    for callback in callbacks:
+        callback()
+    assert not path.exists()
+    with pytest.raises(RecordingError):
+        services.recording_delete(user=alice, recording_id=recording.id)
+
+
+def test_recording_delete_keeps_the_file_on_rollback(alice, django_capture_on_commit_callbacks):
+    recording = make_recording(alice)
+    path = services.recording_path(recording)
+    with (
+        django_capture_on_commit_callbacks(execute=True),
+        pytest.raises(RuntimeError),
+        transaction.atomic(),
+    ):
+        services.recording_delete(user=alice, recording_id=recording.id)
+        raise RuntimeError
+    assert path.exists()
+    assert Recording.objects.filter(id=recording.id).exists()
+
+
+def test_recording_in_progress_cannot_be_deleted(alice):
+    _, recording = start(alice)
+    with pytest.raises(RecordingError, match="in progress"):
+        services.recording_delete(user=alice, recording_id=recording.id)
+    assert Recording.objects.filter(id=recording.id).exists()
+
+
+# --- Events after commit -------------------------------------------------------------
+
+
+def test_live_events_on_start_and_end(alice, bob, carol, layer, django_capture_on_commit_callbacks):
+    befriend(alice, bob)
+    alice_inbox = Inbox(layer, user_group(alice.id))
+    bob_inbox = Inbox(layer, user_group(bob.id))
+    carol_inbox = Inbox(layer, user_group(carol.id))
+    with django_capture_on_commit_callbacks(execute=True):
+        session, recording = start(alice)
+    live = {
+        "user_id": alice.id,
+        "username": "alice",
+        "live": True,
+        "session_id": session.id,
+        "started_at": session.started_at.isoformat(),
+    }
+    assert bob_inbox.events() == [("live", live)]
+    assert alice_inbox.events() == [("live", live)]
+
+    listener = Inbox(layer, services.session_group(session.id))
+    info = RecordingInfo(frames=RATE, sample_rate=RATE, duration_s=1.0, size_bytes=96_044)
+    with django_capture_on_commit_callbacks(execute=True):
+        services.live_session_end(session_id=session.id, reason="stopped", info=info)
+    ended = [("live", {**live, "live": False}), ("recordings.changed", {})]
+    assert bob_inbox.events() == ended
+    assert alice_inbox.events() == ended
+    assert listener.events() == [
+        (
+            "session.ended",
+            {"session_id": session.id, "reason": "stopped", "recording_id": recording.id},
+        )
+    ]
+    assert carol_inbox.events() == []
+
+
+def test_session_ended_event_without_recording(alice, layer, django_capture_on_commit_callbacks):
+    session, _ = start(alice)
+    listener = Inbox(layer, services.session_group(session.id))
+    with django_capture_on_commit_callbacks(execute=True):
+        services.live_session_end(session_id=session.id, reason="failed")
+    assert listener.events() == [
+        ("session.ended", {"session_id": session.id, "reason": "failed", "recording_id": None})
+    ]
+
+
+def test_recording_changes_notify_owner_and_friends(
+    alice, bob, carol, layer, django_capture_on_commit_callbacks
+):
+    befriend(alice, bob)
+    recording = make_recording(alice)
+    inboxes = [Inbox(layer, user_group(u.id)) for u in (alice, bob, carol)]
+    with django_capture_on_commit_callbacks(execute=True):
+        services.recording_rename(user=alice, recording_id=recording.id, title="Renamed")
+    with django_capture_on_commit_callbacks(execute=True):
+        services.recording_delete(user=alice, recording_id=recording.id)
+    changed = [("recordings.changed", {}), ("recordings.changed", {})]
+    assert [inbox.events() for inbox in inboxes] == [changed, changed, []]
+
+
+def test_no_live_event_when_rolled_back(alice, bob, layer, django_capture_on_commit_callbacks):
+    befriend(alice, bob)
+    inbox = Inbox(layer, user_group(alice.id), user_group(bob.id))
+    with (
+        django_capture_on_commit_callbacks(execute=True) as callbacks,
+        pytest.raises(RuntimeError),
+        transaction.atomic(),
+    ):
+        start(alice)
+        raise RuntimeError
+    assert callbacks == []
+    assert inbox.events() == []
+    assert not LiveSession.objects.exists()
