@@ -1,0 +1,235 @@
+"""The one WebSocket of every signed-in page: presence, events and signaling.
+
+Thin by design: parse, authorise, call a service or the media server, reply.
+Protocol (JSON text frames; every reply to a bad frame is
+``{"type": "error", "code", "message", "ref"}``):
+
+client → server: ``ping``; ``broadcast.start {sdp, denoise}``;
+``broadcast.stop``; ``listen.start {session_id, sdp}``; ``listen.stop {session_id}``.
+
+server → client: ``hello``, ``pong``, ``broadcast.answer``, ``broadcast.ended``,
+``listen.answer``, and events ``presence``, ``live``, ``friends.changed``,
+``session.stats``, ``session.ended``, ``recordings.changed``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncWebsocketConsumer
+from django.conf import settings
+
+from streams import selectors, services
+from streams.rtc import SignalingError, media_server, sdp_validate
+from users.events import user_group
+from users.models import User
+from users.services import presence_connect, presence_disconnect, presence_touch
+
+logger = logging.getLogger("hearth.ws")
+
+Handler = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+class ProtocolError(Exception):
+    """A client frame that cannot be served; becomes an ``error`` frame."""
+
+    def __init__(self, message: str, *, code: str = "bad_request") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _session_id(content: dict[str, Any]) -> int:
+    value = content.get("session_id")
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ProtocolError("session_id must be a positive integer.")
+    return value
+
+
+class HearthConsumer(AsyncWebsocketConsumer):
+    """Per-page socket. Joins ``user.<id>`` for events; may broadcast or listen."""
+
+    user: User
+    broadcasting: int | None = None
+    listening: dict[int, str]
+
+    async def connect(self) -> None:
+        """Accept signed-in users only (close 4401 otherwise) and mark them online."""
+        user = self.scope.get("user")
+        if user is None or not user.is_authenticated:
+            await self.close(code=4401)
+            return
+        self.user = user
+        self.listening = {}
+        self.groups_joined: set[str] = set()
+        await self.accept()
+        await self._join(user_group(user.id))
+        await database_sync_to_async(presence_connect)(user=user, channel_name=self.channel_name)
+        await self._send({"type": "hello", "user": {"id": user.id, "username": user.username}})
+
+    async def disconnect(self, code: int) -> None:
+        """Stop this page's broadcast, leave listened sessions, update presence."""
+        if not hasattr(self, "user"):
+            return
+        if self.broadcasting is not None:
+            await media_server().broadcast_stop(self.broadcasting, reason="disconnected")
+            self.broadcasting = None
+        for session_id, owner_channel in list(self.listening.items()):
+            await self._listen_leave(session_id, owner_channel)
+        for group in list(self.groups_joined):
+            await self.channel_layer.group_discard(group, self.channel_name)
+        await database_sync_to_async(presence_disconnect)(
+            user=self.user, channel_name=self.channel_name
+        )
+
+    # -- plumbing --------------------------------------------------------------
+    async def _send(self, payload: dict[str, Any]) -> None:
+        await self.send(text_data=json.dumps(payload))
+
+    async def _error(self, message: str, *, code: str, ref: object = None) -> None:
+        await self._send({"type": "error", "code": code, "message": message, "ref": ref})
+
+    async def _join(self, group: str) -> None:
+        await self.channel_layer.group_add(group, self.channel_name)
+        self.groups_joined.add(group)
+
+    async def _leave(self, group: str) -> None:
+        await self.channel_layer.group_discard(group, self.channel_name)
+        self.groups_joined.discard(group)
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        """Parse one client frame and dispatch it by ``type``; errors become frames."""
+        if text_data is None:
+            await self._error("Send JSON text frames.", code="bad_frame")
+            return
+        if len(text_data.encode()) > settings.HEARTH["MAX_WS_MESSAGE_BYTES"]:
+            await self._error("Message too large.", code="too_large")
+            return
+        try:
+            content = json.loads(text_data)
+        except json.JSONDecodeError:
+            await self._error("Message is not valid JSON.", code="bad_json")
+            return
+        if not isinstance(content, dict) or not isinstance(content.get("type"), str):
+            await self._error("Message must be an object with a type.", code="bad_request")
+            return
+        kind = content["type"]
+        handler = self._handlers().get(kind)
+        if handler is None:
+            await self._error(f"Unknown message type {kind!r}.", code="unknown_type", ref=kind)
+            return
+        try:
+            await handler(content)
+        except ProtocolError as exc:
+            await self._error(str(exc), code=exc.code, ref=kind)
+        except SignalingError as exc:
+            await self._error(str(exc), code=exc.code, ref=kind)
+        except services.LiveSessionError as exc:
+            await self._error(str(exc), code=exc.code, ref=kind)
+
+    def _handlers(self) -> dict[str, Handler]:
+        return {
+            "ping": self.on_ping,
+            "broadcast.start": self.on_broadcast_start,
+            "broadcast.stop": self.on_broadcast_stop,
+            "listen.start": self.on_listen_start,
+            "listen.stop": self.on_listen_stop,
+        }
+
+    # -- client messages -----------------------------------------------------
+    async def on_ping(self, content: dict[str, Any]) -> None:
+        """Heartbeat: keeps presence fresh."""
+        await database_sync_to_async(presence_touch)(user=self.user, channel_name=self.channel_name)
+        await self._send({"type": "pong"})
+
+    async def on_broadcast_start(self, content: dict[str, Any]) -> None:
+        """Go live from this page with the SDP offer ``sdp``."""
+        if self.broadcasting is not None:
+            raise ProtocolError("This page is already live.", code="already_live")
+        denoise = content.get("denoise", True)
+        if not isinstance(denoise, bool):
+            raise ProtocolError("denoise must be true or false.")
+        session_id, answer = await media_server().broadcast_start(
+            user=self.user, offer_sdp=sdp_validate(content.get("sdp")), denoise=denoise
+        )
+        self.broadcasting = session_id
+        await self._join(services.session_group(session_id))
+        await self._send({"type": "broadcast.answer", "session_id": session_id, "sdp": answer})
+
+    async def on_broadcast_stop(self, content: dict[str, Any]) -> None:
+        """Stop this page's broadcast and report the finalised recording."""
+        if self.broadcasting is None:
+            raise ProtocolError("This page is not live.", code="not_live")
+        session_id, self.broadcasting = self.broadcasting, None
+        recording_id = await media_server().broadcast_stop(session_id, reason="stopped")
+        await self._leave(services.session_group(session_id))
+        await self._send(
+            {"type": "broadcast.ended", "session_id": session_id, "recording_id": recording_id}
+        )
+
+    async def on_listen_start(self, content: dict[str, Any]) -> None:
+        """Ask the process that owns a friend's broadcast to answer our SDP offer."""
+        session_id = _session_id(content)
+        sdp = sdp_validate(content.get("sdp"))
+        session = await database_sync_to_async(selectors.live_session_visible_get)(
+            user=self.user, session_id=session_id
+        )
+        if session is None:
+            raise ProtocolError("You can only listen to friends who are live.", code="not_allowed")
+        await self._join(services.session_group(session_id))
+        self.listening[session_id] = session.owner_channel
+        await self.channel_layer.send(
+            session.owner_channel,
+            {
+                "type": "rtc.listen.start",
+                "session_id": session_id,
+                "user_id": self.user.id,
+                "reply_channel": self.channel_name,
+                "sdp": sdp,
+            },
+        )
+
+    async def on_listen_stop(self, content: dict[str, Any]) -> None:
+        """Stop listening to a session."""
+        session_id = _session_id(content)
+        owner_channel = self.listening.get(session_id)
+        if owner_channel is None:
+            raise ProtocolError("You are not listening to that session.", code="not_listening")
+        await self._listen_leave(session_id, owner_channel)
+
+    async def _listen_leave(self, session_id: int, owner_channel: str) -> None:
+        self.listening.pop(session_id, None)
+        await self._leave(services.session_group(session_id))
+        try:
+            await self.channel_layer.send(
+                owner_channel,
+                {
+                    "type": "rtc.listen.stop",
+                    "session_id": session_id,
+                    "reply_channel": self.channel_name,
+                },
+            )
+        except Exception:  # the owner process is gone; nothing to release there
+            logger.info("could not reach the owner of session %s", session_id)
+
+    # -- channel-layer messages ----------------------------------------------
+    async def hearth_event(self, event: dict[str, Any]) -> None:
+        """Relay a server event (presence, live, session.*, ...) to the page."""
+        data = event.get("data", {})
+        if event.get("event") == "session.ended" and data.get("session_id") in self.listening:
+            self.listening.pop(data["session_id"], None)
+        await self._send({"type": event["event"], **data})
+
+    async def rtc_listen_answer(self, event: dict[str, Any]) -> None:
+        """The owner process answered our listener offer."""
+        await self._send(
+            {"type": "listen.answer", "session_id": event["session_id"], "sdp": event["sdp"]}
+        )
+
+    async def rtc_listen_error(self, event: dict[str, Any]) -> None:
+        """The owner process refused our listener offer."""
+        self.listening.pop(event["session_id"], None)
+        await self._error(event["message"], code=event["code"], ref="listen.start")

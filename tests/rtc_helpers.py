@@ -1,0 +1,82 @@
+"""Helpers for the WebRTC tests: client peers, signaling over a communicator."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+import numpy as np
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from channels.testing import WebsocketCommunicator
+
+from streams.audio import FrameToMono
+from streams.consumers import HearthConsumer
+
+
+def communicator_for(user: Any) -> WebsocketCommunicator:
+    """A WebSocket client of the Hearth consumer signed in as ``user``."""
+    comm = WebsocketCommunicator(HearthConsumer.as_asgi(), "/ws/")
+    comm.scope["user"] = user
+    return comm
+
+
+async def expect(
+    comm: WebsocketCommunicator, kind: str, *, timeout: float = 10.0
+) -> dict[str, Any]:
+    """Receive frames until one of type ``kind`` (an ``error`` frame fails the test)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        remaining = deadline - loop.time()
+        assert remaining > 0, f"no {kind!r} frame within {timeout} s"
+        frame = await comm.receive_json_from(timeout=remaining)
+        if frame["type"] == kind:
+            return frame
+        if frame["type"] == "error" and kind != "error":
+            raise AssertionError(f"error frame while waiting for {kind!r}: {frame}")
+
+
+def client_peer() -> RTCPeerConnection:
+    """A browser-like aiortc peer with no ICE servers (loopback host candidates only)."""
+    return RTCPeerConnection(RTCConfiguration(iceServers=[]))
+
+
+async def offer_sdp(pc: RTCPeerConnection) -> str:
+    """Create and set the local offer (aiortc gathers all candidates before returning)."""
+    await pc.setLocalDescription(await pc.createOffer())
+    return pc.localDescription.sdp
+
+
+async def accept_answer(pc: RTCPeerConnection, sdp: str) -> None:
+    """Apply the server's SDP answer."""
+    await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
+
+
+class AudioSink:
+    """Collects a received audio track as float32 mono 48 kHz until stopped."""
+
+    def __init__(self, track: MediaStreamTrack) -> None:
+        self.track = track
+        self.parts: list[np.ndarray] = []
+        self._convert = FrameToMono()
+        self.task = asyncio.ensure_future(self._run())
+
+    async def _run(self) -> None:
+        with contextlib.suppress(MediaStreamError):
+            while True:
+                frame = await self.track.recv()
+                self.parts.append(self._convert.convert(frame))
+
+    @property
+    def samples(self) -> np.ndarray:
+        """Everything received so far."""
+        return np.concatenate(self.parts) if self.parts else np.zeros(0, np.float32)
+
+    async def stop(self) -> np.ndarray:
+        """Stop collecting and return the samples."""
+        self.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.task
+        return self.samples

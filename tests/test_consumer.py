@@ -1,0 +1,179 @@
+"""The page WebSocket: authentication, presence, and clear errors for bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from channels.db import database_sync_to_async
+from channels.testing import WebsocketCommunicator
+
+from project.asgi import application
+from streams.models import LiveSession
+from tests.rtc_helpers import client_peer, communicator_for, expect, offer_sdp
+from users.models import Friendship, PresenceConnection, User
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+async def pair():
+    def make():
+        a = User.objects.create_user("ann", password="pw-ann-123456")
+        b = User.objects.create_user("ben", password="pw-ben-123456")
+        Friendship.objects.create(user_low=a, user_high=b)
+        return a, b
+
+    return await database_sync_to_async(make)()
+
+
+async def _connected(user) -> WebsocketCommunicator:
+    comm = communicator_for(user)
+    connected, _ = await comm.connect()
+    assert connected
+    await expect(comm, "hello")
+    return comm
+
+
+async def _audio_offer() -> tuple[object, str]:
+    pc = client_peer()
+    pc.addTransceiver("audio", direction="sendonly")
+    return pc, await offer_sdp(pc)
+
+
+async def test_anonymous_socket_is_closed() -> None:
+    from django.contrib.auth.models import AnonymousUser
+
+    comm = communicator_for(AnonymousUser())
+    connected, code = await comm.connect()
+    assert not connected and code == 4401
+
+
+async def test_foreign_origin_is_rejected() -> None:
+    comm = WebsocketCommunicator(application, "/ws/", headers=[(b"origin", b"http://evil.example")])
+    connected, _ = await comm.connect()
+    assert not connected
+
+
+@pytest.mark.parametrize(
+    ("frame", "code"),
+    [
+        ("{not json", "bad_json"),
+        ("[1, 2]", "bad_request"),
+        ('{"no": "type"}', "bad_request"),
+        ('{"type": "launch.rockets"}', "unknown_type"),
+        ('{"type": "broadcast.start", "sdp": "hello"}', "bad_sdp"),
+        ('{"type": "broadcast.start", "sdp": "v=0\\r\\no=- 1 1 IN IP4 0.0.0.0\\r\\n"}', "bad_sdp"),
+        (
+            '{"type": "broadcast.start", "sdp": "v=0\\r\\nm=audio 9 x", "denoise": "yes"}',
+            "bad_request",
+        ),
+        ('{"type": "broadcast.stop"}', "not_live"),
+        ('{"type": "listen.start", "session_id": "7", "sdp": "v=0"}', "bad_request"),
+        (
+            '{"type": "listen.start", "session_id": 99999, "sdp": "v=0\\r\\nm=audio 9 x"}',
+            "not_allowed",
+        ),
+        ('{"type": "listen.stop", "session_id": 5}', "not_listening"),
+    ],
+)
+async def test_bad_frames_get_error_frames_and_socket_stays_open(
+    pair, frame: str, code: str
+) -> None:
+    ann, _ = pair
+    comm = await _connected(ann)
+    await comm.send_to(text_data=frame)
+    error = await expect(comm, "error")
+    assert error["code"] == code and error["message"]
+    await comm.send_json_to({"type": "ping"})  # still served afterwards
+    assert (await expect(comm, "pong"))["type"] == "pong"
+    await comm.disconnect()
+
+
+async def test_oversized_and_binary_frames_are_refused(pair) -> None:
+    ann, _ = pair
+    comm = await _connected(ann)
+    await comm.send_to(text_data=json.dumps({"type": "ping", "pad": "x" * 200_000}))
+    assert (await expect(comm, "error"))["code"] == "too_large"
+    await comm.send_to(bytes_data=b"\x00\x01")
+    assert (await expect(comm, "error"))["code"] == "bad_frame"
+    big_sdp = "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\n" + "a=xxxxxxxxxx\r\n" * 5_000
+    await comm.send_json_to({"type": "broadcast.start", "sdp": big_sdp})
+    assert (await expect(comm, "error"))["code"] == "sdp_too_large"
+    await comm.disconnect()
+
+
+async def test_malformed_sdp_with_audio_line_is_refused_and_no_session_left(pair) -> None:
+    ann, _ = pair
+    comm = await _connected(ann)
+    await comm.send_json_to(
+        {
+            "type": "broadcast.start",
+            "sdp": "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=garbage\r\n",
+        }
+    )
+    error = await expect(comm, "error")
+    assert error["code"] == "bad_sdp" and error["ref"] == "broadcast.start"
+    live = await database_sync_to_async(LiveSession.objects.filter(ended_at__isnull=True).count)()
+    assert live == 0
+    await comm.disconnect()
+
+
+async def test_second_go_live_of_same_user_is_refused_cleanly(pair) -> None:
+    ann, ben = pair
+    tab1, tab2, friend = await _connected(ann), await _connected(ann), await _connected(ben)
+    pc1, sdp1 = await _audio_offer()
+    await tab1.send_json_to({"type": "broadcast.start", "sdp": sdp1, "denoise": False})
+    first = await expect(tab1, "broadcast.answer")
+    pc2, sdp2 = await _audio_offer()
+    await tab2.send_json_to({"type": "broadcast.start", "sdp": sdp2})
+    refused = await expect(tab2, "error")
+    assert refused["code"] == "already_live"
+    assert (await expect(friend, "live"))["session_id"] == first["session_id"]
+    # The first broadcast is untouched and stops normally.
+    await tab1.send_json_to({"type": "broadcast.stop"})
+    ended = await expect(tab1, "broadcast.ended")
+    assert ended["session_id"] == first["session_id"]
+    off = await expect(friend, "live")
+    assert off["live"] is False
+    for pc in (pc1, pc2):
+        await pc.close()
+    for comm in (tab1, tab2, friend):
+        await comm.disconnect()
+
+
+async def test_closing_the_broadcasting_tab_ends_the_session(pair) -> None:
+    ann, ben = pair
+    tab, friend = await _connected(ann), await _connected(ben)
+    pc, sdp = await _audio_offer()
+    await tab.send_json_to({"type": "broadcast.start", "sdp": sdp})
+    session_id = (await expect(tab, "broadcast.answer"))["session_id"]
+    assert (await expect(friend, "live"))["live"] is True
+    await tab.disconnect()
+    event = await expect(friend, "live")
+    assert event == {**event, "live": False, "session_id": session_id}
+    session = await database_sync_to_async(LiveSession.objects.get)(id=session_id)
+    assert session.ended_at is not None and session.end_reason == "disconnected"
+    await pc.close()
+    await friend.disconnect()
+
+
+async def test_presence_counts_tabs_as_one(pair) -> None:
+    ann, ben = pair
+    watcher = await _connected(ben)
+    tab1 = await _connected(ann)
+    assert (await expect(watcher, "presence")) == {
+        "type": "presence",
+        "user_id": ann.id,
+        "username": "ann",
+        "online": True,
+    }
+    tab2 = await _connected(ann)
+    await tab1.disconnect()
+    # Ann is still online in tab 2: no presence event reaches Ben.
+    assert await watcher.receive_nothing(timeout=0.5)
+    assert await database_sync_to_async(PresenceConnection.objects.filter(user=ann).count)() == 1
+    await tab2.disconnect()
+    offline = await expect(watcher, "presence")
+    assert offline["online"] is False and offline["user_id"] == ann.id
+    await watcher.disconnect()
