@@ -107,8 +107,13 @@ DATABASES = {
     )
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
-    # Several processes (two daphnes in the tests, the batch command) share the file.
-    DATABASES["default"].setdefault("OPTIONS", {})["timeout"] = 20
+    # Several processes (two daphnes, the batch command) share the file. BEGIN
+    # IMMEDIATE takes the write lock up front: with SQLite's deferred default, two
+    # processes' read-then-write transactions deadlock and one fails at once with
+    # "database is locked" whatever the timeout (select_for_update is a no-op here).
+    DATABASES["default"].setdefault("OPTIONS", {}).update(
+        {"timeout": 20, "transaction_mode": "IMMEDIATE"}
+    )
     # Tests use a file database (not SQLite's in-memory one) so that the daphne
     # processes a test starts can open the same rows; one file per test run.
     DATABASES["default"]["TEST"] = {
@@ -123,7 +128,13 @@ if REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {"hosts": [REDIS_URL], "capacity": 500, "expiry": 30},
+            "CONFIG": {
+                # channels_redis blocks 5 s in BZPOPMIN; redis-py 8's default 5 s read
+                # timeout would fire first and kill idle consumers, so allow 30 s.
+                "hosts": [{"address": REDIS_URL, "socket_timeout": 30}],
+                "capacity": 500,
+                "expiry": 30,
+            },
         }
     }
 else:

@@ -42,6 +42,8 @@ from users.services import presence_prune
 
 logger = logging.getLogger("hearth.rtc")
 
+SHUTDOWN_TIMEOUT_S = 15.0  # at most this long finalising broadcasts on SIGTERM/SIGINT
+
 
 class SignalingError(Exception):
     """An SDP exchange that cannot go on; ``code`` for machines, str() for people."""
@@ -285,7 +287,11 @@ class MediaServer:
                 if isinstance(layer, InMemoryChannelLayer):
                     # One process only: sessions still "live" are a crash's leftovers.
                     await database_sync_to_async(services.live_session_end_orphaned)()
-                self.channel_name = await layer.new_channel("hearth.media.")
+                # The default "specific" prefix matters: channels_redis receives every
+                # "specific.<client>!" channel of a process through one shared list and
+                # lock; another prefix would hold that lock on its own list and starve
+                # the consumers' channels.
+                self.channel_name = await layer.new_channel()
                 self._tasks = [
                     asyncio.ensure_future(self._receive_loop()),
                     asyncio.ensure_future(self._heartbeat_loop()),
@@ -501,6 +507,12 @@ def _install_shutdown_hook(server: MediaServer) -> None:
     from twisted.internet import defer, reactor
 
     def before_shutdown() -> defer.Deferred[None]:
-        return defer.Deferred.fromFuture(asyncio.ensure_future(server.shutdown()))
+        async def bounded() -> None:
+            try:
+                await asyncio.wait_for(server.shutdown(), timeout=SHUTDOWN_TIMEOUT_S)
+            except TimeoutError:
+                logger.error("shutdown took over %.0f s; exiting anyway", SHUTDOWN_TIMEOUT_S)
+
+        return defer.Deferred.fromFuture(asyncio.ensure_future(bounded()))
 
     reactor.addSystemEventTrigger("before", "shutdown", before_shutdown)

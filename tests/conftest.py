@@ -21,6 +21,15 @@ def _hearth_settings(settings, tmp_path: Path) -> None:
     settings.MEDIA_ROOT = tmp_path / "media"
 
 
+@pytest.fixture(autouse=True)
+def _fresh_channel_layer() -> None:
+    # Each async test runs on its own event loop; channels_redis binds its locks and
+    # connections to the loop that first used them, so give every test a new layer.
+    from channels.layers import channel_layers
+
+    channel_layers.backends.clear()
+
+
 @pytest.fixture(scope="session")
 def jfk_48k() -> np.ndarray:
     """JFK excerpt as float32 mono 48 kHz (the clean reference)."""
