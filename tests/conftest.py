@@ -30,6 +30,43 @@ def _fresh_channel_layer() -> None:
     channel_layers.backends.clear()
 
 
+@pytest.fixture
+def alice():
+    from tests.factories import make_user
+
+    return make_user("alice")
+
+
+@pytest.fixture
+def bob():
+    from tests.factories import make_user
+
+    return make_user("bob")
+
+
+@pytest.fixture
+def carol():
+    from tests.factories import make_user
+
+    return make_user("carol")
+
+
+@pytest.fixture
+def layer(settings):
+    """The configured channel layer, fresh for this test (its own Redis key prefix)."""
+    import copy
+    import uuid
+
+    from channels.layers import get_channel_layer
+
+    config = copy.deepcopy(settings.CHANNEL_LAYERS)
+    default = config["default"]
+    if "redis" in default["BACKEND"].lower():
+        default.setdefault("CONFIG", {})["prefix"] = f"hearth-test-{uuid.uuid4().hex[:12]}"
+    settings.CHANNEL_LAYERS = config  # channels drops its cached layers on this change
+    return get_channel_layer()
+
+
 @pytest.fixture(scope="session")
 def jfk_48k() -> np.ndarray:
     """JFK excerpt as float32 mono 48 kHz (the clean reference)."""

@@ -16,6 +16,7 @@ from streams import services as stream_services
 from streams.audio import write_wav
 from streams.http_range import RangeNotSatisfiable, range_parse
 from streams.models import LiveSession, Recording
+from tests.factories import befriend, make_user
 from users.models import FriendRequest, Friendship, PresenceConnection, User
 
 pytestmark = pytest.mark.django_db
@@ -24,15 +25,6 @@ FRAMES = 1500  # 16-bit mono: 44-byte header + 3000 bytes of audio
 
 
 # --- Helpers -------------------------------------------------------------------------
-
-
-def make_user(username: str) -> User:
-    return User.objects.create_user(username=username, password=None)
-
-
-def befriend(a: User, b: User) -> None:
-    low, high = sorted((a, b), key=lambda u: u.id)
-    Friendship.objects.create(user_low=low, user_high=high)
 
 
 def go_live(user: User) -> LiveSession:
@@ -72,21 +64,6 @@ def body(response) -> bytes:
 
         return async_to_sync(collect)()
     return b"".join(content)
-
-
-@pytest.fixture
-def alice() -> User:
-    return make_user("alice")
-
-
-@pytest.fixture
-def bob() -> User:
-    return make_user("bob")
-
-
-@pytest.fixture
-def carol() -> User:
-    return make_user("carol")
 
 
 @pytest.fixture

@@ -129,6 +129,13 @@ def _watch_console(page: Page, errors: list[str]) -> None:
     page.on("dialog", lambda dialog: dialog.accept())
 
 
+def _screenshot(page: Page, name: str) -> None:
+    """Save a PNG for the README when HEARTH_SCREENSHOTS names a folder."""
+    folder = os.environ.get("HEARTH_SCREENSHOTS")
+    if folder:
+        page.screenshot(path=str(Path(folder) / f"{name}.png"), full_page=True)
+
+
 def _sign_up(page: Page, base: str, username: str) -> None:
     page.goto(f"{base}/signup/")
     page.fill("#id_username", username)
@@ -188,6 +195,7 @@ def test_sign_up_befriend_go_live_listen_and_replay(server, noisy_jfk_wav: Path)
         live_item = bob.locator(".live-now-item")
         expect(live_item).to_have_count(1, timeout=10_000)
         expect(bob.locator('.friend-item[data-presence="live"]')).to_have_count(1)
+        _screenshot(bob, "listener-dashboard")
 
         # Bob listens: the unmuted audio element plays non-silent remote audio.
         live_item.locator(".listen-link").click()
@@ -197,6 +205,7 @@ def test_sign_up_befriend_go_live_listen_and_replay(server, noisy_jfk_wav: Path)
             "data-state", "live", timeout=20_000
         )
         expect(alice.locator("#listener-count")).to_have_text("1", timeout=10_000)
+        _screenshot(alice, "go-live")
         assert bob.evaluate("document.getElementById('remote-audio').muted") is False
         level = 0.0
         for _ in range(40):

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
-import copy
 import struct
 import uuid
 from datetime import timedelta
 
 import numpy as np
 import pytest
-from asgiref.sync import async_to_sync
-from channels.layers import get_channel_layer
 from django.conf import settings as django_settings
 from django.db import transaction
 from django.utils import timezone
@@ -21,8 +17,9 @@ from streams.audio import write_wav
 from streams.models import LiveSession, Recording
 from streams.recording import RecordingInfo, WavRecorder
 from streams.services import LiveSessionError, RecordingError
+from tests.factories import Inbox, befriend, make_user
 from users.events import user_group
-from users.models import Friendship, User
+from users.models import User
 
 pytestmark = pytest.mark.django_db
 
@@ -30,67 +27,6 @@ RATE = 48_000
 
 
 # --- Helpers -------------------------------------------------------------------------
-
-
-def make_user(username: str) -> User:
-    return User.objects.create_user(username=username, password=None)
-
-
-def befriend(a: User, b: User) -> None:
-    low, high = sorted((a, b), key=lambda u: u.id)
-    Friendship.objects.create(user_low=low, user_high=high)
-
-
-@pytest.fixture
-def alice() -> User:
-    return make_user("alice")
-
-
-@pytest.fixture
-def bob() -> User:
-    return make_user("bob")
-
-
-@pytest.fixture
-def carol() -> User:
-    return make_user("carol")
-
-
-@pytest.fixture
-def layer(settings):
-    """The configured channel layer, fresh for this test (its own Redis key prefix)."""
-    config = copy.deepcopy(settings.CHANNEL_LAYERS)
-    default = config["default"]
-    if "redis" in default["BACKEND"].lower():
-        default.setdefault("CONFIG", {})["prefix"] = f"hearth-test-{uuid.uuid4().hex[:12]}"
-    settings.CHANNEL_LAYERS = config  # channels drops its cached layers on this change
-    return get_channel_layer()
-
-
-class Inbox:
-    """A channel in the given groups; ``events()`` returns what arrived so far."""
-
-    def __init__(self, layer, *groups: str) -> None:
-        self.layer = layer
-        self.channel = async_to_sync(layer.new_channel)()
-        for group in groups:
-            async_to_sync(layer.group_add)(group, self.channel)
-
-    def events(self) -> list[tuple[str, dict]]:
-        marker = uuid.uuid4().hex
-        async_to_sync(self.layer.send)(self.channel, {"type": "test.marker", "marker": marker})
-        received: list[dict] = []
-
-        async def drain() -> None:
-            while True:
-                message = await asyncio.wait_for(self.layer.receive(self.channel), 5)
-                if message.get("marker") == marker:
-                    return
-                received.append(message)
-
-        async_to_sync(drain)()
-        assert all(m["type"] == "hearth.event" for m in received), received
-        return [(m["event"], m["data"]) for m in received]
 
 
 def tone(frames: int) -> np.ndarray:

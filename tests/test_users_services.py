@@ -2,89 +2,23 @@
 
 from __future__ import annotations
 
-import asyncio
-import copy
-import uuid
 from datetime import timedelta
 
 import pytest
-from asgiref.sync import async_to_sync
-from channels.layers import get_channel_layer
 from django.conf import settings as django_settings
 from django.db import transaction
 from django.utils import timezone
 
+from tests.factories import Inbox, befriend, make_user
 from users import selectors, services
 from users.events import user_group, users_notify
-from users.models import FriendRequest, Friendship, PresenceConnection, User
+from users.models import FriendRequest, Friendship, PresenceConnection
 from users.services import FriendshipError
 
 pytestmark = pytest.mark.django_db
 
 
 # --- Helpers -------------------------------------------------------------------------
-
-
-def make_user(username: str, **fields) -> User:
-    return User.objects.create_user(username=username, password=None, **fields)
-
-
-def befriend(a: User, b: User) -> Friendship:
-    low, high = sorted((a, b), key=lambda u: u.id)
-    return Friendship.objects.create(user_low=low, user_high=high)
-
-
-@pytest.fixture
-def alice() -> User:
-    return make_user("alice")
-
-
-@pytest.fixture
-def bob() -> User:
-    return make_user("bob")
-
-
-@pytest.fixture
-def carol() -> User:
-    return make_user("carol")
-
-
-@pytest.fixture
-def layer(settings):
-    """The configured channel layer, fresh for this test (its own Redis key prefix)."""
-    config = copy.deepcopy(settings.CHANNEL_LAYERS)
-    default = config["default"]
-    if "redis" in default["BACKEND"].lower():
-        default.setdefault("CONFIG", {})["prefix"] = f"hearth-test-{uuid.uuid4().hex[:12]}"
-    settings.CHANNEL_LAYERS = config  # channels drops its cached layers on this change
-    return get_channel_layer()
-
-
-class Inbox:
-    """A channel in the given groups; ``events()`` returns what arrived so far."""
-
-    def __init__(self, layer, *groups: str) -> None:
-        self.layer = layer
-        self.channel = async_to_sync(layer.new_channel)()
-        for group in groups:
-            async_to_sync(layer.group_add)(group, self.channel)
-
-    def events(self) -> list[tuple[str, dict]]:
-        # A marker sent now comes after everything already queued for the channel.
-        marker = uuid.uuid4().hex
-        async_to_sync(self.layer.send)(self.channel, {"type": "test.marker", "marker": marker})
-        received: list[dict] = []
-
-        async def drain() -> None:
-            while True:
-                message = await asyncio.wait_for(self.layer.receive(self.channel), 5)
-                if message.get("marker") == marker:
-                    return
-                received.append(message)
-
-        async_to_sync(drain)()
-        assert all(m["type"] == "hearth.event" for m in received), received
-        return [(m["event"], m["data"]) for m in received]
 
 
 def stale_time() -> timezone.datetime:
