@@ -219,8 +219,10 @@ class HearthConsumer(AsyncWebsocketConsumer):
     async def hearth_event(self, event: dict[str, Any]) -> None:
         """Relay a server event (presence, live, session.*, ...) to the page."""
         data = event.get("data", {})
-        if event.get("event") == "session.ended" and data.get("session_id") in self.listening:
-            self.listening.pop(data["session_id"], None)
+        if event.get("event") == "session.ended":
+            self.listening.pop(data.get("session_id"), None)
+            if data.get("session_id") == self.broadcasting:  # ended by the media server
+                self.broadcasting = None
         await self._send({"type": event["event"], **data})
 
     async def rtc_listen_answer(self, event: dict[str, Any]) -> None:

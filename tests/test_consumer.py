@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import pytest
@@ -10,7 +11,7 @@ from channels.testing import WebsocketCommunicator
 
 from project.asgi import application
 from streams.models import LiveSession
-from tests.rtc_helpers import client_peer, communicator_for, expect, offer_sdp
+from tests.rtc_helpers import accept_answer, client_peer, communicator_for, expect, offer_sdp
 from users.models import Friendship, PresenceConnection, User
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -177,3 +178,26 @@ async def test_presence_counts_tabs_as_one(pair) -> None:
     offline = await expect(watcher, "presence")
     assert offline["online"] is False and offline["user_id"] == ann.id
     await watcher.disconnect()
+
+
+async def test_dropped_peer_connection_ends_session_and_page_can_go_live_again(pair) -> None:
+    ann, ben = pair
+    tab, friend = await _connected(ann), await _connected(ben)
+    pc, sdp = await _audio_offer()
+    await tab.send_json_to({"type": "broadcast.start", "sdp": sdp, "denoise": False})
+    answer = await expect(tab, "broadcast.answer")
+    await accept_answer(pc, answer["sdp"])
+    await asyncio.sleep(1.0)
+    await pc.close()  # the browser's media connection drops; its WebSocket stays open
+    ended = await expect(tab, "session.ended", timeout=20)
+    assert ended["session_id"] == answer["session_id"] and ended["reason"] == "disconnected"
+    assert (await expect(friend, "live", timeout=5))["live"] is True
+    assert (await expect(friend, "live", timeout=5))["live"] is False
+    pc2, sdp2 = await _audio_offer()
+    await tab.send_json_to({"type": "broadcast.start", "sdp": sdp2, "denoise": False})
+    assert (await expect(tab, "broadcast.answer"))["session_id"] != answer["session_id"]
+    await tab.send_json_to({"type": "broadcast.stop"})
+    await expect(tab, "broadcast.ended")
+    await pc2.close()
+    for comm in (tab, friend):
+        await comm.disconnect()
