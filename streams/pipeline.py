@@ -219,14 +219,21 @@ class AudioPipeline:
                 logger.exception("processor %s failed; stream continues as silence", self.processor)
                 self.stats.failed = f"{type(exc).__name__}: {exc}"
                 out = np.zeros_like(block)
-        if self.recorder is not None:
-            self.recorder.write(out)
+        if self.stats.failed != "stalled":  # a stalled call's late result is dropped
+            self._record(out)
         return out, time.perf_counter() - started
+
+    def _record(self, samples: np.ndarray) -> None:
+        if self.recorder is None:
+            return
+        try:
+            self.recorder.write(samples)
+        except ValueError:  # closed: the broadcast stopped while this block was in flight
+            logger.debug("dropped a block finished after the recording closed")
 
     def _silence_block(self, block: np.ndarray) -> np.ndarray:
         silence = np.zeros_like(block)
-        if self.recorder is not None:
-            self.recorder.write(silence)
+        self._record(silence)
         return silence
 
     # -- event-loop side -------------------------------------------------------
@@ -248,7 +255,8 @@ class AudioPipeline:
                     "processor stalled > %.1f s; stream continues as silence", self._stall_timeout_s
                 )
                 self.stats.failed = "stalled"
-                out, elapsed = np.zeros_like(block), self._stall_timeout_s
+                out = await loop.run_in_executor(self.executor, self._silence_block, block)
+                elapsed = self._stall_timeout_s
             waited = time.monotonic() - arrived
             self._debt_s = max(0.0, self._debt_s + waited - BLOCK_S)
             self.stats.processing_s += elapsed

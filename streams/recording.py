@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import struct
+import threading
 import wave
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,6 +104,10 @@ class WavRecorder:
         self._frames = 0
         self._flushed_frames = 0
         self._info: RecordingInfo | None = None
+        # write/flush/close may come from different executor threads (a block still
+        # being processed while the broadcast stops): wave seeks to patch the header,
+        # so interleaved calls would corrupt the file.
+        self._lock = threading.RLock()
 
     @property
     def frames_written(self) -> int:
@@ -135,6 +140,10 @@ class WavRecorder:
                 (:data:`MAX_DATA_BYTES`).
             OSError: the write fails (e.g. disk full).
         """
+        with self._lock:
+            self._write(samples)
+
+    def _write(self, samples: NDArray[np.floating]) -> None:
         if self._wave is None or self._file is None:
             raise ValueError(f"recorder for {self.path} is closed")
         array = np.asarray(samples)
@@ -151,16 +160,22 @@ class WavRecorder:
 
     def flush(self) -> None:
         """Hand everything written so far to the OS (``file.flush()``, no ``fsync``)."""
-        if self._file is None:
-            return
-        self._file.flush()
-        self._flushed_frames = self._frames
+        with self._lock:
+            if self._file is None:
+                return
+            self._file.flush()
+            self._flushed_frames = self._frames
 
     def close(self) -> RecordingInfo:
         """Finish the header, close the file and return its :class:`RecordingInfo`.
 
-        Idempotent: later calls return the same object.
+        Idempotent: later calls return the same object. Thread-safe with
+        :meth:`write` (a write after close raises ``ValueError``).
         """
+        with self._lock:
+            return self._close()
+
+    def _close(self) -> RecordingInfo:
         if self._info is not None:
             return self._info
         try:
