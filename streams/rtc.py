@@ -29,6 +29,7 @@ from typing import Any
 
 import aioice.ice
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
+from aiortc.contrib.media import MediaBlackhole
 from channels.db import database_sync_to_async
 from channels.layers import InMemoryChannelLayer, get_channel_layer
 from django.conf import settings
@@ -37,7 +38,9 @@ from streams import services
 from streams.pipeline import AudioPipeline, ListenerTrack
 from streams.processors.factory import audio_chain_build
 from streams.recording import RecordingInfo, WavRecorder
+from users.events import user_group
 from users.models import User
+from users.selectors import friend_ids
 from users.services import presence_prune
 
 logger = logging.getLogger("hearth.rtc")
@@ -112,7 +115,8 @@ async def _answer(pc: RTCPeerConnection, offer_sdp: str) -> str:
     try:
         await pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
     except Exception as exc:  # aiortc raises ValueError/KeyError/... on malformed SDP
-        raise SignalingError(f"Could not use the SDP offer: {exc or type(exc).__name__}") from exc
+        logger.info("unusable SDP offer: %r", exc)
+        raise SignalingError("The SDP offer could not be used.") from exc
     answer = await pc.createAnswer()
     await pc.setLocalDescription(answer)
     return pc.localDescription.sdp
@@ -163,7 +167,10 @@ class BroadcastRoom:
         @pc.on("track")
         def on_track(track: Any) -> None:
             if track.kind != "audio" or self.pipeline is not None:
-                return  # video/extra tracks are not used yet: never forwarded raw
+                # Video and extra tracks are not used (never forwarded raw); drain them
+                # so aiortc's decoded-frame queue for them does not grow without bound.
+                self.server.discard_track(track)
+                return
             self.pipeline = AudioPipeline(
                 source=track,
                 processor=processor,
@@ -179,7 +186,10 @@ class BroadcastRoom:
                 self.server.broadcast_stop_soon(self.session_id, reason="disconnected")
 
         self._processor = processor
-        return await _answer(pc, offer_sdp)
+        answer = await _answer(pc, offer_sdp)
+        if self.pipeline is None:
+            raise SignalingError("The SDP offer sends no audio (is the microphone track added?).")
+        return answer
 
     def _source_ended(self) -> None:
         if not self.closing:
@@ -193,6 +203,7 @@ class BroadcastRoom:
                 "The broadcast has not started sending audio yet.", code="not_ready"
             )
         pc = RTCPeerConnection(ice_configuration())
+        pc.on("track", self.server.discard_track)  # a listener sends nothing we use
         track = ListenerTrack()
         try:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
@@ -201,9 +212,11 @@ class BroadcastRoom:
             await pc.setLocalDescription(answer)
         except Exception as exc:
             await pc.close()
-            raise SignalingError(
-                f"Could not use the SDP offer: {exc or type(exc).__name__}"
-            ) from exc
+            logger.info("unusable listener SDP offer: %r", exc)
+            raise SignalingError("The SDP offer could not be used.") from exc
+        if self.closing or self.pipeline is None:  # the broadcast ended while we answered
+            await pc.close()
+            raise SignalingError("This broadcast has ended.", code="not_live")
         self.listeners[key] = _Listener(pc=pc, track=track, user_id=user_id)
         self.pipeline.fanout.add(track)
 
@@ -229,17 +242,22 @@ class BroadcastRoom:
             await self.publish_stats()
 
     async def publish_stats(self) -> None:
-        """Tell the session's pages how many listeners there are."""
+        """Tell the session's pages and the broadcaster's friends' dashboards how many
+        listeners there are."""
         layer = get_channel_layer()
-        with contextlib.suppress(Exception):
-            await layer.group_send(
-                services.session_group(self.session_id),
-                {
-                    "type": "hearth.event",
-                    "event": "session.stats",
-                    "data": {"session_id": self.session_id, "listeners": len(self.listeners)},
-                },
-            )
+        message = {
+            "type": "hearth.event",
+            "event": "session.stats",
+            "data": {"session_id": self.session_id, "listeners": len(self.listeners)},
+        }
+        try:
+            friends = await database_sync_to_async(friend_ids)(user=self.broadcaster_id)
+            groups = [services.session_group(self.session_id)]
+            groups += [user_group(uid) for uid in sorted(friends)]
+            for group in groups:
+                await layer.group_send(group, message)
+        except Exception:
+            logger.exception("could not publish listener count of session %s", self.session_id)
 
     async def close(self) -> RecordingInfo | None:
         """Close every peer connection, stop the pipeline, finalise the WAV file."""
@@ -258,7 +276,12 @@ class BroadcastRoom:
             info = await loop.run_in_executor(self.server.executor, self.recorder.close)
         processor = getattr(self, "_processor", None)
         if processor is not None:
-            await loop.run_in_executor(self.server.executor, processor.close)
+            try:  # a stalled process() call holds the processor: do not wait for it forever
+                await asyncio.wait_for(
+                    loop.run_in_executor(self.server.executor, processor.close), timeout=2.0
+                )
+            except TimeoutError:
+                logger.error("processor of session %s did not close; abandoned", self.session_id)
         return info
 
 
@@ -275,7 +298,9 @@ class MediaServer:
         self._lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping: dict[int, asyncio.Task[int | None]] = {}
-        self._background: set[asyncio.Task[int | None]] = set()
+        self._background: set[asyncio.Task[Any]] = set()
+        self._key_locks: dict[str, asyncio.Lock] = {}
+        self._blackhole = MediaBlackhole()
         self.shut_down = False
 
     async def ensure_started(self) -> str:
@@ -332,11 +357,19 @@ class MediaServer:
             raise
         return session.id, answer
 
-    def broadcast_stop_soon(self, session_id: int, *, reason: str) -> None:
-        """Schedule :meth:`broadcast_stop` from a callback (no await available)."""
-        task = asyncio.ensure_future(self.broadcast_stop(session_id, reason=reason))
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+    def broadcast_stop_soon(self, session_id: int, *, reason: str) -> None:
+        """Schedule :meth:`broadcast_stop` from a callback (no await available)."""
+        self._spawn(self.broadcast_stop(session_id, reason=reason))
+
+    def discard_track(self, track: Any) -> None:
+        """Read and drop a received track Hearth does not use (video, extra audio)."""
+        self._blackhole.addTrack(track)
+        self._spawn(self._blackhole.start())
 
     async def broadcast_stop(self, session_id: int, *, reason: str) -> int | None:
         """End a broadcast owned here; returns the finalised recording's id (or None).
@@ -346,8 +379,11 @@ class MediaServer:
         if session_id in self._stopping:
             return await asyncio.shield(self._stopping[session_id])
         room = self.rooms.get(session_id)
-        if room is None:
-            return None
+        if room is None:  # already stopped (or never here): report what the database has
+            recording = await database_sync_to_async(services.live_session_end)(
+                session_id=session_id, reason=reason
+            )
+            return recording.id if recording else None
         task = asyncio.ensure_future(self._stop_room(room, reason))
         self._stopping[session_id] = task
         try:
@@ -434,10 +470,21 @@ class MediaServer:
                 logger.exception("channel layer receive failed; retrying")
                 await asyncio.sleep(1.0)
                 continue
-            try:
+            # Each listener's messages in order, different listeners concurrently: one
+            # slow SDP answer must not hold up everyone else's.
+            self._spawn(self._handle_in_order(message))
+
+    async def _handle_in_order(self, message: dict[str, Any]) -> None:
+        key = str(message.get("reply_channel", ""))
+        lock = self._key_locks.setdefault(key, asyncio.Lock())
+        try:
+            async with lock:
                 await self._handle(message)
-            except Exception:
-                logger.exception("media server failed to handle %r", message.get("type"))
+        except Exception:
+            logger.exception("media server failed to handle %r", message.get("type"))
+        finally:
+            if not lock.locked() and self._key_locks.get(key) is lock:
+                del self._key_locks[key]
 
     async def _heartbeat_loop(self) -> None:
         interval = settings.HEARTH["SESSION_HEARTBEAT_S"]
@@ -446,9 +493,14 @@ class MediaServer:
             await asyncio.sleep(interval)
             beats += 1
             try:
-                await database_sync_to_async(services.live_session_heartbeat)(
+                live = await database_sync_to_async(services.live_session_heartbeat)(
                     session_ids=list(self.rooms)
                 )
+                for session_id in set(self.rooms) - live:
+                    # Ended elsewhere (e.g. judged stale while the database was stuck):
+                    # stop streaming a session the database no longer calls live.
+                    logger.warning("session %s was ended elsewhere; stopping it", session_id)
+                    self.broadcast_stop_soon(session_id, reason="lost")
                 if beats % 6 == 0:  # about every 30 s: clear what crashed processes left
                     await database_sync_to_async(services.live_session_end_stale)()
                     await database_sync_to_async(presence_prune)()
@@ -485,7 +537,7 @@ def media_server() -> MediaServer:
     """
     global _server
     loop = asyncio.get_running_loop()
-    if _server is None or _server.shut_down or _server.loop is not loop:
+    if _server is None or _server.loop is not loop:
         _server = MediaServer()
     return _server
 

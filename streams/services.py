@@ -134,13 +134,16 @@ def live_session_start(
     return session, recording
 
 
-def live_session_heartbeat(*, session_ids: list[int]) -> int:
-    """Stamp the given live sessions as alive now; returns rows updated."""
+def live_session_heartbeat(*, session_ids: list[int]) -> set[int]:
+    """Stamp the given sessions as alive now; returns the ids that are still live.
+
+    An id missing from the result was ended elsewhere: its owner should stop it.
+    """
     if not session_ids:
-        return 0
-    return LiveSession.objects.filter(id__in=session_ids, ended_at__isnull=True).update(
-        heartbeat_at=timezone.now()
-    )
+        return set()
+    live = LiveSession.objects.filter(id__in=session_ids, ended_at__isnull=True)
+    live.update(heartbeat_at=timezone.now())
+    return set(live.values_list("id", flat=True))
 
 
 def _session_end(

@@ -241,8 +241,8 @@ def test_heartbeat(alice, bob):
     services.live_session_end(session_id=ended.id, reason="stopped")
     old = session_stale_time()
     LiveSession.objects.update(heartbeat_at=old)
-    assert services.live_session_heartbeat(session_ids=[]) == 0
-    assert services.live_session_heartbeat(session_ids=[live.id, ended.id, 99999]) == 1
+    assert services.live_session_heartbeat(session_ids=[]) == set()
+    assert services.live_session_heartbeat(session_ids=[live.id, ended.id, 99999]) == {live.id}
     live.refresh_from_db()
     ended.refresh_from_db()
     assert live.heartbeat_at > old

@@ -11,12 +11,13 @@ from django.utils import timezone
 from users.models import FriendRequest, Friendship, PresenceConnection, User
 
 
-def friend_ids(*, user: User) -> set[int]:
-    """Ids of ``user``'s accepted friends."""
-    pairs = Friendship.objects.filter(Q(user_low=user) | Q(user_high=user)).values_list(
+def friend_ids(*, user: User | int) -> set[int]:
+    """Ids of the accepted friends of ``user`` (a user or a user id)."""
+    user_id = user if isinstance(user, int) else user.id
+    pairs = Friendship.objects.filter(Q(user_low_id=user_id) | Q(user_high_id=user_id)).values_list(
         "user_low_id", "user_high_id"
     )
-    return {high if low == user.id else low for low, high in pairs}
+    return {high if low == user_id else low for low, high in pairs}
 
 
 def friend_list(*, user: User) -> QuerySet[User]:
