@@ -14,6 +14,7 @@ server → client: ``hello``, ``pong``, ``broadcast.answer``, ``broadcast.ended`
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -74,16 +75,28 @@ class HearthConsumer(AsyncWebsocketConsumer):
         """Stop this page's broadcast, leave listened sessions, update presence."""
         if not hasattr(self, "user"):
             return
+        steps: list[Callable[[], Awaitable[object]]] = []
         if self.broadcasting is not None:
-            await media_server().broadcast_stop(self.broadcasting, reason="disconnected")
-            self.broadcasting = None
+            session_id, self.broadcasting = self.broadcasting, None
+            steps.append(lambda: media_server().broadcast_stop(session_id, reason="disconnected"))
         for session_id, owner_channel in list(self.listening.items()):
-            await self._listen_leave(session_id, owner_channel)
+            steps.append(functools.partial(self._listen_leave, session_id, owner_channel))
         for group in list(self.groups_joined):
-            await self.channel_layer.group_discard(group, self.channel_name)
-        await database_sync_to_async(presence_disconnect)(
-            user=self.user, channel_name=self.channel_name
+            steps.append(
+                functools.partial(self.channel_layer.group_discard, group, self.channel_name)
+            )
+        steps.append(
+            functools.partial(
+                database_sync_to_async(presence_disconnect),
+                user=self.user,
+                channel_name=self.channel_name,
+            )
         )
+        for step in steps:  # each step runs even if an earlier one failed
+            try:
+                await step()
+            except Exception:
+                logger.exception("disconnect cleanup step failed")
 
     # -- plumbing --------------------------------------------------------------
     async def _send(self, payload: dict[str, Any]) -> None:
@@ -123,12 +136,11 @@ class HearthConsumer(AsyncWebsocketConsumer):
             return
         try:
             await handler(content)
-        except ProtocolError as exc:
+        except (ProtocolError, SignalingError, services.LiveSessionError) as exc:
             await self._error(str(exc), code=exc.code, ref=kind)
-        except SignalingError as exc:
-            await self._error(str(exc), code=exc.code, ref=kind)
-        except services.LiveSessionError as exc:
-            await self._error(str(exc), code=exc.code, ref=kind)
+        except Exception:  # a server fault must not kill the page's socket
+            logger.exception("handling %r failed", kind)
+            await self._error("Something went wrong on the server.", code="internal", ref=kind)
 
     def _handlers(self) -> dict[str, Handler]:
         return {
@@ -219,11 +231,31 @@ class HearthConsumer(AsyncWebsocketConsumer):
     async def hearth_event(self, event: dict[str, Any]) -> None:
         """Relay a server event (presence, live, session.*, ...) to the page."""
         data = event.get("data", {})
+        if event.get("event") == "friends.changed" and self.listening:
+            await self._recheck_listening()
         if event.get("event") == "session.ended":
             self.listening.pop(data.get("session_id"), None)
             if data.get("session_id") == self.broadcasting:  # ended by the media server
                 self.broadcasting = None
         await self._send({"type": event["event"], **data})
+
+    async def _recheck_listening(self) -> None:
+        """Stop listening to sessions whose broadcaster is no longer a friend."""
+        for session_id, owner_channel in list(self.listening.items()):
+            visible = await database_sync_to_async(selectors.live_session_visible_get)(
+                user=self.user, session_id=session_id
+            )
+            if visible is None:
+                await self._listen_leave(session_id, owner_channel)
+                await self._send(
+                    {"type": "session.ended", "session_id": session_id, "reason": "unfriended"}
+                )
+
+    async def hearth_logout(self, event: dict[str, Any]) -> None:
+        """The session this socket was opened with logged out: close (4401)."""
+        session = self.scope.get("session")
+        if session is not None and event.get("session_key") == session.session_key:
+            await self.close(code=4401)
 
     async def rtc_listen_answer(self, event: dict[str, Any]) -> None:
         """The owner process answered our listener offer."""

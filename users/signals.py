@@ -1,0 +1,40 @@
+"""Signal handlers of the users app."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
+from django.contrib.auth.signals import user_logged_out
+from django.db import transaction
+from django.dispatch import receiver
+from django.http import HttpRequest
+
+from users.events import user_group
+
+logger = logging.getLogger("hearth.events")
+
+
+@receiver(user_logged_out)
+def close_sockets_of_logged_out_session(
+    sender: object, request: HttpRequest | None, user: Any, **kwargs: Any
+) -> None:
+    """Close the WebSockets opened with the session that just logged out.
+
+    A consumer resolves its user once, at connect; without this a socket of a
+    logged-out session would keep broadcasting and listening. Other sessions of the
+    same user (other devices) stay connected.
+    """
+    if user is None or request is None or not request.session.session_key:
+        return
+    message = {"type": "hearth.logout", "session_key": request.session.session_key}
+
+    def send() -> None:
+        try:
+            async_to_sync(get_channel_layer().group_send)(user_group(user.id), message)
+        except Exception:
+            logger.exception("could not close the sockets of a logged-out session")
+
+    transaction.on_commit(send)
