@@ -41,18 +41,13 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
+from bench._common import shared_data_dir  # noqa: E402
 from streams.audio import SAMPLE_RATE, load_audio, make_noisy_mix  # noqa: E402
 from streams.processors.base import LIVE_BLOCK_SAMPLES, AudioProcessor  # noqa: E402
 from streams.processors.denoise import load_library  # noqa: E402
 from streams.processors.factory import audio_chain_build  # noqa: E402
 
 KINDS = ("passthrough", "denoise")
-
-
-def shared_data_dir() -> Path:
-    """``$HEARTH_SHARED_DIR/data``, else ``<repo>/../shared/data``."""
-    override = os.environ.get("HEARTH_SHARED_DIR")
-    return (Path(override) if override else REPO_ROOT.parent / "shared") / "data"
 
 
 def make_material(seconds: float, path: Path) -> None:

@@ -63,6 +63,7 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription  #
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack  # noqa: E402
 from av import AudioFrame  # noqa: E402
 
+from bench._common import shared_data_dir  # noqa: E402
 from streams.audio import (  # noqa: E402
     FrameToMono,
     load_audio,
@@ -82,12 +83,6 @@ MIX_PEAK = 0.35
 NCC_THRESHOLD = 0.55
 MAX_LATENCY_S = 0.9
 LOOPBACK = "127.0.0.1"
-
-
-def shared_data_dir() -> Path:
-    """``$HEARTH_SHARED_DIR/data``, else ``<repo>/../shared/data``."""
-    override = os.environ.get("HEARTH_SHARED_DIR")
-    return (Path(override) if override else REPO_ROOT.parent / "shared") / "data"
 
 
 # -- material ------------------------------------------------------------------

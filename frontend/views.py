@@ -12,18 +12,9 @@ from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_http_methods, require_safe
 
-from streams.models import LiveSession
 from streams.selectors import live_session_active_for, live_session_visible_get
+from streams.views import live_session_json
 from users.forms import SignupForm
-
-
-def _session_json(session: LiveSession) -> dict[str, Any]:
-    return {
-        "id": session.id,
-        "broadcaster": {"id": session.broadcaster_id, "username": session.broadcaster.username},
-        "started_at": session.started_at.isoformat(),
-        "denoise": session.denoise,
-    }
 
 
 def _page(request: HttpRequest, template: str, **context: Any) -> HttpResponse:
@@ -62,7 +53,7 @@ def go_live(request: HttpRequest) -> HttpResponse:
     return _page(
         request,
         "frontend/go_live.html",
-        active_session=_session_json(active) if active else None,
+        active_session=live_session_json(active) if active else None,
     )
 
 
@@ -77,7 +68,7 @@ def listen(request: HttpRequest, session_id: int) -> HttpResponse:
         request,
         "frontend/listen.html",
         live_session=session,
-        live_session_json=_session_json(session),
+        live_session_json=live_session_json(session),
     )
 
 

@@ -13,7 +13,9 @@ class LiveSession(models.Model):
     ``owner_channel`` is the channel-layer name of the daphne process that holds the
     broadcaster's peer connection: listeners' SDP offers are routed there.
     ``heartbeat_at`` is stamped by that process; a session whose stamp is older than
-    ``HEARTH["SESSION_STALE_S"]`` lost its process and is ended by the next reader.
+    ``HEARTH["SESSION_STALE_S"]`` lost its process. Readers (the selectors) only ignore
+    such a session; it is ended (reason ``"lost"``) by the owner-less cleanup in a media
+    server's heartbeat loop (about every 30 s), or when the same user goes live again.
     """
 
     broadcaster = models.ForeignKey(

@@ -17,9 +17,23 @@ from django.urls import reverse
 from project.api import ApiError, api_view, json_body, json_error
 from streams import selectors, services
 from streams.http_range import RangeNotSatisfiable, range_parse
-from streams.models import Recording
+from streams.models import LiveSession, Recording
 
 CHUNK_BYTES = 256 * 1024
+
+
+def live_session_json(session: LiveSession, *, listeners: int | None = None) -> dict[str, object]:
+    """A live session as the API and the pages' scripts see it.
+
+    ``listeners`` is the current listener count, ``None`` where it is not known.
+    """
+    return {
+        "id": session.id,
+        "broadcaster": {"id": session.broadcaster_id, "username": session.broadcaster.username},
+        "started_at": session.started_at.isoformat(),
+        "denoise": session.denoise,
+        "listeners": listeners,
+    }
 
 
 def _recording_json(recording: Recording, *, viewer_id: int) -> dict[str, object]:
@@ -45,18 +59,7 @@ def live_list(request: HttpRequest) -> JsonResponse:
     sessions = selectors.live_session_list_for_friends(user=request.user)
     counts = listener_counts()
     return JsonResponse(
-        {
-            "sessions": [
-                {
-                    "id": s.id,
-                    "broadcaster": {"id": s.broadcaster_id, "username": s.broadcaster.username},
-                    "started_at": s.started_at.isoformat(),
-                    "denoise": s.denoise,
-                    "listeners": counts.get(s.id),
-                }
-                for s in sessions
-            ]
-        }
+        {"sessions": [live_session_json(s, listeners=counts.get(s.id)) for s in sessions]}
     )
 
 
@@ -94,19 +97,25 @@ def recording_detail(request: HttpRequest, recording_id: int) -> HttpResponse:
 
 
 async def _file_chunks(path: Path, start: int, length: int) -> AsyncIterator[bytes]:
-    """Yield ``length`` bytes of ``path`` from ``start`` without blocking the event loop."""
-    handle = await sync_to_async(path.open)("rb")
+    """Yield ``length`` bytes of ``path`` from ``start`` without blocking the event loop.
+
+    The file I/O runs in the default thread pool (``thread_sensitive=False``), not in
+    the single thread that runs all database work, so large downloads cannot hold up
+    the ORM.
+    """
+    handle = await sync_to_async(path.open, thread_sensitive=False)("rb")
     try:
-        await sync_to_async(handle.seek)(start)
+        await sync_to_async(handle.seek, thread_sensitive=False)(start)
+        read = sync_to_async(handle.read, thread_sensitive=False)
         remaining = length
         while remaining > 0:
-            data = await sync_to_async(handle.read)(min(CHUNK_BYTES, remaining))
+            data = await read(min(CHUNK_BYTES, remaining))
             if not data:
                 break
             remaining -= len(data)
             yield data
     finally:
-        await sync_to_async(handle.close)()
+        await sync_to_async(handle.close, thread_sensitive=False)()
 
 
 def recording_audio(request: HttpRequest, recording_id: int) -> HttpResponse:

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED_DIR = Path(os.environ.get("HEARTH_SHARED_DIR", REPO_ROOT.parent / "shared"))
-DATA_DIR = SHARED_DIR / "data"
+from bench._common import shared_data_dir
+
+DATA_DIR = shared_data_dir()
 
 
 @pytest.fixture(autouse=True)

@@ -1,4 +1,5 @@
-"""Small builders shared by the tests: users, friendships, a channel-layer inbox."""
+"""Small builders shared by the tests: users, friendships, live sessions, a channel-layer
+inbox."""
 
 from __future__ import annotations
 
@@ -6,7 +7,9 @@ import asyncio
 import uuid
 
 from asgiref.sync import async_to_sync
+from django.utils import timezone
 
+from streams.models import LiveSession
 from users.models import Friendship, User
 
 
@@ -19,6 +22,13 @@ def befriend(a: User, b: User) -> Friendship:
     """Make ``a`` and ``b`` friends (stored with the lower id first)."""
     low, high = sorted((a, b), key=lambda u: u.id)
     return Friendship.objects.create(user_low=low, user_high=high)
+
+
+def go_live(user: User, **fields) -> LiveSession:
+    """A live session row for ``user`` (fresh heartbeat, no media server behind it)."""
+    return LiveSession.objects.create(
+        broadcaster=user, owner_channel="x", heartbeat_at=timezone.now(), **fields
+    )
 
 
 class Inbox:

@@ -16,7 +16,7 @@ from streams import services as stream_services
 from streams.audio import write_wav
 from streams.http_range import RangeNotSatisfiable, range_parse
 from streams.models import LiveSession, Recording
-from tests.factories import befriend, make_user
+from tests.factories import befriend, go_live, make_user
 from users.models import FriendRequest, Friendship, PresenceConnection, User
 
 pytestmark = pytest.mark.django_db
@@ -25,12 +25,6 @@ FRAMES = 1500  # 16-bit mono: 44-byte header + 3000 bytes of audio
 
 
 # --- Helpers -------------------------------------------------------------------------
-
-
-def go_live(user: User) -> LiveSession:
-    return LiveSession.objects.create(
-        broadcaster=user, owner_channel="x", heartbeat_at=timezone.now()
-    )
 
 
 def make_recording(owner: User, *, age_s: float = 0, ended: bool = True) -> Recording:
@@ -139,6 +133,43 @@ def test_post_without_csrf_token_is_forbidden(alice, bob):
         client, "/api/friends/requests", {"username": "bob"}, HTTP_X_CSRFTOKEN="a" * 32
     )
     assert response.status_code == 201
+
+
+def csrf_client(user: User) -> Client:
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(user)
+    return client
+
+
+def test_recording_patch_and_delete_need_csrf_token(alice, settings):
+    # The page rendered below needs no collectstatic manifest with plain storage.
+    settings.STORAGES = {
+        **settings.STORAGES,
+        "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+    }
+    recording = make_recording(alice)
+    url = f"/api/recordings/{recording.id}"
+    client = csrf_client(alice)
+    response = client.patch(url, {"title": "Renamed"}, content_type="application/json")
+    assert response.status_code == 403
+    assert client.delete(url, content_type="application/json").status_code == 403
+    recording.refresh_from_db()
+    assert recording.title == "alice rec"
+
+    # A page (here the recordings page) sets the csrftoken cookie; the API's scripts
+    # send it back in the X-CSRFToken header.
+    assert client.get("/recordings/").status_code == 200
+    token = client.cookies["csrftoken"].value
+    response = client.patch(
+        url, {"title": "Renamed"}, content_type="application/json", HTTP_X_CSRFTOKEN=token
+    )
+    assert response.status_code == 200
+    assert response.json()["title"] == "Renamed"
+    wrong = client.delete(url, content_type="application/json", HTTP_X_CSRFTOKEN="b" * 32)
+    assert wrong.status_code == 403
+    response = client.delete(url, content_type="application/json", HTTP_X_CSRFTOKEN=token)
+    assert response.status_code == 204
+    assert not Recording.objects.exists()
 
 
 @pytest.mark.parametrize("payload", ["{not json", b"\xff\xfe", "[1, 2]", '"bob"', "null"])
@@ -569,15 +600,40 @@ def test_health_ok(client):
     assert data["elapsed_ms"] >= 0
 
 
-def test_health_503_when_the_channel_layer_is_broken(client, monkeypatch):
+SECRET = "redis://hearth-secret-user@db-host-7f3a:6379/secret-db"
+
+
+def test_health_503_when_the_channel_layer_is_broken(client, monkeypatch, caplog):
     class BrokenLayer:
         async def new_channel(self):
-            raise ConnectionError("redis unreachable")
+            raise ConnectionError(f"cannot reach {SECRET}")
 
     monkeypatch.setattr("project.views.get_channel_layer", BrokenLayer)
-    response = client.get("/health")
+    with caplog.at_level("ERROR", logger="hearth.health"):
+        response = client.get("/health")
     assert response.status_code == 503
     data = response.json()
     assert data["status"] == "error"
     assert data["database"]["status"] == "ok"
-    assert data["channel_layer"] == {"status": "error", "error": "redis unreachable"}
+    assert data["channel_layer"] == {"status": "error"}
+    assert SECRET not in response.content.decode()  # unauthenticated: nothing leaks
+    # The details go to the log instead.
+    [record] = [r for r in caplog.records if r.name == "hearth.health"]
+    assert record.exc_info and SECRET in str(record.exc_info[1])
+
+
+def test_health_503_when_the_database_is_broken(client, monkeypatch, caplog):
+    def broken_database() -> str:
+        raise RuntimeError(f"could not connect to {SECRET}")
+
+    monkeypatch.setattr("project.views._database_ok", broken_database)
+    with caplog.at_level("ERROR", logger="hearth.health"):
+        response = client.get("/health")
+    assert response.status_code == 503
+    data = response.json()
+    assert data["status"] == "error"
+    assert data["database"] == {"status": "error"}
+    assert data["channel_layer"]["status"] == "ok"
+    assert SECRET not in response.content.decode()
+    [record] = [r for r in caplog.records if r.name == "hearth.health"]
+    assert record.exc_info and SECRET in str(record.exc_info[1])

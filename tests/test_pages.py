@@ -10,8 +10,7 @@ from django.contrib.auth import get_user_model
 from django.urls import reverse
 from django.utils import timezone
 
-from streams.models import LiveSession
-from users.models import Friendship
+from tests.factories import befriend, go_live
 
 pytestmark = pytest.mark.django_db
 
@@ -38,17 +37,6 @@ def alice(django_user_model):
 @pytest.fixture
 def bob(django_user_model):
     return django_user_model.objects.create_user(username="bob", password=PASSWORD)
-
-
-def befriend(a, b) -> None:
-    low, high = sorted((a, b), key=lambda u: u.id)
-    Friendship.objects.create(user_low=low, user_high=high)
-
-
-def go_live(user, **fields) -> LiveSession:
-    return LiveSession.objects.create(
-        broadcaster=user, owner_channel="x", heartbeat_at=timezone.now(), **fields
-    )
 
 
 def json_script(html: str, element_id: str):
@@ -247,6 +235,7 @@ def test_listen_page_for_friend_of_live_broadcaster(client, alice, bob):
         "broadcaster": {"id": alice.id, "username": "alice"},
         "started_at": session.started_at.isoformat(),
         "denoise": True,
+        "listeners": None,
     }
     assert json_script(html, "ice-servers") == []
 

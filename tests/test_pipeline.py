@@ -12,6 +12,7 @@ import pytest
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from av import AudioFrame
 
+from streams.audio import load_audio
 from streams.pipeline import BLOCK_SAMPLES, AudioPipeline, ListenerTrack
 from streams.processors.base import PassThrough
 from streams.recording import WavRecorder
@@ -78,6 +79,18 @@ def _rms(x: np.ndarray) -> float:
     return float(np.sqrt(np.mean(np.square(x, dtype=np.float64)))) if len(x) else 0.0
 
 
+def _assert_recorded_as_heard(tmp_path, blocks: list[np.ndarray]) -> None:
+    """The recorder got exactly what the listener got: silence where it got silence."""
+    recorded = load_audio(tmp_path / "rec.wav")
+    assert len(recorded) == len(blocks) * BLOCK_SAMPLES
+    for i, block in enumerate(blocks):
+        written = recorded[i * BLOCK_SAMPLES : (i + 1) * BLOCK_SAMPLES]
+        if np.any(block):
+            np.testing.assert_allclose(written, block, atol=2 / 32768)  # 16-bit on disk
+        else:
+            assert not np.any(written), f"block {i}: silent for listeners, not in the file"
+
+
 async def _run(processor, source, tmp_path, **kwargs):
     executor = ThreadPoolExecutor(max_workers=2)
     recorder = WavRecorder(tmp_path / "rec.wav")
@@ -110,6 +123,8 @@ async def test_processor_error_fails_closed_to_silence(tmp_path) -> None:
     assert _rms(np.concatenate(blocks[:2])) > 0.3  # before the failure: processed audio
     assert all(not np.any(b) for b in blocks[2:])  # from the failure on: silence, never raw
     assert pipeline.stats.blocks_silenced == 8
+    assert len(blocks) == 10
+    _assert_recorded_as_heard(tmp_path, blocks)
 
 
 async def test_processor_falling_behind_silences_instead_of_leaking(tmp_path) -> None:
@@ -120,11 +135,13 @@ async def test_processor_falling_behind_silences_instead_of_leaking(tmp_path) ->
     silent = [b for b in blocks if not np.any(b)]
     assert len(silent) == pipeline.stats.blocks_silenced
     assert len(blocks) == 50
+    _assert_recorded_as_heard(tmp_path, blocks)
 
 
 async def test_hanging_processor_is_abandoned(tmp_path) -> None:
     pipeline, blocks = await _run(Hanging(), ToneTrack(4), tmp_path, stall_timeout_s=0.2)
     assert pipeline.stats.failed == "stalled"
+    assert len(blocks) == 4  # not vacuous: every block arrived, as silence
     assert all(not np.any(b) for b in blocks)
 
 

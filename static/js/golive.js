@@ -3,7 +3,7 @@
 // error, and "elsewhere" (this user is live from another tab).
 import { errorMessage } from "./api.js";
 import { socket } from "./socket.js";
-import { formatDuration, plural, readJson, secondsSince, showMessage } from "./ui.js";
+import { formatDuration, readJson, secondsSince, setListeners, showMessage } from "./ui.js";
 import { closePeer, createOfferSdp, createPeerConnection } from "./webrtc.js";
 
 const $ = (id) => document.getElementById(id);
@@ -14,7 +14,6 @@ const els = {
   error: $("live-error"),
   elapsed: $("live-elapsed"),
   listeners: $("listener-count"),
-  listenerLabel: $("listener-label"),
   mic: $("mic-select"),
   micEnable: $("mic-enable"),
   micHelp: $("mic-help"),
@@ -37,7 +36,6 @@ const STATUS_TEXT = {
   elsewhere: "Live in another tab",
 };
 const END_REASONS = {
-  replaced: "You went live from another tab or window, so this broadcast ended.",
   disconnected: "The connection to the server was lost, so the broadcast ended.",
   server_shutdown: "The server restarted, so the broadcast ended.",
 };
@@ -81,11 +79,6 @@ function setState(next, { message = "", error = "" } = {}) {
   }
   if (next === "connecting" || next === "idle") setListeners(0);
   if (next === "elsewhere") els.listeners.textContent = "–"; // counted by the other tab's page
-}
-
-function setListeners(count) {
-  els.listeners.textContent = String(count);
-  els.listenerLabel.textContent = plural(count, "listener").replace(/^\d+ /, "");
 }
 
 function showElsewhere() {

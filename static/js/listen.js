@@ -2,7 +2,7 @@
 // signalled on the page's WebSocket. States: idle, connecting, live, ended, error.
 import { api, errorMessage } from "./api.js";
 import { socket } from "./socket.js";
-import { plural, readJson, showMessage } from "./ui.js";
+import { readJson, setListeners, showMessage } from "./ui.js";
 import { closePeer, createOfferSdp, createPeerConnection } from "./webrtc.js";
 
 const $ = (id) => document.getElementById(id);
@@ -16,8 +16,6 @@ const els = {
   stop: $("listen-stop"),
   ended: $("listen-ended"),
   elapsed: $("listen-elapsed"),
-  listeners: $("listener-count"),
-  listenerLabel: $("listener-label"),
 };
 
 const session = readJson("live-session");
@@ -49,11 +47,6 @@ function setState(next, error = "") {
     $("listen-title-state").textContent = "was live";
     document.body.classList.add("broadcast-ended");
   }
-}
-
-function setListeners(count) {
-  els.listeners.textContent = String(count);
-  els.listenerLabel.textContent = plural(count, "listener").replace(/^\d+ /, "");
 }
 
 function teardown() {

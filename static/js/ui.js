@@ -60,6 +60,14 @@ export function plural(count, word) {
   return `${count} ${word}${count === 1 ? "" : "s"}`;
 }
 
+/** Show a listener count in #listener-count, and "listener(s)" to match in #listener-label. */
+export function setListeners(count) {
+  const countEl = document.getElementById("listener-count");
+  const labelEl = document.getElementById("listener-label");
+  if (countEl) countEl.textContent = String(count);
+  if (labelEl) labelEl.textContent = plural(count, "listener").replace(/^\S+ /, "");
+}
+
 /** Show `message` in `el` (unhidden), or hide it when message is empty. */
 export function showMessage(el, message) {
   if (!el) return;

@@ -207,6 +207,7 @@ def process_offline(
     Raises:
         ValueError: ``block_size`` <= 0, or ``samples`` is not 1-D (see
             :func:`check_block`).
+        TypeError: ``samples`` does not have a floating dtype (see :func:`check_block`).
         ProcessorError: the processor's latency changed after the first block, so no
             single shift can align the output.
     """

@@ -91,9 +91,14 @@ def verify_model(path: Path) -> None:
         if key in _verified_models:
             return
         digest = hashlib.sha256()
-        with resolved.open("rb") as handle:
-            for chunk in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(chunk)
+        try:
+            with resolved.open("rb") as handle:
+                for chunk in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(chunk)
+        except OSError as exc:
+            raise ModelIntegrityError(
+                f"DeepFilterNet3 model not readable: {resolved} ({exc})"
+            ) from exc
         actual = digest.hexdigest()
         if actual != MODEL_SHA256:
             raise ModelIntegrityError(
