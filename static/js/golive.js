@@ -38,6 +38,8 @@ const STATUS_TEXT = {
 const END_REASONS = {
   disconnected: "The connection to the server was lost, so the broadcast ended.",
   server_shutdown: "The server restarted, so the broadcast ended.",
+  lost: "The server lost track of this broadcast, so it ended. Your recording is saved.",
+  failed: "The server could not start the broadcast.",
 };
 
 let state = "idle";

@@ -137,7 +137,13 @@ socket.on("session.stats", (msg) => {
   if (msg.session_id === session.id) setListeners(msg.listeners);
 });
 socket.on("session.ended", (msg) => {
-  if (msg.session_id === session.id) ended();
+  if (msg.session_id !== session.id) return;
+  if (msg.reason === "unfriended") {
+    teardown();
+    setState("error", "You are no longer friends, so this broadcast is closed to you.");
+  } else {
+    ended();
+  }
 });
 socket.on("live", (msg) => {
   // Not live any more, or live again in a new session: this one is over.
