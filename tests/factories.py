@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from datetime import timedelta
 
+import numpy as np
 from asgiref.sync import async_to_sync
 from django.utils import timezone
 
-from streams.models import LiveSession
+from streams.audio import write_wav
+from streams.models import LiveSession, Recording
+from streams.services import recording_path
 from users.models import Friendship, User
 
 
@@ -56,3 +60,25 @@ class Inbox:
         async_to_sync(drain)()
         assert all(m["type"] == "hearth.event" for m in received), received
         return [(m["event"], m["data"]) for m in received]
+
+
+def make_recording(
+    owner: User, *, age_s: float = 0, ended: bool = True, frames: int = 1500
+) -> Recording:
+    """A recording row of ``owner`` and its WAV: ``frames`` samples of seeded noise."""
+    started = timezone.now() - timedelta(seconds=age_s)
+    recording = Recording.objects.create(
+        owner=owner,
+        title=f"{owner.username} rec",
+        file=f"recordings/{owner.id}/{uuid.uuid4().hex}.wav",
+        started_at=started,
+        ended_at=started + timedelta(seconds=1) if ended else None,
+        duration_s=frames / 48_000,
+        size_bytes=44 + 2 * frames,
+        processing={"denoise": True, "model": "DeepFilterNet3"},
+    )
+    path = recording_path(recording)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(recording.id)
+    write_wav(path, rng.uniform(-0.5, 0.5, frames).astype(np.float32))
+    return recording

@@ -3,20 +3,17 @@
 from __future__ import annotations
 
 import json
-import uuid
 from datetime import timedelta
 
-import numpy as np
 import pytest
 from asgiref.sync import async_to_sync
 from django.test import Client
 from django.utils import timezone
 
 from streams import services as stream_services
-from streams.audio import write_wav
 from streams.http_range import RangeNotSatisfiable, range_parse
 from streams.models import LiveSession, Recording
-from tests.factories import befriend, go_live, make_user
+from tests.factories import befriend, go_live, make_recording, make_user
 from users.models import FriendRequest, Friendship, PresenceConnection, User
 
 pytestmark = pytest.mark.django_db
@@ -25,25 +22,6 @@ FRAMES = 1500  # 16-bit mono: 44-byte header + 3000 bytes of audio
 
 
 # --- Helpers -------------------------------------------------------------------------
-
-
-def make_recording(owner: User, *, age_s: float = 0, ended: bool = True) -> Recording:
-    started = timezone.now() - timedelta(seconds=age_s)
-    recording = Recording.objects.create(
-        owner=owner,
-        title=f"{owner.username} rec",
-        file=f"recordings/{owner.id}/{uuid.uuid4().hex}.wav",
-        started_at=started,
-        ended_at=started + timedelta(seconds=1) if ended else None,
-        duration_s=FRAMES / 48_000,
-        size_bytes=44 + 2 * FRAMES,
-        processing={"denoise": True, "model": "DeepFilterNet3"},
-    )
-    path = stream_services.recording_path(recording)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(recording.id)
-    write_wav(path, rng.uniform(-0.5, 0.5, FRAMES).astype(np.float32))
-    return recording
 
 
 def body(response) -> bytes:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import struct
-import uuid
 from datetime import timedelta
 
 import numpy as np
@@ -17,7 +16,7 @@ from streams.audio import write_wav
 from streams.models import LiveSession, Recording
 from streams.recording import RecordingInfo, WavRecorder
 from streams.services import LiveSessionError, RecordingError
-from tests.factories import Inbox, befriend, make_user
+from tests.factories import Inbox, befriend, make_recording, make_user
 from users.events import user_group
 from users.models import User
 
@@ -47,19 +46,6 @@ def start(user: User, **kwargs) -> tuple[LiveSession, Recording]:
     kwargs.setdefault("denoise", True)
     kwargs.setdefault("owner_channel", "specific.owner!1")
     return services.live_session_start(broadcaster=user, **kwargs)
-
-
-def make_recording(owner: User, *, age_s: float = 0, ended: bool = True) -> Recording:
-    started = timezone.now() - timedelta(seconds=age_s)
-    recording = Recording.objects.create(
-        owner=owner,
-        title=f"{owner.username} rec",
-        file=f"recordings/{owner.id}/{uuid.uuid4().hex}.wav",
-        started_at=started,
-        ended_at=started + timedelta(seconds=1) if ended else None,
-    )
-    write_recording_wav(recording, 480)
-    return recording
 
 
 # --- live_session_start --------------------------------------------------------------
