@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db.models import Q, QuerySet
@@ -13,10 +13,16 @@ from users.models import User
 from users.selectors import friend_ids, friendship_exists
 
 
+def live_session_stale_cutoff() -> datetime:
+    """Heartbeats older than this (now − ``HEARTH["SESSION_STALE_S"]``) mean a dead owner."""
+    return timezone.now() - timedelta(seconds=settings.HEARTH["SESSION_STALE_S"])
+
+
 def _fresh_live() -> QuerySet[LiveSession]:
     """Live sessions whose owner process stamped them recently."""
-    cutoff = timezone.now() - timedelta(seconds=settings.HEARTH["SESSION_STALE_S"])
-    return LiveSession.objects.filter(ended_at__isnull=True, heartbeat_at__gte=cutoff)
+    return LiveSession.objects.filter(
+        ended_at__isnull=True, heartbeat_at__gte=live_session_stale_cutoff()
+    )
 
 
 def live_session_active_for(*, user: User) -> LiveSession | None:
@@ -53,8 +59,11 @@ def live_session_by_broadcaster(*, user_ids: set[int]) -> dict[int, LiveSession]
 
 def live_session_stale_list() -> list[LiveSession]:
     """Sessions still marked live whose owner process stopped stamping them."""
-    cutoff = timezone.now() - timedelta(seconds=settings.HEARTH["SESSION_STALE_S"])
-    return list(LiveSession.objects.filter(ended_at__isnull=True, heartbeat_at__lt=cutoff))
+    return list(
+        LiveSession.objects.filter(
+            ended_at__isnull=True, heartbeat_at__lt=live_session_stale_cutoff()
+        )
+    )
 
 
 def recording_list_visible(*, user: User) -> QuerySet[Recording]:

@@ -8,7 +8,6 @@ Real-time events go out after the commit: friends get ``live`` and
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
 from pathlib import Path
 
 from asgiref.sync import async_to_sync
@@ -20,7 +19,7 @@ from django.utils import timezone
 from streams.models import LiveSession, Recording
 from streams.processors.factory import audio_chain_settings
 from streams.recording import RecordingInfo, WavFileError, wav_repair
-from streams.selectors import live_session_stale_list
+from streams.selectors import live_session_stale_cutoff, live_session_stale_list
 from users.events import users_notify
 from users.models import User
 from users.selectors import friend_ids
@@ -66,9 +65,18 @@ def _session_event(session_id: int, event: str, data: dict[str, object]) -> None
     transaction.on_commit(send)
 
 
+def _owner_and_friends(user: User | int) -> set[int]:
+    user_id = user if isinstance(user, int) else user.id
+    return friend_ids(user=user_id) | {user_id}
+
+
+def _notify_recordings_changed(owner: User | int) -> None:
+    users_notify(user_ids=_owner_and_friends(owner), event="recordings.changed", data={})
+
+
 def _notify_live(session: LiveSession, *, live: bool) -> None:
     users_notify(
-        user_ids=friend_ids(user=session.broadcaster) | {session.broadcaster_id},
+        user_ids=_owner_and_friends(session.broadcaster_id),
         event="live",
         data={
             "user_id": session.broadcaster_id,
@@ -97,8 +105,8 @@ def live_session_start(
         LiveSessionError: code ``already_live`` if the user is live elsewhere.
     """
     User.objects.select_for_update().filter(id=broadcaster.id).first()  # serialise go-lives
+    cutoff = live_session_stale_cutoff()
     for stale in LiveSession.objects.filter(broadcaster=broadcaster, ended_at__isnull=True):
-        cutoff = timezone.now() - timedelta(seconds=settings.HEARTH["SESSION_STALE_S"])
         if stale.heartbeat_at >= cutoff:
             raise LiveSessionError(
                 "You are already live in another tab or device. Stop that broadcast first.",
@@ -183,11 +191,7 @@ def _session_end(
             "recording_id": recording.id if recording else None,
         },
     )
-    users_notify(
-        user_ids=friend_ids(user=session.broadcaster) | {session.broadcaster_id},
-        event="recordings.changed",
-        data={},
-    )
+    _notify_recordings_changed(session.broadcaster_id)
     return recording
 
 
@@ -251,7 +255,7 @@ def recording_rename(*, user: User, recording_id: int, title: str) -> Recording:
         raise RecordingError("A title needs 1 to 120 characters.", status=400)
     recording.title = title
     recording.save(update_fields=["title"])
-    users_notify(user_ids=friend_ids(user=user) | {user.id}, event="recordings.changed", data={})
+    _notify_recordings_changed(user)
     return recording
 
 
@@ -272,4 +276,4 @@ def recording_delete(*, user: User, recording_id: int) -> None:
     path = recording_path(recording)
     recording.delete()
     transaction.on_commit(lambda: path.unlink(missing_ok=True))
-    users_notify(user_ids=friend_ids(user=user) | {user.id}, event="recordings.changed", data={})
+    _notify_recordings_changed(user)

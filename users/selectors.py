@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db.models import Q, QuerySet
@@ -60,9 +60,13 @@ def user_search(*, user: User, query: str, limit: int = 10) -> list[User]:
     )
 
 
+def presence_stale_cutoff() -> datetime:
+    """Connections not seen since this (now − ``HEARTH["PRESENCE_STALE_S"]``) are gone."""
+    return timezone.now() - timedelta(seconds=settings.HEARTH["PRESENCE_STALE_S"])
+
+
 def _fresh_connections() -> QuerySet[PresenceConnection]:
-    cutoff = timezone.now() - timedelta(seconds=settings.HEARTH["PRESENCE_STALE_S"])
-    return PresenceConnection.objects.filter(last_seen__gte=cutoff)
+    return PresenceConnection.objects.filter(last_seen__gte=presence_stale_cutoff())
 
 
 def user_is_online(*, user_id: int) -> bool:

@@ -9,15 +9,13 @@ show the user.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import timedelta
 
-from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from users.events import users_notify
 from users.models import FriendRequest, Friendship, PresenceConnection, User
-from users.selectors import friend_ids, friendship_exists
+from users.selectors import friend_ids, friendship_exists, presence_stale_cutoff
 
 
 class FriendshipError(Exception):
@@ -148,10 +146,6 @@ def _presence_broadcast(*, user: User, online: bool) -> None:
     )
 
 
-def _stale_cutoff() -> timezone.datetime:
-    return timezone.now() - timedelta(seconds=settings.HEARTH["PRESENCE_STALE_S"])
-
-
 @transaction.atomic
 def presence_connect(*, user: User, channel_name: str) -> bool:
     """Record a new page connection of ``user``; return True if they came online.
@@ -160,7 +154,7 @@ def presence_connect(*, user: User, channel_name: str) -> bool:
     """
     User.objects.select_for_update().filter(id=user.id).first()  # serialise per user
     was_online = PresenceConnection.objects.filter(
-        user=user, last_seen__gte=_stale_cutoff()
+        user=user, last_seen__gte=presence_stale_cutoff()
     ).exists()
     PresenceConnection.objects.update_or_create(
         channel_name=channel_name, defaults={"user": user, "last_seen": timezone.now()}
@@ -176,7 +170,7 @@ def presence_disconnect(*, user: User, channel_name: str) -> bool:
     User.objects.select_for_update().filter(id=user.id).first()
     PresenceConnection.objects.filter(channel_name=channel_name).delete()
     still_online = PresenceConnection.objects.filter(
-        user=user, last_seen__gte=_stale_cutoff()
+        user=user, last_seen__gte=presence_stale_cutoff()
     ).exists()
     if not still_online:
         _presence_broadcast(user=user, online=False)
@@ -202,7 +196,7 @@ def presence_prune() -> int:
 
     Friends of users who thereby went offline are told. Returns rows deleted.
     """
-    stale = PresenceConnection.objects.filter(last_seen__lt=_stale_cutoff())
+    stale = PresenceConnection.objects.filter(last_seen__lt=presence_stale_cutoff())
     user_ids = set(stale.values_list("user_id", flat=True))
     deleted, _ = stale.delete()
     for user in User.objects.filter(id__in=user_ids):
