@@ -1,0 +1,286 @@
+"""Encode once, forward to all: the broadcast's processed media to every listener.
+
+aiortc's ``RTCRtpSender`` reads its track; given an ``av.Packet`` instead of a frame
+it skips its own encoder and only packetises (``aiortc/rtcrtpsender.py``
+``_next_encoded_frame`` → ``encoder.pack``; the RTP timestamp comes from
+``packet.pts``/``packet.time_base``). So a :class:`Relay` encodes each processed
+chunk once (:class:`OpusEncoder`, in the engine's encode pool) and hands the same
+packet to every listener's :class:`RelayTrack`; a listener then costs RTP
+packetisation and SRTP only.
+
+Each :class:`RelayTrack` has its own bounded drop-oldest queue and its own pacing,
+so a slow or dead listener loses old packets alone and never holds up the others.
+Video-ready: a new subscriber, or a PLI/FIR from any listener
+(:meth:`Relay.attach_sender`), asks the shared encoder for a keyframe.
+
+``per_listener=True`` keeps the old path (each sender encodes raw frames itself) as
+the baseline of ``bench/fanout.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from concurrent.futures import Executor
+from fractions import Fraction
+from typing import Any, Protocol
+
+import av
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+
+from streams.audio import samples_to_frame
+from streams.media.graph import QueuePolicy, Sink
+from streams.media.items import AUDIO_TIME_BASE, SAMPLE_RATE, AudioChunk, EncodedPacket, Item
+from streams.media.metrics import MediaMetrics
+
+logger = logging.getLogger("hearth.media")
+
+PACING_MAX_WAIT_S = 0.06
+"""A packet ahead of its pacing schedule by more than this re-anchors the schedule
+(source clock drift, or a new anchor after a stall) instead of waiting longer."""
+
+PACING_MAX_LATE_S = 0.2
+"""A packet later than its schedule by more than this re-anchors too (no burst)."""
+
+
+class Encoder(Protocol):
+    """A shared encoder: chunks in, packets out (one thread at a time)."""
+
+    kind: str
+
+    def encode(self, chunk: AudioChunk, *, keyframe: bool = False) -> list[av.Packet]:
+        """Encode one chunk; the packets carry ``pts``/``time_base``."""
+        ...
+
+    def close(self) -> None:
+        """Release the codec."""
+        ...
+
+
+class OpusEncoder:
+    """libopus (through PyAV) for the relay: 960-sample float32 mono 48 kHz chunks in,
+    one Opus packet per chunk out (RFC 7587; mono in the ``opus/48000/2`` payload, which
+    every WebRTC receiver decodes).
+
+    Each packet's ``pts`` is set to its chunk's content pts (FFmpeg stamps libopus
+    packets ``pts - 312``, the encoder's pre-skip), ``time_base = 1/48000``.
+
+    Args:
+        bitrate: Target bits per second (64 kb/s: transparent wide-band speech).
+        application: libopus application, ``"voip"`` (speech) or ``"audio"``.
+    """
+
+    kind = "audio"
+
+    def __init__(self, *, bitrate: int = 64_000, application: str = "voip") -> None:
+        self.codec = av.CodecContext.create("libopus", "w")
+        self.codec.bit_rate = bitrate
+        self.codec.format = "s16"
+        self.codec.layout = "mono"
+        self.codec.sample_rate = SAMPLE_RATE
+        self.codec.time_base = AUDIO_TIME_BASE
+        self.codec.options = {"application": application}
+
+    def encode(self, chunk: AudioChunk, *, keyframe: bool = False) -> list[av.Packet]:
+        """Encode ``chunk`` (float32, shape ``(960,)``); ``keyframe`` is moot for Opus."""
+        del keyframe
+        frame = samples_to_frame(chunk.samples, pts=chunk.pts, sample_rate=SAMPLE_RATE)
+        packets = list(self.codec.encode(frame))
+        for index, packet in enumerate(packets):
+            packet.pts = chunk.pts + index * len(chunk.samples)
+            packet.time_base = AUDIO_TIME_BASE
+        return packets
+
+    def close(self) -> None:
+        """Drop the codec context."""
+        self.codec = None  # type: ignore[assignment]
+
+
+class RelayTrack(MediaStreamTrack):
+    """One listener's outgoing track: yields the relay's shared packets (or, on the
+    per-listener baseline path, raw s16 frames for the sender to encode).
+
+    Its queue holds at most ``max_queue`` items; when full the oldest is dropped
+    (:attr:`dropped`). ``recv`` paces output by pts: an item leaves no earlier than its
+    place on a schedule anchored at the first item, waiting at most
+    :data:`PACING_MAX_WAIT_S`, so bursts (after a processing hiccup) are spread out
+    without adding steady-state latency.
+
+    Args:
+        relay: The relay feeding it.
+        kind: ``"audio"`` (or ``"video"``).
+        max_queue: Queue bound in items (25 = 500 ms of 20 ms packets).
+    """
+
+    def __init__(self, relay: Relay, *, kind: str = "audio", max_queue: int = 25) -> None:
+        super().__init__()
+        self.kind = kind
+        self._relay = relay
+        self._queue: deque[tuple[Any, float]] = deque(maxlen=max_queue)
+        self._ready = asyncio.Event()
+        self._anchor: tuple[float, int, Fraction] | None = None
+        self.sent = 0
+        self.dropped = 0
+
+    def push(self, item: EncodedPacket | AudioChunk, published: float) -> None:
+        """Queue one item (event-loop thread)."""
+        if len(self._queue) == self._queue.maxlen:
+            self.dropped += 1
+        self._queue.append((item, published))
+        self._ready.set()
+
+    def _wait_s(self, pts: int, time_base: Fraction) -> float:
+        now = time.monotonic()
+        if self._anchor is None:
+            self._anchor = (now, pts, time_base)
+            return 0.0
+        start, pts0, base = self._anchor
+        due = start + float((pts - pts0) * base)
+        wait = due - now
+        if wait > PACING_MAX_WAIT_S or wait < -PACING_MAX_LATE_S:
+            self._anchor = (now, pts, time_base)
+            return 0.0
+        return max(0.0, wait)
+
+    async def recv(self) -> av.Packet | av.AudioFrame:
+        """The next packet (or frame), paced.
+
+        Raises:
+            MediaStreamError: the track was stopped.
+        """
+        while True:
+            if self.readyState != "live":
+                raise MediaStreamError
+            if self._queue:
+                break
+            self._ready.clear()
+            await self._ready.wait()
+        item, published = self._queue.popleft()
+        wait = self._wait_s(item.pts, item.time_base)
+        if wait > 0:
+            await asyncio.sleep(wait)
+        if self.readyState != "live":
+            raise MediaStreamError
+        self.sent += 1
+        self._relay.metrics.timer("relay").add(time.monotonic() - published)
+        if isinstance(item, EncodedPacket):
+            return item.packet
+        return samples_to_frame(item.samples, pts=item.pts, sample_rate=SAMPLE_RATE)
+
+    def stop(self) -> None:
+        """End the track and leave the relay."""
+        super().stop()
+        self._ready.set()
+        self._relay.unsubscribe(self)
+
+
+class Relay:
+    """Fan-out of one broadcast's processed media to its listeners' tracks.
+
+    Args:
+        encoder: Shared encoder (used from one thread at a time).
+        executor: Where encoding runs (the engine's encode pool).
+        metrics: The stream's metrics (``encode`` and ``relay`` timers).
+        per_listener: Baseline mode: forward raw chunks, each sender encodes.
+        max_queue: Each track's queue bound, in items.
+    """
+
+    def __init__(
+        self,
+        *,
+        encoder: Encoder,
+        executor: Executor,
+        metrics: MediaMetrics,
+        per_listener: bool = False,
+        max_queue: int = 25,
+    ) -> None:
+        self.encoder = encoder
+        self.kind = encoder.kind
+        self.executor = executor
+        self.metrics = metrics
+        self.per_listener = per_listener
+        self.max_queue = max_queue
+        self.tracks: set[RelayTrack] = set()
+        self.packets_encoded = 0
+        self.keyframe_requests = 0
+        self._keyframe = False
+
+    def subscribe(self) -> RelayTrack:
+        """A new listener track (asks the encoder for a keyframe)."""
+        track = RelayTrack(self, kind=self.kind, max_queue=self.max_queue)
+        self.tracks.add(track)
+        self.request_keyframe()
+        return track
+
+    def unsubscribe(self, track: RelayTrack) -> None:
+        """Forget ``track`` (no error if absent)."""
+        self.tracks.discard(track)
+
+    def request_keyframe(self) -> None:
+        """Make the next encoded chunk a keyframe (new listener, PLI, FIR)."""
+        self.keyframe_requests += 1
+        self._keyframe = True
+
+    def attach_sender(self, sender: Any) -> None:
+        """Route a listener sender's PLI/FIR to :meth:`request_keyframe`.
+
+        aiortc's ``RTCRtpSender._handle_rtcp_packet`` calls ``self._send_keyframe()``
+        on PLI/FIR, which only affects its own (here unused) encoder; the instance
+        attribute set here sends the request to the shared encoder instead.
+        """
+        sender._send_keyframe = self.request_keyframe
+
+    async def publish(self, chunk: AudioChunk) -> None:
+        """Encode ``chunk`` once (in the executor) and queue it on every live track."""
+        tracks = [t for t in self.tracks if t.readyState == "live"]
+        if not tracks:
+            return
+        now = time.monotonic()
+        if self.per_listener:
+            for track in tracks:
+                track.push(chunk, now)
+            return
+        keyframe, self._keyframe = self._keyframe, False
+        loop = asyncio.get_running_loop()
+        started = time.perf_counter()
+        packets = await loop.run_in_executor(
+            self.executor, lambda: self.encoder.encode(chunk, keyframe=keyframe)
+        )
+        self.metrics.timer("encode").add(time.perf_counter() - started)
+        produced = time.monotonic()
+        for packet in packets:
+            self.packets_encoded += 1
+            item = EncodedPacket(
+                packet=packet,
+                pts=int(packet.pts),
+                time_base=packet.time_base,
+                produced=produced,
+                arrived=chunk.arrived,
+                keyframe=keyframe or self.kind == "audio",
+            )
+            for track in tracks:
+                track.push(item, produced)
+
+    def close(self) -> None:
+        """Stop every track and release the encoder."""
+        for track in list(self.tracks):
+            track.stop()
+        self.encoder.close()
+
+
+class RelaySink(Sink):
+    """The graph sink that feeds a :class:`Relay` (drop-oldest: live audio never waits)."""
+
+    name = "relay"
+    policy = QueuePolicy.DROP_OLDEST
+    max_items = 50
+
+    def __init__(self, relay: Relay) -> None:
+        self.relay = relay
+
+    async def write(self, item: Item) -> None:
+        """Publish audio chunks; events are not relayed."""
+        if isinstance(item, AudioChunk):
+            await self.relay.publish(item)

@@ -1,0 +1,114 @@
+"""Sinks that end a graph: the recorder, an in-memory collector, an event log."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from concurrent.futures import Executor
+
+import numpy as np
+from numpy.typing import NDArray
+
+from streams.media.graph import QueuePolicy, Sink
+from streams.media.items import AudioChunk, Event, Item
+from streams.recording import RecordingInfo, WavRecorder
+
+
+class RecorderSink(Sink):
+    """Writes every audio chunk to a :class:`~streams.recording.WavRecorder`.
+
+    Lossless queue; writes run in ``executor`` (the engine's io pool), never inside a
+    processing job, so a slow disk delays the file, not the live audio. Events are ignored.
+
+    Args:
+        recorder: Open recorder; this sink closes it (see :attr:`info`).
+        executor: Where writes and the close run.
+        max_items: Queue bound (default 30000 chunks: 10 minutes of 20 ms blocks).
+    """
+
+    name = "recorder"
+    policy = QueuePolicy.LOSSLESS
+
+    def __init__(
+        self, recorder: WavRecorder, executor: Executor, *, max_items: int = 30_000
+    ) -> None:
+        self.recorder = recorder
+        self.executor = executor
+        self.max_items = max_items
+        self.info: RecordingInfo | None = None
+        self.write_errors = 0
+        self.clipped = 0  # samples beyond [-1, 1], clipped by the 16-bit conversion
+
+    async def write(self, item: Item) -> None:
+        """Append ``item``'s samples (an :class:`AudioChunk`) to the file."""
+        if not isinstance(item, AudioChunk):
+            return
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(self.executor, self._write, item.samples)
+        except ValueError:  # closed under us (shutdown) or the RIFF size limit
+            self.write_errors += 1
+            raise
+
+    def _write(self, samples: NDArray[np.float32]) -> None:
+        self.recorder.write(samples)
+        self.clipped += int(np.count_nonzero(np.abs(samples) > 1.0))
+
+    async def close(self) -> None:
+        """Finalise the WAV header and close the file (in the executor)."""
+        loop = asyncio.get_running_loop()
+        self.info = await loop.run_in_executor(self.executor, self.recorder.close)
+
+
+class CollectSink(Sink):
+    """Keeps every chunk in memory (batch output, tests). Lossless, unbounded."""
+
+    name = "collect"
+    policy = QueuePolicy.LOSSLESS
+    max_items = 1 << 30
+
+    def __init__(self) -> None:
+        self.chunks: list[AudioChunk] = []
+        self.events: list[Event] = []
+
+    async def write(self, item: Item) -> None:
+        """Store a chunk or an event."""
+        if isinstance(item, AudioChunk):
+            self.chunks.append(item)
+        elif isinstance(item, Event):
+            self.events.append(item)
+
+    @property
+    def samples(self) -> NDArray[np.float32]:
+        """All collected samples joined, float32 shape ``(n,)``."""
+        if not self.chunks:
+            return np.zeros(0, dtype=np.float32)
+        return np.concatenate([c.samples for c in self.chunks]).astype(np.float32, copy=False)
+
+
+class CallbackSink(Sink):
+    """Hands every item to ``callback`` on the loop (analysis branches, stats).
+
+    Args:
+        callback: Called with each item; must not block.
+        name: Sink name.
+        policy: Queue policy (default drop-oldest).
+        max_items: Queue bound.
+    """
+
+    def __init__(
+        self,
+        callback: Callable[[Item], None],
+        *,
+        name: str = "callback",
+        policy: QueuePolicy = QueuePolicy.DROP_OLDEST,
+        max_items: int = 500,
+    ) -> None:
+        self.callback = callback
+        self.name = name
+        self.policy = policy
+        self.max_items = max_items
+
+    async def write(self, item: Item) -> None:
+        """Call the callback."""
+        self.callback(item)
