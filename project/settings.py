@@ -205,8 +205,11 @@ HEARTH = {
     "MAX_WS_MESSAGE_BYTES": 96 * 1024,
     # Seconds between the owner process's liveness stamps on a live session, and
     # the age after which a session whose owner stopped stamping counts as dead.
+    # Well over two stamps that each wait out SQLite's 20 s lock timeout (5 + 20 + 5
+    # + 20 = 50 s), so a slow-but-alive owner is not judged dead; a session whose
+    # recording was written to within this window is never judged dead either.
     "SESSION_HEARTBEAT_S": 5.0,
-    "SESSION_STALE_S": 20.0,
+    "SESSION_STALE_S": 60.0,
     # A presence connection not seen for this long counts as gone (crashed process).
     "PRESENCE_STALE_S": 90.0,
     # Worker threads for media processing (DeepFilterNet) in each process.

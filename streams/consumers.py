@@ -234,10 +234,22 @@ class HearthConsumer(AsyncWebsocketConsumer):
         if event.get("event") == "friends.changed" and self.listening:
             await self._recheck_listening()
         if event.get("event") == "session.ended":
-            self.listening.pop(data.get("session_id"), None)
-            if data.get("session_id") == self.broadcasting:  # ended by the media server
-                self.broadcasting = None
+            await self._session_forget(data.get("session_id"))
         await self._send({"type": event["event"], **data})
+
+    async def _session_forget(self, session_id: object) -> None:
+        """A session this page listened to or broadcast has ended: drop it and its group.
+
+        Leaving ``session.<id>`` stops that session's ``session.stats`` reaching the page.
+        """
+        if not isinstance(session_id, int):
+            return
+        self.listening.pop(session_id, None)
+        if session_id == self.broadcasting:  # ended by the media server
+            self.broadcasting = None
+        group = services.session_group(session_id)
+        if group in self.groups_joined:
+            await self._leave(group)
 
     async def _recheck_listening(self) -> None:
         """Stop listening to sessions whose broadcaster is no longer a friend."""
@@ -264,6 +276,10 @@ class HearthConsumer(AsyncWebsocketConsumer):
         )
 
     async def rtc_listen_error(self, event: dict[str, Any]) -> None:
-        """The owner process refused our listener offer."""
-        self.listening.pop(event["session_id"], None)
+        """The owner process refused our listener offer: forget the session and its group."""
+        session_id = event["session_id"]
+        self.listening.pop(session_id, None)
+        group = services.session_group(session_id)
+        if session_id != self.broadcasting and group in self.groups_joined:
+            await self._leave(group)
         await self._error(event["message"], code=event["code"], ref="listen.start")

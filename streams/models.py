@@ -12,10 +12,14 @@ class LiveSession(models.Model):
 
     ``owner_channel`` is the channel-layer name of the daphne process that holds the
     broadcaster's peer connection: listeners' SDP offers are routed there.
+    ``listeners`` is the current listener count as that process last stored it, so
+    every process can report it.
     ``heartbeat_at`` is stamped by that process; a session whose stamp is older than
     ``HEARTH["SESSION_STALE_S"]`` lost its process. Readers (the selectors) only ignore
     such a session; it is ended (reason ``"lost"``) by the owner-less cleanup in a media
-    server's heartbeat loop (about every 30 s), or when the same user goes live again.
+    server's housekeeping loop (about every 30 s), or when the same user goes live
+    again, unless its recording file was written to within that window (then its
+    owner is alive, only slow to stamp).
     """
 
     broadcaster = models.ForeignKey(
@@ -28,6 +32,7 @@ class LiveSession(models.Model):
     heartbeat_at = models.DateTimeField()
     ended_at = models.DateTimeField(null=True, blank=True)
     end_reason = models.CharField(max_length=40, blank=True)
+    listeners = models.PositiveIntegerField(default=0)
 
     class Meta:
         constraints = [

@@ -57,13 +57,17 @@ def live_session_by_broadcaster(*, user_ids: set[int]) -> dict[int, LiveSession]
     return {s.broadcaster_id: s for s in _fresh_live().filter(broadcaster_id__in=user_ids)}
 
 
-def live_session_stale_list() -> list[LiveSession]:
-    """Sessions still marked live whose owner process stopped stamping them."""
-    return list(
-        LiveSession.objects.filter(
-            ended_at__isnull=True, heartbeat_at__lt=live_session_stale_cutoff()
-        )
+def live_session_stale_list(*, broadcaster_id: int | None = None) -> list[LiveSession]:
+    """Sessions still marked live whose owner process stopped stamping them.
+
+    Only ``broadcaster_id``'s when given.
+    """
+    stale = LiveSession.objects.filter(
+        ended_at__isnull=True, heartbeat_at__lt=live_session_stale_cutoff()
     )
+    if broadcaster_id is not None:
+        stale = stale.filter(broadcaster_id=broadcaster_id)
+    return list(stale)
 
 
 def recording_list_visible(*, user: User) -> QuerySet[Recording]:

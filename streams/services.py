@@ -8,6 +8,8 @@ Real-time events go out after the commit: friends get ``live`` and
 from __future__ import annotations
 
 import logging
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from asgiref.sync import async_to_sync
@@ -18,7 +20,7 @@ from django.utils import timezone
 
 from streams.models import LiveSession, Recording
 from streams.processors.factory import audio_chain_settings
-from streams.recording import RecordingInfo, WavFileError, wav_repair
+from streams.recording import RecordingInfo, WavFileError, wav_info, wav_repair
 from streams.selectors import live_session_stale_cutoff, live_session_stale_list
 from users.events import users_notify
 from users.models import User
@@ -93,52 +95,54 @@ def recording_path(recording: Recording) -> Path:
     return Path(settings.MEDIA_ROOT) / recording.file.name
 
 
-@transaction.atomic
 def live_session_start(
     *, broadcaster: User, denoise: bool, owner_channel: str, title: str = ""
 ) -> tuple[LiveSession, Recording]:
     """Open a live session for ``broadcaster`` and the recording row it writes to.
 
-    A session of the same user whose process died (stale heartbeat) is ended first.
+    A session of the same user whose process died (stale heartbeat, recording not
+    written to for ``SESSION_STALE_S``) is ended first, as ``live_session_end_stale``
+    would end it.
 
     Raises:
-        LiveSessionError: code ``already_live`` if the user is live elsewhere.
+        LiveSessionError: code ``already_live`` if the user is live elsewhere, which
+            includes a session with a stale heartbeat whose recording is still being
+            written (its owner is alive, only slow to stamp it).
     """
-    User.objects.select_for_update().filter(id=broadcaster.id).first()  # serialise go-lives
-    cutoff = live_session_stale_cutoff()
-    for stale in LiveSession.objects.filter(broadcaster=broadcaster, ended_at__isnull=True):
-        if stale.heartbeat_at >= cutoff:
+    for stale in live_session_stale_list(broadcaster_id=broadcaster.id):
+        _session_end_if_lost(stale)
+    with transaction.atomic():
+        User.objects.select_for_update().filter(id=broadcaster.id).first()  # serialise go-lives
+        if LiveSession.objects.filter(broadcaster=broadcaster, ended_at__isnull=True).exists():
             raise LiveSessionError(
                 "You are already live in another tab or device. Stop that broadcast first.",
                 code="already_live",
             )
-        _session_end(stale, reason="lost", info=None)
-    now = timezone.now()
-    try:
-        with transaction.atomic():
-            session = LiveSession.objects.create(
-                broadcaster=broadcaster,
-                title=title[:120],
-                denoise=denoise,
-                owner_channel=owner_channel,
-                heartbeat_at=now,
-            )
-    except IntegrityError as exc:  # a concurrent go-live won the race
-        raise LiveSessionError(
-            "You are already live in another tab or device.", code="already_live"
-        ) from exc
-    stamp = timezone.localtime(now).strftime("%Y%m%d-%H%M%S")
-    recording = Recording.objects.create(
-        owner=broadcaster,
-        session=session,
-        title=(title or f"{broadcaster.username} live, {timezone.localtime(now):%d %b %Y %H:%M}")[
-            :120
-        ],
-        file=f"recordings/{broadcaster.id}/{stamp}-session{session.id}.wav",
-        processing=audio_chain_settings(denoise=denoise),
-        started_at=now,
-    )
-    _notify_live(session, live=True)
+        now = timezone.now()
+        try:
+            with transaction.atomic():
+                session = LiveSession.objects.create(
+                    broadcaster=broadcaster,
+                    title=title[:120],
+                    denoise=denoise,
+                    owner_channel=owner_channel,
+                    heartbeat_at=now,
+                )
+        except IntegrityError as exc:  # a concurrent go-live won the race
+            raise LiveSessionError(
+                "You are already live in another tab or device.", code="already_live"
+            ) from exc
+        stamp = timezone.localtime(now).strftime("%Y%m%d-%H%M%S")
+        default_title = f"{broadcaster.username} live, {timezone.localtime(now):%d %b %Y %H:%M}"
+        recording = Recording.objects.create(
+            owner=broadcaster,
+            session=session,
+            title=(title or default_title)[:120],
+            file=f"recordings/{broadcaster.id}/{stamp}-session{session.id}.wav",
+            processing=audio_chain_settings(denoise=denoise),
+            started_at=now,
+        )
+        _notify_live(session, live=True)
     return session, recording
 
 
@@ -154,33 +158,112 @@ def live_session_heartbeat(*, session_ids: list[int]) -> set[int]:
     return set(live.values_list("id", flat=True))
 
 
-def _session_end(
-    session: LiveSession, *, reason: str, info: RecordingInfo | None
-) -> Recording | None:
+def live_session_listeners_set(*, session_id: int, listeners: int) -> None:
+    """Store ``listeners`` as the current listener count of live session ``session_id``.
+
+    Called by the media server that owns the session whenever its count changes, so
+    that every process can report it (``/api/live``). An ended or unknown session is
+    left alone. Sends no events: the owner sends ``session.stats`` itself.
+
+    Raises:
+        ValueError: ``listeners`` is negative.
+    """
+    if listeners < 0:
+        raise ValueError(f"A listener count cannot be negative ({listeners}).")
+    LiveSession.objects.filter(id=session_id, ended_at__isnull=True).update(listeners=listeners)
+
+
+# --- Ending sessions ------------------------------------------------------------------
+#
+# A session is ended in two short transactions with the file work between them: the
+# first, holding the session's row lock, decides and stamps the end; then, with no
+# transaction open, the WAV is repaired and measured when the recorder did not report
+# its figures; the second stores them (or drops an empty recording, whose file is
+# deleted only once that commits) and sends the events. A recording file written to
+# within ``SESSION_STALE_S`` is never repaired (which truncates) unless the caller is its
+# owner: a session whose heartbeat merely looks stale may still be writing it.
+
+
+@dataclass(frozen=True)
+class _FileFigures:
+    """What the disk says about a recording: ``info`` None means no readable audio;
+    ``disposable`` False means the file must be kept even so (a writer may be at it)."""
+
+    info: RecordingInfo | None
+    disposable: bool
+
+
+def _recording_file_busy(path: Path) -> bool:
+    """True if ``path`` was modified within ``SESSION_STALE_S``: its writer may be alive."""
+    try:
+        modified = path.stat().st_mtime
+    except OSError:
+        return False
+    return time.time() - modified < settings.HEARTH["SESSION_STALE_S"]
+
+
+def _recording_file_measure(path: Path, *, repair_busy: bool) -> _FileFigures:
+    """Measure a recording's WAV on disk, repairing its header where that is safe.
+
+    A file modified within ``SESSION_STALE_S`` is only read, never repaired, unless
+    ``repair_busy`` (the caller owns the writer, which is closed or dead).
+    """
+    if not path.exists():
+        return _FileFigures(info=None, disposable=True)
+    if not repair_busy and _recording_file_busy(path):
+        try:
+            return _FileFigures(info=wav_info(path), disposable=False)
+        except (WavFileError, OSError):
+            return _FileFigures(info=None, disposable=False)
+    try:
+        return _FileFigures(info=wav_repair(path), disposable=True)
+    except (WavFileError, OSError):
+        # Died before the header was written: nothing playable to keep.
+        logger.warning("recording %s is unreadable; dropping it", path)
+        return _FileFigures(info=None, disposable=True)
+
+
+def _session_mark_ended(session: LiveSession, *, reason: str) -> Recording | None:
+    """Stamp ``session`` and its recording as ended now (the caller holds the row lock)."""
     now = timezone.now()
     session.ended_at = now
     session.end_reason = reason[:40]
-    session.save(update_fields=["ended_at", "end_reason"])
-    recording = Recording.objects.filter(session=session).first()
+    session.listeners = 0
+    session.save(update_fields=["ended_at", "end_reason", "listeners"])
+    recording = Recording.objects.select_for_update().filter(session=session).first()
     if recording is not None:
-        if info is None:
-            path = recording_path(recording)
-            try:
-                info = wav_repair(path) if path.exists() else None
-            except (WavFileError, OSError):
-                # Died before the header was written: nothing playable to keep.
-                logger.warning("recording %s is unreadable; dropping it", path)
-                info = None
-        if info is None or info.frames == 0:
+        recording.ended_at = now
+        recording.save(update_fields=["ended_at"])
+    return recording
+
+
+def _recording_figures_store(recording: Recording, info: RecordingInfo) -> None:
+    recording.duration_s = info.duration_s
+    recording.size_bytes = info.size_bytes
+    recording.save(update_fields=["duration_s", "size_bytes"])
+
+
+def _session_finish(
+    session: LiveSession, *, recording_id: int | None, figures: _FileFigures
+) -> Recording | None:
+    """Store the ended session's recording figures (or drop an empty recording) and
+    announce the end. Runs in a transaction: file deletion and events follow its commit.
+    """
+    recording = (
+        Recording.objects.select_for_update().filter(id=recording_id).first()
+        if recording_id is not None
+        else None
+    )
+    info = figures.info
+    if recording is not None:
+        if (info is None or info.frames == 0) and figures.disposable:
             # Nothing was ever recorded (the peer never connected): keep no empty entry.
-            recording_path(recording).unlink(missing_ok=True)
+            path = recording_path(recording)
             recording.delete()
+            transaction.on_commit(lambda: path.unlink(missing_ok=True))
             recording = None
-        else:
-            recording.ended_at = now
-            recording.duration_s = info.duration_s
-            recording.size_bytes = info.size_bytes
-            recording.save(update_fields=["ended_at", "duration_s", "size_bytes"])
+        elif info is not None:
+            _recording_figures_store(recording, info)
     _notify_live(session, live=False)
     _session_event(
         session.id,
@@ -195,49 +278,114 @@ def _session_end(
     return recording
 
 
-@transaction.atomic
+def _session_end(
+    *,
+    session_id: int,
+    reason: str,
+    info: RecordingInfo | None,
+    repair_busy: bool,
+    only_if_stale: bool = False,
+) -> tuple[bool, Recording | None]:
+    """End ``session_id``; returns (whether this call ended it, its recording).
+
+    ``only_if_stale``: leave it live if its heartbeat is fresh by the time it is locked.
+
+    Raises:
+        LiveSession.DoesNotExist: no such session.
+    """
+    with transaction.atomic():
+        session = (
+            LiveSession.objects.select_for_update().select_related("broadcaster").get(id=session_id)
+        )
+        if session.ended_at is not None:
+            recording = Recording.objects.select_for_update().filter(session=session).first()
+            if recording is not None and info is not None and info.frames > 0:
+                # Ended elsewhere while its owner still wrote (judged lost, or by a
+                # start-up cleanup): the owner's figures of the closed file are the truth.
+                _recording_figures_store(recording, info)
+            return False, recording
+        if only_if_stale and session.heartbeat_at >= live_session_stale_cutoff():
+            return False, None  # stamped meanwhile: its owner is alive
+        recording = _session_mark_ended(session, reason=reason)
+        if recording is None or info is not None:  # nothing to read from disk
+            figures = _FileFigures(info=info, disposable=True)
+            return True, _session_finish(
+                session, recording_id=recording.id if recording else None, figures=figures
+            )
+    figures = _recording_file_measure(recording_path(recording), repair_busy=repair_busy)
+    with transaction.atomic():
+        return True, _session_finish(session, recording_id=recording.id, figures=figures)
+
+
+def _session_end_if_lost(session: LiveSession) -> bool:
+    """End a session with a stale heartbeat as ``lost`` unless its owner shows signs of
+    life (a fresh stamp by now, or a recording still being written); True if ended."""
+    recording = Recording.objects.filter(session=session).first()
+    if recording is not None and _recording_file_busy(recording_path(recording)):
+        logger.warning(
+            "session %s has a stale heartbeat but its recording is still being written; "
+            "leaving it live",
+            session.id,
+        )
+        return False
+    try:
+        ended, _ = _session_end(
+            session_id=session.id, reason="lost", info=None, repair_busy=False, only_if_stale=True
+        )
+    except LiveSession.DoesNotExist:  # deleted meanwhile (its user was)
+        return False
+    return ended
+
+
 def live_session_end(
     *, session_id: int, reason: str, info: RecordingInfo | None = None
 ) -> Recording | None:
     """End live session ``session_id`` and finalise its recording row.
 
-    ``info`` is the finalised WAV's figures from the recorder; when None the file is
-    repaired and measured from disk. A recording with no audio is deleted.
-    Ending an already ended session is a no-op returning its recording.
+    For the session's owner (or a caller that knows the owner is gone). ``info`` is the
+    finalised WAV's figures from the recorder; when None the file is repaired and
+    measured from disk, outside any transaction of this function's. A recording with
+    no audio is deleted, its file once that commits. Ending an already ended session
+    returns its recording, storing ``info``'s figures if they have audio (the owner
+    closed the file after the session was ended elsewhere).
+
+    Raises:
+        LiveSession.DoesNotExist: no such session.
     """
-    session = (
-        LiveSession.objects.select_for_update().select_related("broadcaster").get(id=session_id)
-    )
-    if session.ended_at is not None:
-        return Recording.objects.filter(session=session).first()
-    return _session_end(session, reason=reason, info=info)
+    _, recording = _session_end(session_id=session_id, reason=reason, info=info, repair_busy=True)
+    return recording
 
 
-@transaction.atomic
 def live_session_end_stale() -> int:
     """End sessions whose owner process stopped stamping them (crash); returns count.
 
-    Their WAV files are repaired so they stay playable up to the crash.
+    Their WAV files are repaired so they stay playable up to the crash. A session whose
+    recording was written to within ``SESSION_STALE_S`` is left live: its owner is
+    alive, only slow to stamp (e.g. waiting for a database lock).
     """
-    count = 0
-    for session in live_session_stale_list():
-        live_session_end(session_id=session.id, reason="lost")
-        count += 1
-    return count
+    return sum(_session_end_if_lost(session) for session in live_session_stale_list())
 
 
-@transaction.atomic
 def live_session_end_orphaned() -> int:
     """End every session still marked live; returns count.
 
     Only for a single-process deployment (in-memory channel layer) at start-up: no
     other process can own a live session then, so any left is from a crash and need
-    not wait ``SESSION_STALE_S`` to be cleared.
+    not wait ``SESSION_STALE_S`` to be cleared. As a safeguard against a second process
+    sharing the database after all, a recording written to within ``SESSION_STALE_S``
+    is measured but not repaired.
     """
     ids = list(LiveSession.objects.filter(ended_at__isnull=True).values_list("id", flat=True))
+    count = 0
     for session_id in ids:
-        live_session_end(session_id=session_id, reason="lost")
-    return len(ids)
+        try:
+            ended, _ = _session_end(
+                session_id=session_id, reason="lost", info=None, repair_busy=False
+            )
+        except LiveSession.DoesNotExist:
+            continue
+        count += ended
+    return count
 
 
 @transaction.atomic

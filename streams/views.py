@@ -25,7 +25,7 @@ CHUNK_BYTES = 256 * 1024
 def live_session_json(session: LiveSession, *, listeners: int | None = None) -> dict[str, object]:
     """A live session as the API and the pages' scripts see it.
 
-    ``listeners`` is the current listener count, ``None`` where it is not known.
+    ``listeners`` is the listener count to report, ``None`` where it is not to be shown.
     """
     return {
         "id": session.id,
@@ -53,13 +53,14 @@ def _recording_json(recording: Recording, *, viewer_id: int) -> dict[str, object
 
 @api_view(("GET",))
 def live_list(request: HttpRequest) -> JsonResponse:
-    """GET → ``{"sessions": [...]}``: friends' live sessions, newest first."""
-    from streams.rtc import listener_counts
+    """GET → ``{"sessions": [...]}``: friends' live sessions, newest first.
 
+    Listener counts are those the sessions' owner processes stored on the rows, so
+    sessions owned by any process are counted.
+    """
     sessions = selectors.live_session_list_for_friends(user=request.user)
-    counts = listener_counts()
     return JsonResponse(
-        {"sessions": [live_session_json(s, listeners=counts.get(s.id)) for s in sessions]}
+        {"sessions": [live_session_json(s, listeners=s.listeners) for s in sessions]}
     )
 
 

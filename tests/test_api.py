@@ -338,11 +338,26 @@ def test_live_list_shows_only_friends_sessions(as_alice, alice, bob, carol):
                 "broadcaster": {"id": bob.id, "username": "bob"},
                 "started_at": session.started_at.isoformat(),
                 "denoise": True,
-                "listeners": None,
+                "listeners": 0,
             }
         ]
     }
     assert login(carol).get("/api/live").json() == {"sessions": []}
+
+
+def test_live_list_reports_listener_counts_stored_by_any_process(as_alice, alice, bob, carol):
+    # Bob's and Carol's sessions are owned by other daphne processes: this process only
+    # has their rows, with the counts their media servers stored.
+    befriend(alice, bob)
+    befriend(alice, carol)
+    bobs = go_live(bob)
+    carols = go_live(carol)
+    stream_services.live_session_listeners_set(session_id=bobs.id, listeners=3)
+    counts = {s["id"]: s["listeners"] for s in as_alice.get("/api/live").json()["sessions"]}
+    assert counts == {bobs.id: 3, carols.id: 0}
+    stream_services.live_session_listeners_set(session_id=bobs.id, listeners=1)
+    counts = {s["id"]: s["listeners"] for s in as_alice.get("/api/live").json()["sessions"]}
+    assert counts == {bobs.id: 1, carols.id: 0}
 
 
 # --- Recordings ----------------------------------------------------------------------

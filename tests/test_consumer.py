@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 
 import pytest
 from channels.db import database_sync_to_async
+from channels.layers import get_channel_layer
 from channels.testing import WebsocketCommunicator
+from django.utils import timezone
 
 from project.asgi import application
 from streams.models import LiveSession
+from streams.services import session_group
 from tests.rtc_helpers import accept_answer, client_peer, communicator_for, expect, offer_sdp
+from users.events import user_group
 from users.models import Friendship, PresenceConnection, User
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -201,3 +206,114 @@ async def test_dropped_peer_connection_ends_session_and_page_can_go_live_again(p
     await pc2.close()
     for comm in (tab, friend):
         await comm.disconnect()
+
+
+# --- Leaving session groups (session.stats stops after ended/refused) ----------------
+
+PLAIN_SDP = "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\n"
+
+
+async def _live_row(user, owner_channel: str) -> LiveSession:
+    """A live session row owned by a fake media server listening on ``owner_channel``."""
+    return await database_sync_to_async(LiveSession.objects.create)(
+        broadcaster=user, owner_channel=owner_channel, heartbeat_at=timezone.now()
+    )
+
+
+async def _group_event(group: str, event: str, data: dict) -> None:
+    await get_channel_layer().group_send(
+        group, {"type": "hearth.event", "event": event, "data": data}
+    )
+
+
+async def _frames_until_marker(comm: WebsocketCommunicator, user) -> list[dict]:
+    """Everything the page receives before a marker sent to its user group now.
+
+    Group sends reach a channel in order, so a ``session.stats`` sent to a session group
+    the page is still in arrives before the marker.
+    """
+    marker = uuid.uuid4().hex
+    await _group_event(user_group(user.id), "test.marker", {"marker": marker})
+    frames = []
+    while True:
+        frame = await comm.receive_json_from(timeout=10)
+        if frame.get("marker") == marker:
+            return frames
+        frames.append(frame)
+
+
+async def _listen(comm: WebsocketCommunicator, session_id: int, owner_channel: str) -> dict:
+    """Send ``listen.start`` and return the offer the page forwarded to the owner."""
+    await comm.send_json_to({"type": "listen.start", "session_id": session_id, "sdp": PLAIN_SDP})
+    forwarded = await get_channel_layer().receive(owner_channel)
+    assert forwarded["type"] == "rtc.listen.start" and forwarded["session_id"] == session_id
+    return forwarded
+
+
+async def test_listener_leaves_the_session_group_when_the_session_ends(pair) -> None:
+    ann, ben = pair
+    owner = await get_channel_layer().new_channel()
+    session = await _live_row(ann, owner)
+    page = await _connected(ben)
+    await _listen(page, session.id, owner)
+    group = session_group(session.id)
+    await _group_event(group, "session.stats", {"session_id": session.id, "listeners": 1})
+    assert (await expect(page, "session.stats"))["listeners"] == 1  # in the group while listening
+    ended = {"session_id": session.id, "reason": "stopped", "recording_id": None}
+    await _group_event(group, "session.ended", ended)
+    assert (await expect(page, "session.ended"))["session_id"] == session.id
+    await _group_event(group, "session.stats", {"session_id": session.id, "listeners": 0})
+    assert [f for f in await _frames_until_marker(page, ben) if f["type"] == "session.stats"] == []
+    await page.disconnect()
+
+
+async def test_refused_listener_leaves_the_session_group_and_may_listen_again(pair) -> None:
+    ann, ben = pair
+    owner = await get_channel_layer().new_channel()
+    session = await _live_row(ann, owner)
+    page = await _connected(ben)
+    forwarded = await _listen(page, session.id, owner)
+    await get_channel_layer().send(
+        forwarded["reply_channel"],
+        {
+            "type": "rtc.listen.error",
+            "session_id": session.id,
+            "code": "not_live",
+            "message": "This broadcast has ended.",
+        },
+    )
+    refused = await expect(page, "error")
+    assert refused["code"] == "not_live" and refused["ref"] == "listen.start"
+    group = session_group(session.id)
+    await _group_event(group, "session.stats", {"session_id": session.id, "listeners": 3})
+    assert [f for f in await _frames_until_marker(page, ben) if f["type"] == "session.stats"] == []
+    # The page is not stuck out of the group: listening again joins it again.
+    await _listen(page, session.id, owner)
+    await _group_event(group, "session.stats", {"session_id": session.id, "listeners": 4})
+    assert (await expect(page, "session.stats"))["listeners"] == 4
+    await page.disconnect()
+
+
+async def test_broadcaster_leaves_the_session_group_when_the_media_server_ends_it(pair) -> None:
+    ann, _ = pair
+    tab = await _connected(ann)
+    pc, sdp = await _audio_offer()
+    await tab.send_json_to({"type": "broadcast.start", "sdp": sdp, "denoise": False})
+    answer = await expect(tab, "broadcast.answer")
+    session_id = answer["session_id"]
+    connected = asyncio.Event()
+
+    @pc.on("connectionstatechange")
+    def on_state() -> None:
+        if pc.connectionState == "connected":
+            connected.set()
+
+    await accept_answer(pc, answer["sdp"])
+    await asyncio.wait_for(connected.wait(), timeout=20)
+    await pc.close()  # the media connection drops: the media server ends the session
+    assert (await expect(tab, "session.ended", timeout=20))["session_id"] == session_id
+    await _group_event(
+        session_group(session_id), "session.stats", {"session_id": session_id, "listeners": 2}
+    )
+    assert [f for f in await _frames_until_marker(tab, ann) if f["type"] == "session.stats"] == []
+    await tab.disconnect()

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import struct
+import time
 from datetime import timedelta
+from pathlib import Path
 
 import numpy as np
 import pytest
 from django.conf import settings as django_settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from streams import selectors, services
@@ -36,6 +39,28 @@ def write_recording_wav(recording: Recording, frames: int) -> None:
     path = services.recording_path(recording)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_wav(path, tone(frames))
+
+
+def age_file(path: Path) -> None:
+    """Make ``path`` look untouched for longer than the stale window (a dead writer)."""
+    old = time.time() - django_settings.HEARTH["SESSION_STALE_S"] - 5
+    os.utime(path, (old, old))
+
+
+def write_in_progress_wav(recording: Recording, frames: int) -> bytes:
+    """A WAV as a writer leaves it mid-write: zero header sizes, half a sample at the end.
+
+    Repairing it would rewrite the header and truncate the file. Returns its bytes.
+    """
+    path = services.recording_path(recording)
+    with WavRecorder(path) as recorder:
+        recorder.write(tone(frames))
+    data = bytearray(path.read_bytes())
+    data[4:8] = struct.pack("<L", 0)
+    data[40:44] = struct.pack("<L", 0)
+    data += b"\x01"
+    path.write_bytes(bytes(data))
+    return bytes(data)
 
 
 def session_stale_time() -> timezone.datetime:
@@ -109,6 +134,7 @@ def test_start_ends_a_stale_session_as_lost(alice):
     old, old_recording = start(alice)
     LiveSession.objects.filter(id=old.id).update(heartbeat_at=session_stale_time())
     write_recording_wav(old_recording, RATE // 2)
+    age_file(services.recording_path(old_recording))
     new, _ = start(alice)
     assert new.id != old.id
     assert new.is_live
@@ -158,7 +184,9 @@ def test_end_without_info_repairs_the_wav_on_disk(alice):
 
 
 @pytest.mark.parametrize("case", ["empty_info", "header_only_file", "no_file"])
-def test_recording_without_audio_is_deleted(alice, case):
+def test_recording_without_audio_is_deleted_its_file_after_commit(
+    alice, case, django_capture_on_commit_callbacks
+):
     session, recording = start(alice)
     path = services.recording_path(recording)
     info = None
@@ -167,12 +195,36 @@ def test_recording_without_audio_is_deleted(alice, case):
         info = RecordingInfo(frames=0, sample_rate=RATE, duration_s=0.0, size_bytes=44)
     elif case == "header_only_file":
         WavRecorder(path).close()
-    result = services.live_session_end(session_id=session.id, reason="stopped", info=info)
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        result = services.live_session_end(session_id=session.id, reason="stopped", info=info)
     assert result is None
     assert not Recording.objects.exists()
+    assert path.exists() == (case != "no_file")  # not deleted before the commit
+    for callback in callbacks:
+        callback()
     assert not path.exists()
     session.refresh_from_db()
     assert session.ended_at is not None
+
+
+@pytest.mark.parametrize(
+    "info", [None, RecordingInfo(frames=0, sample_rate=RATE, duration_s=0.0, size_bytes=44)]
+)
+def test_empty_recording_file_survives_a_rolled_back_end(
+    alice, info, django_capture_on_commit_callbacks
+):
+    session, recording = start(alice)
+    path = services.recording_path(recording)
+    WavRecorder(path).close()
+    with (
+        django_capture_on_commit_callbacks(execute=True),
+        pytest.raises(RuntimeError),
+        transaction.atomic(),
+    ):
+        services.live_session_end(session_id=session.id, reason="stopped", info=info)
+        raise RuntimeError
+    assert path.exists()
+    assert Recording.objects.filter(id=recording.id).exists()
 
 
 def test_stale_session_with_a_headerless_file_does_not_block_going_live(alice):
@@ -181,6 +233,7 @@ def test_stale_session_with_a_headerless_file_does_not_block_going_live(alice):
     path = services.recording_path(recording)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(b"")  # created, but the process died before the header was written
+    age_file(path)
     new, _ = start(alice)
     assert new.is_live
     stale.refresh_from_db()
@@ -207,6 +260,7 @@ def test_end_stale(alice, bob, carol):
     stale, stale_recording = start(bob)
     LiveSession.objects.filter(id=stale.id).update(heartbeat_at=session_stale_time())
     write_recording_wav(stale_recording, RATE // 4)
+    age_file(services.recording_path(stale_recording))
     ended, _ = start(carol)
     services.live_session_end(session_id=ended.id, reason="stopped")
     LiveSession.objects.filter(id=ended.id).update(heartbeat_at=session_stale_time())
@@ -234,6 +288,128 @@ def test_heartbeat(alice, bob):
     assert live.heartbeat_at > old
     assert ended.heartbeat_at == old
     assert selectors.live_session_active_for(user=alice) == live
+
+
+# --- Ending sessions: file work outside the row lock, busy files left alone ----------
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("path", ["end", "end_stale", "go_live_again"])
+def test_wav_is_repaired_outside_the_row_locking_transaction(alice, monkeypatch, path):
+    session, recording = start(alice)
+    write_in_progress_wav(recording, RATE)
+    atomic_during_repair: list[bool] = []
+    real_repair = services.wav_repair
+
+    def spy(file: Path) -> RecordingInfo:
+        atomic_during_repair.append(connection.in_atomic_block)
+        return real_repair(file)
+
+    monkeypatch.setattr(services, "wav_repair", spy)
+    if path == "end":
+        services.live_session_end(session_id=session.id, reason="lost")
+    else:
+        LiveSession.objects.filter(id=session.id).update(heartbeat_at=session_stale_time())
+        age_file(services.recording_path(recording))
+        if path == "end_stale":
+            assert services.live_session_end_stale() == 1
+        else:
+            start(alice)
+    assert atomic_during_repair == [False]
+    recording.refresh_from_db()
+    assert recording.duration_s == pytest.approx(1.0)
+    assert recording.ended_at is not None
+
+
+def test_stale_session_whose_recording_is_still_written_is_left_alone(alice):
+    session, recording = start(alice)
+    LiveSession.objects.filter(id=session.id).update(heartbeat_at=session_stale_time())
+    written = write_in_progress_wav(recording, RATE)  # just now: the owner is alive, only slow
+    path = services.recording_path(recording)
+    assert selectors.live_session_stale_list() == [session]
+    assert services.live_session_end_stale() == 0
+    with pytest.raises(LiveSessionError) as excinfo:
+        start(alice)
+    assert excinfo.value.code == "already_live"
+    assert path.read_bytes() == written  # neither repaired nor truncated
+    session.refresh_from_db()
+    recording.refresh_from_db()
+    assert session.is_live and recording.ended_at is None
+    # Once the file stops changing for the whole stale window, its owner counts as dead.
+    age_file(path)
+    assert services.live_session_end_stale() == 1
+    recording.refresh_from_db()
+    assert recording.duration_s == pytest.approx(1.0)
+    assert path.stat().st_size == 44 + 2 * RATE
+
+
+def test_stale_cleanup_spares_a_session_stamped_after_the_listing(alice, monkeypatch):
+    session, recording = start(alice)
+    write_recording_wav(recording, RATE // 4)
+    age_file(services.recording_path(recording))
+    # Listed as stale, but its owner stamped it before the row was locked.
+    monkeypatch.setattr(services, "live_session_stale_list", lambda **kwargs: [session])
+    assert services.live_session_end_stale() == 0
+    session.refresh_from_db()
+    assert session.is_live
+
+
+def test_orphan_cleanup_measures_but_never_repairs_a_file_being_written(alice):
+    session, recording = start(alice)
+    written = write_in_progress_wav(recording, RATE)
+    path = services.recording_path(recording)
+    assert services.live_session_end_orphaned() == 1
+    assert path.read_bytes() == written
+    session.refresh_from_db()
+    recording.refresh_from_db()
+    assert session.end_reason == "lost"
+    assert recording.ended_at is not None  # kept: its writer may still be at it
+    # The owner, told its session ended elsewhere, closes the file and reports it.
+    info = RecordingInfo(frames=2 * RATE, sample_rate=RATE, duration_s=2.0, size_bytes=192_044)
+    assert services.live_session_end(session_id=session.id, reason="lost", info=info) == recording
+    recording.refresh_from_db()
+    assert (recording.duration_s, recording.size_bytes) == (2.0, 192_044)
+
+
+def test_session_stale_window_outlasts_database_lock_waits():
+    # A stamp may wait out the whole lock timeout, fail, and the next one wait again:
+    # that must not make a live session look dead.
+    hearth = django_settings.HEARTH
+    lock_timeout_s = django_settings.DATABASES["default"].get("OPTIONS", {}).get("timeout", 0)
+    assert hearth["SESSION_STALE_S"] > 2 * (hearth["SESSION_HEARTBEAT_S"] + lock_timeout_s)
+
+
+# --- live_session_listeners_set ------------------------------------------------------
+
+
+def test_listeners_set_updates_only_a_live_session(alice, bob):
+    live, _ = start(alice)
+    ended, _ = start(bob)
+    services.live_session_listeners_set(session_id=ended.id, listeners=2)
+    services.live_session_end(session_id=ended.id, reason="stopped")
+    services.live_session_listeners_set(session_id=live.id, listeners=4)
+    services.live_session_listeners_set(session_id=ended.id, listeners=7)  # ended: ignored
+    services.live_session_listeners_set(session_id=99999, listeners=1)  # unknown: ignored
+    live.refresh_from_db()
+    ended.refresh_from_db()
+    assert live.listeners == 4
+    assert ended.listeners == 0  # reset when the session ended
+    services.live_session_listeners_set(session_id=live.id, listeners=0)
+    live.refresh_from_db()
+    assert live.listeners == 0
+    with pytest.raises(ValueError, match="negative"):
+        services.live_session_listeners_set(session_id=live.id, listeners=-1)
+
+
+def test_listeners_set_sends_no_events(alice, bob, layer, django_capture_on_commit_callbacks):
+    befriend(alice, bob)
+    session, _ = start(alice)
+    inbox = Inbox(layer, user_group(alice.id), user_group(bob.id))
+    listener = Inbox(layer, services.session_group(session.id))
+    with django_capture_on_commit_callbacks(execute=True) as callbacks:
+        services.live_session_listeners_set(session_id=session.id, listeners=2)
+    assert callbacks == []
+    assert inbox.events() == [] and listener.events() == []
 
 
 # --- Selectors -----------------------------------------------------------------------
