@@ -16,6 +16,7 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
 from streams.routing import websocket_urlpatterns  # noqa: E402
+from streams.rtc import media_server_start_with_daphne  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
@@ -25,3 +26,7 @@ application = ProtocolTypeRouter(
         ),
     }
 )
+
+# Housekeeping (ending sessions a crash left "live", repairing their recordings,
+# pruning presence) starts with the server, not at the first go-live.
+media_server_start_with_daphne()

@@ -212,9 +212,24 @@ HEARTH = {
     "SESSION_STALE_S": 60.0,
     # A presence connection not seen for this long counts as gone (crashed process).
     "PRESENCE_STALE_S": 90.0,
-    # Worker threads for media processing (DeepFilterNet) in each process.
+    # Threads of the shared encoder pool (one Opus encode per broadcast, not per
+    # listener) in each process; every stream also gets its own processing thread.
     "MEDIA_THREADS": int(os.environ.get("MEDIA_THREADS", os.cpu_count() or 2)),
+    # "once": each broadcast's processed audio is Opus-encoded once and the packets
+    # go to every listener; "per_listener": each listener's sender encodes (the old
+    # path, kept as the baseline of bench/fanout.py).
+    "RELAY_ENCODE": os.environ.get("MEDIA_RELAY_ENCODE", "once"),
+    # A stage call slower than this is abandoned and its stream fails closed.
+    "PROCESS_DEADLINE_S": 2.0,
+    # A block this late against real time skips the processor (silence) to catch up.
+    "MAX_LAG_S": 0.25,
+    # Seconds between the engine figures a live session's pages receive.
+    "STATS_INTERVAL_S": 2.0,
+    # Seconds between housekeeping passes (stale sessions, presence), from start-up.
+    "HOUSEKEEPING_S": 30.0,
 }
+if HEARTH["RELAY_ENCODE"] not in ("once", "per_listener"):
+    raise ImproperlyConfigured("MEDIA_RELAY_ENCODE must be 'once' or 'per_listener'.")
 
 LOGGING = {
     "version": 1,

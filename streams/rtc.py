@@ -22,20 +22,24 @@ import functools
 import logging
 import sys
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aioice.ice
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
-from aiortc.contrib.media import MediaBlackhole
 from channels.db import database_sync_to_async
 from channels.layers import InMemoryChannelLayer, get_channel_layer
 from django.conf import settings
 
 from streams import services
-from streams.pipeline import AudioPipeline, ListenerTrack
+from streams.media.graph import Graph, GraphRunner, TrackSource
+from streams.media.items import Event
+from streams.media.metrics import MediaMetrics
+from streams.media.relay import OpusEncoder, Relay, RelaySink, RelayTrack
+from streams.media.sinks import RecorderSink
+from streams.media.stage import ProcessorStage
+from streams.media.workers import Workers
 from streams.processors.factory import audio_chain_build
 from streams.recording import RecordingInfo, WavRecorder
 from users.events import user_group
@@ -46,6 +50,7 @@ from users.services import presence_prune
 logger = logging.getLogger("hearth.rtc")
 
 SHUTDOWN_TIMEOUT_S = 15.0  # at most this long finalising broadcasts on SIGTERM/SIGINT
+CLOSE_DRAIN_S = 10.0  # at most this long for a closing room's graph to flush and drain
 
 
 class SignalingError(Exception):
@@ -111,27 +116,40 @@ def sdp_validate(sdp: object) -> str:
     return sdp
 
 
-async def _answer(pc: RTCPeerConnection, offer_sdp: str) -> str:
-    try:
-        await pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
-    except Exception as exc:  # aiortc raises ValueError/KeyError/... on malformed SDP
-        logger.info("unusable SDP offer: %r", exc)
-        raise SignalingError("The SDP offer could not be used.") from exc
-    answer = await pc.createAnswer()
-    await pc.setLocalDescription(answer)
-    return pc.localDescription.sdp
-
-
 @dataclass
 class _Listener:
     pc: RTCPeerConnection
-    track: ListenerTrack
+    track: RelayTrack
     user_id: int
 
 
+def _transceivers_limit(
+    pc: RTCPeerConnection, *, receive: Any = None, send_track: Any = None
+) -> None:
+    """Answer ``inactive`` for every media section Hearth does not use.
+
+    ``receive`` is the one receiver track kept (the broadcaster's audio), ``send_track``
+    the one track sent (a listener's relay track). Any other section — a camera track,
+    a second microphone, a listener's own microphone — is answered ``inactive``
+    (RFC 8829 §5.3.1, direction intersection), so aiortc never starts its receiver:
+    nothing is received, decoded or kept for it.
+    """
+    for transceiver in pc.getTransceivers():
+        if send_track is not None and transceiver.sender.track is send_track:
+            transceiver.direction = "sendonly"
+        elif receive is not None and transceiver.receiver.track is receive:
+            transceiver.direction = "recvonly"
+        else:
+            transceiver.direction = "inactive"
+
+
 class BroadcastRoom:
-    """One live session on this process: the broadcaster's peer connection, the
-    audio pipeline, the WAV recorder, and one peer connection per listener."""
+    """One live session on this process: the broadcaster's peer connection, the media
+    graph (denoise stage → recorder + relay), and one peer connection per listener.
+
+    Every resource is owned by the room from the moment it exists, so :meth:`close`
+    releases it whatever step of :meth:`open` failed.
+    """
 
     def __init__(
         self,
@@ -148,84 +166,124 @@ class BroadcastRoom:
         self.denoise = denoise
         self.recording_file = recording_file
         self.pc: RTCPeerConnection | None = None
-        self.pipeline: AudioPipeline | None = None
-        self.recorder: WavRecorder | None = None
+        self.metrics = MediaMetrics()
+        self.stage: ProcessorStage | None = None
+        self.recorder_sink: RecorderSink | None = None
+        self.relay: Relay | None = None
+        self.runner: GraphRunner | None = None
         self.listeners: dict[str, _Listener] = {}
         self._task: asyncio.Task[None] | None = None
+        self._stats_task: asyncio.Task[None] | None = None
         self.closing = False
 
     async def open(self, offer_sdp: str) -> str:
-        """Answer the broadcaster's SDP offer and start the pipeline on its audio track."""
-        loop = asyncio.get_running_loop()
-        executor = self.server.executor
-        processor = await loop.run_in_executor(
-            executor, functools.partial(audio_chain_build, denoise=self.denoise)
-        )
-        self.recorder = await loop.run_in_executor(executor, WavRecorder, self.recording_file)
-        self.pc = pc = RTCPeerConnection(ice_configuration())
+        """Answer the broadcaster's SDP offer and start the graph on its audio track.
 
-        @pc.on("track")
-        def on_track(track: Any) -> None:
-            if track.kind != "audio" or self.pipeline is not None:
-                # Video and extra tracks are not used (never forwarded raw); drain them
-                # so aiortc's decoded-frame queue for them does not grow without bound.
-                self.server.discard_track(track)
-                return
-            self.pipeline = AudioPipeline(
-                source=track,
-                processor=processor,
-                executor=executor,
-                recorder=self.recorder,
-                on_end=self._source_ended,
-            )
-            self._task = asyncio.ensure_future(self.pipeline.run())
+        Raises:
+            SignalingError: unusable offer, or no audio track in it.
+            ProcessorError, OSError: the denoiser or the recording file cannot be made.
+        """
+        loop = asyncio.get_running_loop()
+        workers = self.server.workers
+        chain = await loop.run_in_executor(
+            workers.load, functools.partial(audio_chain_build, denoise=self.denoise)
+        )
+        self.stage = ProcessorStage(chain)
+        recorder = await loop.run_in_executor(workers.io, WavRecorder, self.recording_file)
+        self.recorder_sink = RecorderSink(recorder, workers.io)
+        self.relay = Relay(
+            encoder=OpusEncoder(),
+            executor=workers.encode,
+            metrics=self.metrics,
+            per_listener=settings.HEARTH["RELAY_ENCODE"] == "per_listener",
+        )
+        self.pc = pc = RTCPeerConnection(ice_configuration())
 
         @pc.on("connectionstatechange")
         async def on_state() -> None:
             if pc.connectionState in ("failed", "closed") and not self.closing:
                 self.server.broadcast_stop_soon(self.session_id, reason="disconnected")
 
-        self._processor = processor
-        answer = await _answer(pc, offer_sdp)
-        if self.pipeline is None:
+        try:
+            await pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
+        except Exception as exc:  # aiortc raises ValueError/KeyError/... on malformed SDP
+            logger.info("unusable SDP offer: %r", exc)
+            raise SignalingError("The SDP offer could not be used.") from exc
+        audio = next(
+            (
+                t.receiver.track
+                for t in pc.getTransceivers()
+                if t.kind == "audio" and t.receiver.track is not None
+            ),
+            None,
+        )
+        if audio is None:
             raise SignalingError("The SDP offer sends no audio (is the microphone track added?).")
-        return answer
+        _transceivers_limit(pc, receive=audio)
+        answer = await pc.createAnswer()
+        await pc.setLocalDescription(answer)
+        self._start_graph(audio)
+        return pc.localDescription.sdp
 
-    def _source_ended(self) -> None:
-        if not self.closing:
+    def _start_graph(self, track: Any) -> None:
+        assert self.stage is not None and self.recorder_sink is not None and self.relay
+        graph = Graph(stages=[self.stage], sinks=[self.recorder_sink, RelaySink(self.relay)])
+        self.runner = GraphRunner(
+            graph,
+            TrackSource(track),
+            workers=self.server.workers,
+            name=f"session{self.session_id}",
+            deadline_s=settings.HEARTH["PROCESS_DEADLINE_S"],
+            max_lag_s=settings.HEARTH["MAX_LAG_S"],
+            metrics=self.metrics,
+            on_event=self._on_event,
+        )
+        self._task = asyncio.ensure_future(self._run(self.runner))
+        self._stats_task = asyncio.ensure_future(self._stats_loop())
+
+    async def _run(self, runner: GraphRunner) -> None:
+        await runner.run()
+        if not self.closing:  # the broadcaster's track ended by itself
             self.server.broadcast_stop_soon(self.session_id, reason="disconnected")
 
+    def _on_event(self, event: Event) -> None:
+        if event.kind == "stage.failed":
+            logger.error("session %s: %s failed closed", self.session_id, event.data)
+
     async def add_listener(self, *, key: str, user_id: int, offer_sdp: str) -> str:
-        """Answer a listener's recvonly offer with a track of the processed audio."""
+        """Answer a listener's recvonly offer with a track of the relay's packets."""
         await self.remove_listener(key=key)  # a re-listen from the same page replaces
-        if self.pipeline is None:
+        if self.relay is None or self.runner is None:
             raise SignalingError(
                 "The broadcast has not started sending audio yet.", code="not_ready"
             )
         pc = RTCPeerConnection(ice_configuration())
-        pc.on("track", self.server.discard_track)  # a listener sends nothing we use
-        track = ListenerTrack()
+        track = self.relay.subscribe()
         try:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
-            pc.addTrack(track)
+            sender = pc.addTrack(track)
+            _transceivers_limit(pc, send_track=track)
             answer = await pc.createAnswer()
             await pc.setLocalDescription(answer)
         except Exception as exc:
+            track.stop()
             await pc.close()
             logger.info("unusable listener SDP offer: %r", exc)
             raise SignalingError("The SDP offer could not be used.") from exc
-        if self.closing or self.pipeline is None:  # the broadcast ended while we answered
+        if self.closing:  # the broadcast ended while we answered
+            track.stop()
             await pc.close()
             raise SignalingError("This broadcast has ended.", code="not_live")
+        self.relay.attach_sender(sender)
         self.listeners[key] = _Listener(pc=pc, track=track, user_id=user_id)
-        self.pipeline.fanout.add(track)
 
         @pc.on("connectionstatechange")
         async def on_state() -> None:
             if pc.connectionState in ("failed", "closed"):
                 await self.remove_listener(key=key, pc=pc)
 
-        await self.publish_stats()
+        # The answer goes out now; counting and telling friends happens beside it.
+        self.server.spawn(self.publish_stats())
         return pc.localDescription.sdp
 
     async def remove_listener(self, *, key: str, pc: RTCPeerConnection | None = None) -> None:
@@ -234,23 +292,38 @@ class BroadcastRoom:
         if listener is None or (pc is not None and listener.pc is not pc):
             return
         del self.listeners[key]
-        if self.pipeline is not None:
-            self.pipeline.fanout.discard(listener.track)
         listener.track.stop()
         await listener.pc.close()
         if not self.closing:
-            await self.publish_stats()
+            self.server.spawn(self.publish_stats())
+
+    def stats(self, *, media: bool) -> dict[str, Any]:
+        """The ``session.stats`` payload: listener count, and the engine's figures."""
+        data: dict[str, Any] = {"session_id": self.session_id, "listeners": len(self.listeners)}
+        if media:
+            snapshot = self.metrics.snapshot()
+            if self.relay is not None:
+                snapshot["relay"] = {
+                    "mode": "per_listener" if self.relay.per_listener else "once",
+                    "packets_encoded": self.relay.packets_encoded,
+                    "listener_drops": sum(t.dropped for t in self.relay.tracks),
+                }
+            data["media"] = snapshot
+        return data
 
     async def publish_stats(self) -> None:
-        """Tell the session's pages and the broadcaster's friends' dashboards how many
-        listeners there are."""
+        """Store the listener count and tell the session's pages and the broadcaster's
+        friends' dashboards."""
         layer = get_channel_layer()
         message = {
             "type": "hearth.event",
             "event": "session.stats",
-            "data": {"session_id": self.session_id, "listeners": len(self.listeners)},
+            "data": self.stats(media=False),
         }
         try:
+            await database_sync_to_async(services.live_session_listeners_set)(
+                session_id=self.session_id, listeners=len(self.listeners)
+            )
             friends = await database_sync_to_async(friend_ids)(user=self.broadcaster_id)
             groups = [services.session_group(self.session_id)]
             groups += [user_group(uid) for uid in sorted(friends)]
@@ -259,29 +332,68 @@ class BroadcastRoom:
         except Exception:
             logger.exception("could not publish listener count of session %s", self.session_id)
 
+    async def _stats_loop(self) -> None:
+        """Every ``STATS_INTERVAL_S``: the engine's figures to the session's pages."""
+        layer = get_channel_layer()
+        group = services.session_group(self.session_id)
+        while not self.closing:
+            await asyncio.sleep(settings.HEARTH["STATS_INTERVAL_S"])
+            message = {
+                "type": "hearth.event",
+                "event": "session.stats",
+                "data": self.stats(media=True),
+            }
+            try:
+                await layer.group_send(group, message)
+            except Exception:
+                logger.exception("could not publish stats of session %s", self.session_id)
+
     async def close(self) -> RecordingInfo | None:
-        """Close every peer connection, stop the pipeline, finalise the WAV file."""
+        """Close every peer connection, let the graph flush and drain, finalise the WAV.
+
+        Each step runs even if an earlier one failed; a stalled stage is never closed
+        under its abandoned thread.
+        """
         self.closing = True
-        for key in list(self.listeners):
-            await self.remove_listener(key=key)
-        if self.pc is not None:
-            await self.pc.close()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
         loop = asyncio.get_running_loop()
-        info = None
-        if self.recorder is not None:
-            info = await loop.run_in_executor(self.server.executor, self.recorder.close)
-        processor = getattr(self, "_processor", None)
-        if processor is not None:
-            try:  # a stalled process() call holds the processor: do not wait for it forever
-                await asyncio.wait_for(
-                    loop.run_in_executor(self.server.executor, processor.close), timeout=2.0
-                )
+        for key in list(self.listeners):
+            with contextlib.suppress(Exception):
+                await self.remove_listener(key=key)
+        if self._stats_task is not None:
+            self._stats_task.cancel()
+        if self.pc is not None:
+            with contextlib.suppress(Exception):
+                await self.pc.close()
+        if self.runner is not None:
+            self.runner.stop()  # the runner flushes, its sinks drain (recorder: lossless)
+        if self._task is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), timeout=CLOSE_DRAIN_S)
             except TimeoutError:
-                logger.error("processor of session %s did not close; abandoned", self.session_id)
+                logger.error("session %s graph did not drain; cancelling", self.session_id)
+                self._task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await self._task
+            except Exception:
+                logger.exception("session %s graph failed", self.session_id)
+        if self.relay is not None:
+            self.relay.close()
+        info = self.recorder_sink.info if self.recorder_sink is not None else None
+        if self.recorder_sink is not None and info is None and self.runner is None:
+            # The graph never started: close the recorder here.
+            info = await loop.run_in_executor(
+                self.server.workers.io, self.recorder_sink.recorder.close
+            )
+        if self.runner is not None:
+            closing = loop.run_in_executor(self.server.workers.load, self.runner.stages_close)
+        elif self.stage is not None:
+            closing = loop.run_in_executor(self.server.workers.load, self.stage.close)
+        else:
+            return info
+        try:
+            await asyncio.wait_for(closing, timeout=2.0)
+        except TimeoutError:
+            logger.error("processor of session %s did not close; abandoned", self.session_id)
         return info
 
 
@@ -292,19 +404,20 @@ class MediaServer:
         self.loop = asyncio.get_running_loop()
         self.rooms: dict[int, BroadcastRoom] = {}
         self.channel_name: str | None = None
-        self.executor = ThreadPoolExecutor(
-            max_workers=settings.HEARTH["MEDIA_THREADS"], thread_name_prefix="hearth-media"
-        )
+        self.workers = Workers(encode_threads=settings.HEARTH["MEDIA_THREADS"])
         self._lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping: dict[int, asyncio.Task[int | None]] = {}
         self._background: set[asyncio.Task[Any]] = set()
-        self._key_locks: dict[str, asyncio.Lock] = {}
-        self._blackhole = MediaBlackhole()
+        self._key_tails: dict[str, asyncio.Task[None]] = {}
         self.shut_down = False
 
     async def ensure_started(self) -> str:
-        """Create this process's channel and background loops (idempotent)."""
+        """Create this process's channel and background loops (idempotent).
+
+        Called when the server starts (``project/asgi.py`` under daphne) and again by
+        every go-live, so housekeeping never waits for the first broadcast.
+        """
         async with self._lock:
             if self.channel_name is None:
                 ice_host_addresses_apply(settings.ICE_HOST_ADDRESSES)
@@ -320,6 +433,7 @@ class MediaServer:
                 self._tasks = [
                     asyncio.ensure_future(self._receive_loop()),
                     asyncio.ensure_future(self._heartbeat_loop()),
+                    asyncio.ensure_future(self._housekeeping_loop()),
                 ]
                 _install_shutdown_hook(self)
                 logger.info("media server listening on %s", self.channel_name)
@@ -357,19 +471,15 @@ class MediaServer:
             raise
         return session.id, answer
 
-    def _spawn(self, coro: Any) -> None:
+    def spawn(self, coro: Any) -> None:
+        """Run ``coro`` in the background, keeping a reference until it finishes."""
         task = asyncio.ensure_future(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
     def broadcast_stop_soon(self, session_id: int, *, reason: str) -> None:
         """Schedule :meth:`broadcast_stop` from a callback (no await available)."""
-        self._spawn(self.broadcast_stop(session_id, reason=reason))
-
-    def discard_track(self, track: Any) -> None:
-        """Read and drop a received track Hearth does not use (video, extra audio)."""
-        self._blackhole.addTrack(track)
-        self._spawn(self._blackhole.start())
+        self.spawn(self.broadcast_stop(session_id, reason=reason))
 
     async def broadcast_stop(self, session_id: int, *, reason: str) -> int | None:
         """End a broadcast owned here; returns the finalised recording's id (or None).
@@ -401,14 +511,14 @@ class MediaServer:
         recording = await database_sync_to_async(services.live_session_end)(
             session_id=room.session_id, reason=reason, info=info
         )
-        stats = room.pipeline.stats if room.pipeline else None
+        stats = room.metrics
         logger.info(
             "session %s ended (%s): %s blocks in, %s silenced, failed=%r",
             room.session_id,
             reason,
-            stats.blocks_in if stats else 0,
-            stats.blocks_silenced if stats else 0,
-            stats.failed if stats else "",
+            stats.blocks_in,
+            stats.blocks_failed_closed,
+            stats.failed,
         )
         return recording.id if recording else None
 
@@ -470,42 +580,76 @@ class MediaServer:
                 logger.exception("channel layer receive failed; retrying")
                 await asyncio.sleep(1.0)
                 continue
-            # Each listener's messages in order, different listeners concurrently: one
-            # slow SDP answer must not hold up everyone else's.
-            self._spawn(self._handle_in_order(message))
+            self.handle_in_order(message)
 
-    async def _handle_in_order(self, message: dict[str, Any]) -> None:
+    def handle_in_order(self, message: dict[str, Any]) -> asyncio.Task[None]:
+        """Handle ``message`` after every earlier message of the same page.
+
+        Each page's (``reply_channel``'s) messages run strictly one after another, in
+        arrival order; different pages run concurrently, so one slow SDP answer does
+        not hold up everyone else's. Each message's task waits for the task of the
+        message before it (a chain per page), so no lock can be dropped while a
+        waiter is queued.
+        """
         key = str(message.get("reply_channel", ""))
-        lock = self._key_locks.setdefault(key, asyncio.Lock())
+        previous = self._key_tails.get(key)
+        task = asyncio.ensure_future(self._handle_after(previous, message))
+        self._key_tails[key] = task
+        self._background.add(task)
+
+        def done(finished: asyncio.Task[None]) -> None:
+            self._background.discard(finished)
+            if self._key_tails.get(key) is finished:
+                del self._key_tails[key]
+
+        task.add_done_callback(done)
+        return task
+
+    async def _handle_after(
+        self, previous: asyncio.Task[None] | None, message: dict[str, Any]
+    ) -> None:
+        if previous is not None:
+            await asyncio.wait([previous])
         try:
-            async with lock:
-                await self._handle(message)
+            await self._handle(message)
         except Exception:
             logger.exception("media server failed to handle %r", message.get("type"))
-        finally:
-            if not lock.locked() and self._key_locks.get(key) is lock:
-                del self._key_locks[key]
 
     async def _heartbeat_loop(self) -> None:
         interval = settings.HEARTH["SESSION_HEARTBEAT_S"]
-        beats = 0
         while True:
             await asyncio.sleep(interval)
-            beats += 1
             try:
-                live = await database_sync_to_async(services.live_session_heartbeat)(
-                    session_ids=list(self.rooms)
-                )
-                for session_id in set(self.rooms) - live:
-                    # Ended elsewhere (e.g. judged stale while the database was stuck):
-                    # stop streaming a session the database no longer calls live.
-                    logger.warning("session %s was ended elsewhere; stopping it", session_id)
-                    self.broadcast_stop_soon(session_id, reason="lost")
-                if beats % 6 == 0:  # about every 30 s: clear what crashed processes left
-                    await database_sync_to_async(services.live_session_end_stale)()
-                    await database_sync_to_async(presence_prune)()
+                await self.heartbeat()
             except Exception:
                 logger.exception("heartbeat failed")
+
+    async def heartbeat(self) -> None:
+        """Stamp this process's sessions as alive; stop those ended elsewhere.
+
+        Only sessions that were here *before* the database call are judged: a
+        broadcast that starts while the call is in flight was not in the stamped list,
+        and must not be mistaken for one the database no longer calls live.
+        """
+        stamped = list(self.rooms)
+        live = await database_sync_to_async(services.live_session_heartbeat)(session_ids=stamped)
+        for session_id in set(stamped) - live:
+            if session_id in self.rooms:
+                # Ended elsewhere (e.g. judged stale while the database was stuck):
+                # stop streaming a session the database no longer calls live.
+                logger.warning("session %s was ended elsewhere; stopping it", session_id)
+                self.broadcast_stop_soon(session_id, reason="lost")
+
+    async def _housekeeping_loop(self) -> None:
+        """From server start on, every ``HOUSEKEEPING_S``: end sessions of dead
+        processes (repairing their recordings) and prune stale presence rows."""
+        while True:
+            try:
+                await database_sync_to_async(services.live_session_end_stale)()
+                await database_sync_to_async(presence_prune)()
+            except Exception:
+                logger.exception("housekeeping failed")
+            await asyncio.sleep(settings.HEARTH["HOUSEKEEPING_S"])
 
     async def shutdown(self) -> None:
         """Stop every broadcast (finalising recordings) and the background loops."""
@@ -519,11 +663,7 @@ class MediaServer:
         )
         for task in self._tasks:
             task.cancel()
-        self.executor.shutdown(wait=False, cancel_futures=True)
-
-    def listener_counts(self) -> dict[int, int]:
-        """Listener count of each session owned by this process."""
-        return {sid: len(room.listeners) for sid, room in self.rooms.items()}
+        self.workers.shutdown()
 
 
 _server: MediaServer | None = None
@@ -542,9 +682,28 @@ def media_server() -> MediaServer:
     return _server
 
 
-def listener_counts() -> dict[int, int]:
-    """Listener counts of the sessions owned by this process (others are absent)."""
-    return _server.listener_counts() if _server is not None else {}
+def media_server_start_with_daphne() -> None:
+    """Start this process's media server (channel, heartbeat, housekeeping) as soon as
+    daphne's reactor runs, instead of at the first go-live.
+
+    Daphne installs Twisted's asyncio reactor before it loads the ASGI application;
+    ``callWhenRunning`` fires once the event loop runs. Does nothing outside daphne
+    (tests, management commands).
+    """
+    if "twisted.internet.reactor" not in sys.modules:
+        return
+    from twisted.internet import reactor
+
+    async def started() -> None:
+        try:
+            await media_server().ensure_started()
+        except Exception:
+            logger.exception("media server could not start; retrying at the next go-live")
+
+    def start() -> None:
+        media_server().spawn(started())
+
+    reactor.callWhenRunning(start)  # type: ignore[attr-defined]
 
 
 def _install_shutdown_hook(server: MediaServer) -> None:

@@ -95,8 +95,11 @@ async def test_friend_hears_denoised_speech_and_recording_is_finalised(
 
     # Let the whole 11 s file play through (MediaPlayer paces at real time).
     await asyncio.sleep(len(noisy_jfk_speech_level) / 48_000 - 2)
-    listener_track = next(iter(media_server().rooms[session_id].listeners.values())).track
-    assert listener_track.underruns == 0 and listener_track.dropped == 0
+    room = media_server().rooms[session_id]
+    listener_track = next(iter(room.listeners.values())).track
+    # Encode once: the listener's track is fed by the room's one shared encoder.
+    assert room.relay is not None and listener_track in room.relay.tracks
+    assert room.relay.packets_encoded > 0 and listener_track.sent > 0
     await asyncio.sleep(3.5)
     received = await sink.stop()
 
