@@ -12,8 +12,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from asgiref.sync import async_to_sync
-from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
@@ -22,7 +20,7 @@ from streams.models import LiveSession, Recording
 from streams.processors.factory import audio_chain_settings
 from streams.recording import RecordingInfo, WavFileError, wav_info, wav_repair
 from streams.selectors import live_session_stale_cutoff, live_session_stale_list
-from users.events import users_notify
+from users.events import group_send_from_sync, users_notify
 from users.models import User
 from users.selectors import friend_ids
 
@@ -55,12 +53,11 @@ def session_group(session_id: int) -> str:
 
 
 def _session_event(session_id: int, event: str, data: dict[str, object]) -> None:
-    layer = get_channel_layer()
     message = {"type": "hearth.event", "event": event, "data": data}
 
     def send() -> None:
         try:
-            async_to_sync(layer.group_send)(session_group(session_id), message)
+            group_send_from_sync(session_group(session_id), message)
         except Exception:
             logger.exception("could not send %s to session %s", event, session_id)
 

@@ -8,15 +8,21 @@ Every signed-in page's WebSocket consumer joins the group ``user_group(user.id)`
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import logging
+import os
 from collections.abc import Iterable
 from typing import Any
 
-from asgiref.sync import async_to_sync
+from asgiref.sync import SyncToAsync, async_to_sync
 from channels.layers import get_channel_layer
 from django.db import transaction
 
 logger = logging.getLogger("hearth.events")
+
+SEND_TIMEOUT_S = 5.0
+"""Longest a sync caller waits for one channel-layer send on the server's loop."""
 
 
 def user_group(user_id: int) -> str:
@@ -24,14 +30,52 @@ def user_group(user_id: int) -> str:
     return f"user.{user_id}"
 
 
-def _send_now(user_ids: list[int], message: dict[str, Any]) -> None:
+def _server_loop() -> asyncio.AbstractEventLoop | None:
+    """The event loop of the server that called into this thread through
+    ``sync_to_async``/``database_sync_to_async`` (asgiref records it per thread), if any."""
+    if getattr(SyncToAsync.threadlocal, "main_event_loop_pid", None) != os.getpid():
+        return None
+    return getattr(SyncToAsync.threadlocal, "main_event_loop", None)
+
+
+def group_send_from_sync(group: str, message: dict[str, Any]) -> None:
+    """Send ``message`` to channel-layer ``group`` from synchronous code, bounded.
+
+    In a database thread of a running server, ``async_to_sync`` hands the send to the
+    server's event loop and waits for it without a limit; when that loop has stopped
+    (SIGTERM arriving while an ``on_commit`` hook runs) the thread waited forever and
+    the process could not exit. Here the send is scheduled on that loop with
+    ``run_coroutine_threadsafe`` and awaited for at most :data:`SEND_TIMEOUT_S`; a
+    stopped loop skips the send (logged). Outside a server (commands, tests without a
+    loop) ``async_to_sync`` runs it on a loop of its own, as before.
+
+    Raises:
+        Exception: whatever the channel layer raises (callers log and carry on).
+    """
     layer = get_channel_layer()
     if layer is None:  # pragma: no cover - settings always define one
         return
-    send = async_to_sync(layer.group_send)
+    loop = _server_loop()
+    if loop is None:
+        async_to_sync(layer.group_send)(group, message)
+        return
+    if loop.is_closed() or not loop.is_running():
+        logger.warning("event loop stopped; %s to %s not sent", message.get("type"), group)
+        return
+    future = asyncio.run_coroutine_threadsafe(layer.group_send(group, message), loop)
+    try:
+        future.result(timeout=SEND_TIMEOUT_S)
+    except concurrent.futures.TimeoutError:
+        future.cancel()
+        logger.warning(
+            "%s to %s not sent within %.0f s", message.get("type"), group, SEND_TIMEOUT_S
+        )
+
+
+def _send_now(user_ids: list[int], message: dict[str, Any]) -> None:
     for user_id in user_ids:
         try:
-            send(user_group(user_id), message)
+            group_send_from_sync(user_group(user_id), message)
         except Exception:  # a broken layer must not break the request that committed
             logger.exception("could not send %s to user %s", message.get("type"), user_id)
 

@@ -5,14 +5,12 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from asgiref.sync import async_to_sync
-from channels.layers import get_channel_layer
 from django.contrib.auth.signals import user_logged_out
 from django.db import transaction
 from django.dispatch import receiver
 from django.http import HttpRequest
 
-from users.events import user_group
+from users.events import group_send_from_sync, user_group
 
 logger = logging.getLogger("hearth.events")
 
@@ -33,7 +31,7 @@ def close_sockets_of_logged_out_session(
 
     def send() -> None:
         try:
-            async_to_sync(get_channel_layer().group_send)(user_group(user.id), message)
+            group_send_from_sync(user_group(user.id), message)
         except Exception:
             logger.exception("could not close the sockets of a logged-out session")
 
