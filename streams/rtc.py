@@ -686,9 +686,11 @@ def media_server_start_with_daphne() -> None:
     """Start this process's media server (channel, heartbeat, housekeeping) as soon as
     daphne's reactor runs, instead of at the first go-live.
 
-    Daphne installs Twisted's asyncio reactor before it loads the ASGI application;
-    ``callWhenRunning`` fires once the event loop runs. Does nothing outside daphne
-    (tests, management commands).
+    Daphne installs Twisted's asyncio reactor before it loads the ASGI application.
+    The reactor fires ``callWhenRunning`` callbacks from ``startRunning()``, *before*
+    it enters ``loop.run_forever()``, so the callback only schedules the start with
+    ``callLater(0, …)``, which runs on the asyncio loop once it is running. Does
+    nothing outside daphne (tests, management commands).
     """
     if "twisted.internet.reactor" not in sys.modules:
         return
@@ -701,9 +703,12 @@ def media_server_start_with_daphne() -> None:
             logger.exception("media server could not start; retrying at the next go-live")
 
     def start() -> None:
-        media_server().spawn(started())
+        try:
+            media_server().spawn(started())
+        except Exception:
+            logger.exception("media server could not start; retrying at the next go-live")
 
-    reactor.callWhenRunning(start)  # type: ignore[attr-defined]
+    reactor.callWhenRunning(lambda: reactor.callLater(0, start))  # type: ignore[attr-defined]
 
 
 def _install_shutdown_hook(server: MediaServer) -> None:
