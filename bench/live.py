@@ -29,8 +29,16 @@ track. Reported per N and mode:
   and p95 over all bursts of all listeners. Includes both jitter buffers (aiortc's
   receive side holds about 4 packets) and the server's 20 ms pacing; the denoise
   ratio shows what the processor adds.
-* Silenced: blocks the server's pipeline replaced by silence to keep up (fail
-  closed), from its "session ... ended" log lines.
+* Silenced: blocks the server's media graph replaced by silence (fail closed),
+  from the engine's own counters (``blocks_failed_closed``/``blocks_in``).
+* Stage breakdown: the server's media engine reports per-stage timing in the
+  ``session.stats`` frames the broadcaster's page receives (``media.stages``):
+  receive (frame → block), queue (block → processing), process (the denoise stage
+  in the stream's worker), encode (the one shared Opus encode), relay (packet →
+  taken by the listener's sender, pacing included); medians of each stage's p50
+  over the round's broadcasters. "rest" = end-to-end median − their sum: the
+  network, both aiortc jitter buffers, Opus decode/encode in the client peers and
+  packetisation.
 
 Everything stays on loopback; every wait is bounded; daphne is killed at the end.
 The bench's own peers share the CPU with the server (2 cores here).
@@ -43,7 +51,6 @@ import asyncio
 import contextlib
 import math
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -83,6 +90,7 @@ MIX_PEAK = 0.35
 NCC_THRESHOLD = 0.55
 MAX_LATENCY_S = 0.9
 LOOPBACK = "127.0.0.1"
+STAGES = ("receive", "queue", "process", "encode", "relay")
 
 
 # -- material ------------------------------------------------------------------
@@ -249,7 +257,13 @@ class RoundResult:
     bursts_sent: int = 0
     blocks_in: int = 0
     blocks_silenced: int = 0
+    stages_p50_ms: dict[str, list[float]] = field(default_factory=dict)
     error: str = ""
+
+    def stage_ms(self, name: str) -> float:
+        """Median over broadcasters of the stage's p50, in ms (NaN if not reported)."""
+        values = self.stages_p50_ms.get(name)
+        return float(np.median(values)) if values else float("nan")
 
     @property
     def cpu_per_stream(self) -> float:
@@ -317,15 +331,13 @@ def make_accounts(pairs: int) -> list[tuple[str, str]]:
     return cookies
 
 
-def session_log_figures(log: str, session_ids: set[int]) -> tuple[int, int]:
-    """(blocks in, blocks silenced) summed over ``session_ids`` from daphne's log."""
-    pattern = re.compile(r"session (\d+) ended \([^)]*\): (\d+) blocks in, (\d+) silenced")
-    blocks_in = silenced = 0
-    for match in pattern.finditer(log):
-        if int(match.group(1)) in session_ids:
-            blocks_in += int(match.group(2))
-            silenced += int(match.group(3))
-    return blocks_in, silenced
+async def latest_media_stats(ws: WsClient) -> dict[str, Any]:
+    """A fresh ``session.stats`` frame's ``media`` figures (older buffered ones dropped)."""
+    for frame in list(ws.pending):
+        if frame.get("type") == "session.stats":
+            ws.pending.remove(frame)
+    frame = await ws.expect("session.stats", timeout=10.0, match=lambda f: "media" in f)
+    return frame["media"]
 
 
 # -- one round -----------------------------------------------------------------
@@ -420,6 +432,13 @@ async def run_round(
             )
 
         for bws in broadcaster_ws:
+            media = await latest_media_stats(bws)
+            result.blocks_in += media["blocks_in"]
+            result.blocks_silenced += media["blocks_failed_closed"]
+            for name, figures in media["stages"].items():
+                result.stages_p50_ms.setdefault(name, []).append(figures["p50_ms"])
+
+        for bws in broadcaster_ws:
             await bws.send_json({"type": "broadcast.stop"})
             await bws.expect("broadcast.ended", timeout=30)
     except Exception as exc:  # report the round as failed, keep benchmarking
@@ -434,10 +453,6 @@ async def run_round(
                 await asyncio.wait_for(pc.close(), 5)
         for ws in sockets:
             await ws.close()
-    await asyncio.sleep(1.0)  # server logs the ended sessions
-    result.blocks_in, result.blocks_silenced = session_log_figures(
-        server.log_text(), set(session_ids)
-    )
     return result
 
 
@@ -481,6 +496,23 @@ def report(results: list[RoundResult]) -> str:
         )
     lines.append("")
     lines.append("Cells: denoise / baseline (ratio denoise ÷ baseline).")
+    lines.append("")
+    lines.append(
+        "| N | mode | receive | queue | process | encode | relay | server total "
+        "| rest (network, jitter buffers, client codecs) | end to end |"
+    )
+    lines.append("|---|---|---|---|---|---|---|---|---|---|")
+    for r in sorted(results, key=lambda r: (r.pairs, not r.denoise)):
+        parts = [r.stage_ms(n) for n in STAGES]
+        total = sum(p for p in parts if not math.isnan(p))
+        e2e = r.latency_ms(0.5)
+        mode = "denoise" if r.denoise else "baseline"
+        cells = " | ".join(f"{p:.2f}" for p in parts)
+        lines.append(
+            f"| {r.pairs} | {mode} | {cells} | {total:.1f} | {e2e - total:.0f} | {e2e:.0f} |"
+        )
+    lines.append("")
+    lines.append("Stage cells: ms, median over broadcasters of each stage's p50.")
     errors = [r for r in results if r.error]
     for r in errors:
         mode = "denoise" if r.denoise else "baseline"
@@ -525,7 +557,8 @@ async def bench(pairs_list: list[int], seconds: float, workdir: Path) -> list[Ro
                         f"latency median {result.latency_ms(0.5):.0f} ms "
                         f"p95 {result.latency_ms(0.95):.0f} ms "
                         f"({len(result.latencies_s)}/{result.bursts_sent} bursts), "
-                        f"silenced {result.blocks_silenced}/{result.blocks_in}",
+                        f"silenced {result.blocks_silenced}/{result.blocks_in}, "
+                        + ", ".join(f"{n} {result.stage_ms(n):.2f} ms" for n in STAGES),
                         flush=True,
                     )
                 results.append(result)

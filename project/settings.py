@@ -223,6 +223,9 @@ HEARTH = {
     "PROCESS_DEADLINE_S": 2.0,
     # A block this late against real time skips the processor (silence) to catch up.
     "MAX_LAG_S": 0.25,
+    # Frames the server's receiver holds back to reorder late packets (aiortc holds
+    # 4 = 80 ms); the server plays nothing out, so 1 (20 ms) keeps latency low.
+    "RECEIVE_REORDER_FRAMES": int(os.environ.get("RECEIVE_REORDER_FRAMES", 1)),
     # Seconds between the engine figures a live session's pages receive.
     "STATS_INTERVAL_S": 2.0,
     # Seconds between housekeeping passes (stale sessions, presence), from start-up.

@@ -28,6 +28,7 @@ from typing import Any
 
 import aioice.ice
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
+from aiortc.jitterbuffer import JitterBuffer
 from channels.db import database_sync_to_async
 from channels.layers import InMemoryChannelLayer, get_channel_layer
 from django.conf import settings
@@ -143,6 +144,27 @@ def _transceivers_limit(
             transceiver.direction = "inactive"
 
 
+def receiver_reorder_window_set(receiver: Any, *, frames: int) -> bool:
+    """Hold at most ``frames`` frames in an aiortc audio receiver's reorder buffer.
+
+    aiortc 1.16 (``rtcrtpreceiver.py``) gives every audio receiver
+    ``JitterBuffer(capacity=16, prefetch=4)``: a frame is decoded only once 4 later
+    frames have arrived, a fixed 80 ms. That buffer does not absorb timing jitter (it
+    releases on packet arrival, not on a clock); it only lets late packets be put back
+    in order. The server never plays audio out, so it keeps a short reorder window and
+    leaves jitter to the listeners' playout buffers. Call before packets arrive.
+    The buffer is a name-mangled private attribute of the pinned aiortc version; if it
+    is missing (an upgrade), nothing changes and False is returned (logged).
+    """
+    attribute = "_RTCRtpReceiver__jitter_buffer"
+    current = getattr(receiver, attribute, None)
+    if not isinstance(current, JitterBuffer):
+        logger.warning("aiortc receiver has no %s; keeping its reorder window", attribute)
+        return False
+    setattr(receiver, attribute, JitterBuffer(capacity=current.capacity, prefetch=frames))
+    return True
+
+
 class BroadcastRoom:
     """One live session on this process: the broadcaster's peer connection, the media
     graph (denoise stage → recorder + relay), and one peer connection per listener.
@@ -209,17 +231,19 @@ class BroadcastRoom:
         except Exception as exc:  # aiortc raises ValueError/KeyError/... on malformed SDP
             logger.info("unusable SDP offer: %r", exc)
             raise SignalingError("The SDP offer could not be used.") from exc
-        audio = next(
+        receiver = next(
             (
-                t.receiver.track
+                t.receiver
                 for t in pc.getTransceivers()
                 if t.kind == "audio" and t.receiver.track is not None
             ),
             None,
         )
-        if audio is None:
+        if receiver is None:
             raise SignalingError("The SDP offer sends no audio (is the microphone track added?).")
+        audio = receiver.track
         _transceivers_limit(pc, receive=audio)
+        receiver_reorder_window_set(receiver, frames=settings.HEARTH["RECEIVE_REORDER_FRAMES"])
         answer = await pc.createAnswer()
         await pc.setLocalDescription(answer)
         self._start_graph(audio)

@@ -420,3 +420,25 @@ async def test_failed_open_closes_the_processor_it_already_built(monkeypatch) ->
         with contextlib.suppress(Exception):
             await pc.close()
         await a.disconnect()
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_broadcaster_receiver_holds_one_frame_for_reordering() -> None:
+    # aiortc's audio receivers hold 4 frames (80 ms) before decoding; the server keeps
+    # HEARTH["RECEIVE_REORDER_FRAMES"]. Fails loudly if an aiortc upgrade moves the buffer.
+    from aiortc.jitterbuffer import JitterBuffer
+
+    ann, _ = await _friends()
+    comm = await _connected(ann)
+    pc = client_peer()
+    pc.addTransceiver(AudioStreamTrack(), direction="sendonly")
+    await comm.send_json_to({"type": "broadcast.start", "sdp": await offer_sdp(pc)})
+    answer = await expect(comm, "broadcast.answer")
+    room = rtc.media_server().rooms[answer["session_id"]]
+    receiver = next(t.receiver for t in room.pc.getTransceivers() if t.kind == "audio")
+    buffer = receiver._RTCRtpReceiver__jitter_buffer
+    assert isinstance(buffer, JitterBuffer) and buffer._prefetch == 1
+    await comm.send_json_to({"type": "broadcast.stop"})
+    await expect(comm, "broadcast.ended")
+    await pc.close()
+    await comm.disconnect()
