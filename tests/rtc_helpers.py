@@ -22,6 +22,14 @@ def communicator_for(user: Any) -> WebsocketCommunicator:
     return comm
 
 
+async def connected(user: Any) -> WebsocketCommunicator:
+    """A connected communicator for ``user`` whose ``hello`` frame was read."""
+    comm = communicator_for(user)
+    assert (await comm.connect())[0]
+    await expect(comm, "hello")
+    return comm
+
+
 async def expect(
     comm: WebsocketCommunicator, kind: str, *, timeout: float = 10.0
 ) -> dict[str, Any]:

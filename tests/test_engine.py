@@ -383,18 +383,20 @@ class BrokenSink(Sink):
         raise OSError("disk gone")
 
 
-async def test_a_stuck_sink_delays_nobody_and_loses_nothing(workers) -> None:
-    gate = asyncio.Event()
-    stuck, fast, broken = GatedSink(gate), CollectSink(), BrokenSink()
-    bounded = CollectSink()
-    bounded.policy, bounded.max_items, bounded.name = QueuePolicy.DROP_OLDEST, 5, "bounded"
-    runner = GraphRunner(
-        Graph(stages=[ProcessorStage(PassThrough())], sinks=[stuck, broken, fast]),
-        TrackSource(ToneTrack(40)),
+def _tone_runner(sinks: list[Sink], blocks: int, workers: Workers) -> GraphRunner:
+    return GraphRunner(
+        Graph(stages=[ProcessorStage(PassThrough())], sinks=sinks),
+        TrackSource(ToneTrack(blocks)),
         workers=workers,
         name="sinks",
         max_lag_s=None,
     )
+
+
+async def test_a_stuck_sink_delays_nobody_and_loses_nothing(workers) -> None:
+    gate = asyncio.Event()
+    stuck, fast, broken = GatedSink(gate), CollectSink(), BrokenSink()
+    runner = _tone_runner([stuck, broken, fast], 40, workers)
     run = asyncio.ensure_future(runner.run())
     for _ in range(200):
         if len(fast.chunks) == 40:
@@ -410,13 +412,7 @@ async def test_drop_oldest_queue_is_bounded_and_counts_drops(workers) -> None:
     gate = asyncio.Event()
     sink = GatedSink(gate)
     sink.policy, sink.max_items = QueuePolicy.DROP_OLDEST, 5
-    runner = GraphRunner(
-        Graph(stages=[ProcessorStage(PassThrough())], sinks=[sink]),
-        TrackSource(ToneTrack(30)),
-        workers=workers,
-        name="drop",
-        max_lag_s=None,
-    )
+    runner = _tone_runner([sink], 30, workers)
     run = asyncio.ensure_future(runner.run())
     for _ in range(200):
         if runner.metrics.blocks_in == 30:

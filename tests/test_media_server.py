@@ -26,7 +26,13 @@ from streams.models import LiveSession, Recording
 from streams.processors.base import PassThrough
 from tests import live_server
 from tests.factories import befriend, make_recording, make_user
-from tests.rtc_helpers import accept_answer, client_peer, communicator_for, expect, offer_sdp
+from tests.rtc_helpers import (
+    accept_answer,
+    client_peer,
+    connected,
+    expect,
+    offer_sdp,
+)
 
 daphne_factory = live_server.daphne_factory
 
@@ -46,13 +52,6 @@ async def _settle(rounds: int = 50) -> None:
     """Let every ready task on the loop run for a while (no I/O is involved)."""
     for _ in range(rounds):
         await asyncio.sleep(0)
-
-
-async def _connected(user):
-    comm = communicator_for(user)
-    assert (await comm.connect())[0]
-    await expect(comm, "hello")
-    return comm
 
 
 async def _friends():
@@ -290,7 +289,7 @@ async def test_unused_tracks_are_answered_inactive_or_not_received() -> None:
     # Hearth never uses still cost bandwidth and CPU. Now such sections are answered
     # ``inactive``, and a listener's audio ``sendonly``.
     ann, ben = await _friends()
-    a, b = await _connected(ann), await _connected(ben)
+    a, b = await connected(ann), await connected(ben)
     pc_a = pc_b = None
     try:
         pc_a, answer = await _go_live(a, AudioStreamTrack(), VideoStreamTrack())
@@ -339,7 +338,7 @@ async def test_listener_answer_does_not_wait_for_publishing_the_listener_count(
 
     monkeypatch.setattr(rtc.BroadcastRoom, "publish_stats", publish_stats_stuck)
     ann, ben = await _friends()
-    a, b = await _connected(ann), await _connected(ben)
+    a, b = await connected(ann), await connected(ben)
     pc_a = pc_b = None
     try:
         pc_a, answer = await _go_live(a, AudioStreamTrack())
@@ -397,7 +396,7 @@ async def test_failed_open_closes_the_processor_it_already_built(monkeypatch) ->
     monkeypatch.setattr(rtc, "audio_chain_build", chain_build)
     monkeypatch.setattr(rtc, "WavRecorder", recorder_fails)
     (ann,) = await database_sync_to_async(lambda: [make_user("ann")])()
-    a = await _connected(ann)
+    a = await connected(ann)
     pc = client_peer()
     try:
         pc.addTransceiver(AudioStreamTrack(), direction="sendonly")
@@ -429,7 +428,7 @@ async def test_broadcaster_receiver_holds_one_frame_for_reordering() -> None:
     from aiortc.jitterbuffer import JitterBuffer
 
     ann, _ = await _friends()
-    comm = await _connected(ann)
+    comm = await connected(ann)
     pc = client_peer()
     pc.addTransceiver(AudioStreamTrack(), direction="sendonly")
     await comm.send_json_to({"type": "broadcast.start", "sdp": await offer_sdp(pc)})

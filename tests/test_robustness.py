@@ -19,7 +19,13 @@ from streams import rtc
 from streams.models import LiveSession
 from streams.recording import WavRecorder
 from tests.factories import befriend, make_user
-from tests.rtc_helpers import accept_answer, client_peer, communicator_for, expect, offer_sdp
+from tests.rtc_helpers import (
+    accept_answer,
+    client_peer,
+    connected,
+    expect,
+    offer_sdp,
+)
 from users import services as user_services
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -33,13 +39,6 @@ async def friends():
         return a, b
 
     return await database_sync_to_async(make)()
-
-
-async def _connected(user):
-    comm = communicator_for(user)
-    assert (await comm.connect())[0]
-    await expect(comm, "hello")
-    return comm
 
 
 async def _broadcast(comm, *tracks):
@@ -56,7 +55,7 @@ async def _broadcast(comm, *tracks):
 
 async def test_unfriending_stops_an_ongoing_listen(friends) -> None:
     ann, ben = friends
-    a, b = await _connected(ann), await _connected(ben)
+    a, b = await connected(ann), await connected(ben)
     pc_a, session_id = await _broadcast(a, AudioStreamTrack())
     pc_b = client_peer()
     pc_b.addTransceiver("audio", direction="recvonly")
@@ -102,7 +101,7 @@ async def test_logout_closes_only_that_sessions_socket(friends) -> None:
 
 async def test_offer_with_video_is_served_and_the_video_is_not_received(friends) -> None:
     ann, _ = friends
-    a = await _connected(ann)
+    a = await connected(ann)
     pc, session_id = await _broadcast(a, AudioStreamTrack(), VideoStreamTrack())
     room = rtc.media_server().rooms[session_id]
     assert room.runner is not None
@@ -116,7 +115,7 @@ async def test_offer_with_video_is_served_and_the_video_is_not_received(friends)
 
 async def test_offer_that_sends_no_audio_is_refused_and_leaves_no_session(friends) -> None:
     ann, _ = friends
-    a = await _connected(ann)
+    a = await connected(ann)
     pc = client_peer()
     pc.addTransceiver("audio", direction="recvonly")  # asks to receive, sends nothing
     await a.send_json_to({"type": "broadcast.start", "sdp": await offer_sdp(pc)})
@@ -132,7 +131,7 @@ async def test_server_fault_in_a_handler_gets_an_error_frame_and_the_socket_live
     friends, monkeypatch
 ) -> None:
     ann, _ = friends
-    a = await _connected(ann)
+    a = await connected(ann)
 
     async def broken(**kwargs):
         raise OSError("disk on fire")
