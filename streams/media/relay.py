@@ -23,6 +23,7 @@ import asyncio
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Executor
 from fractions import Fraction
 from typing import Any, Protocol
@@ -39,10 +40,11 @@ logger = logging.getLogger("hearth.media")
 
 PACING_MAX_WAIT_S = 0.06
 """A packet ahead of its pacing schedule by more than this re-anchors the schedule
-(source clock drift, or a new anchor after a stall) instead of waiting longer."""
+(source clock drift) instead of waiting longer."""
 
-PACING_MAX_LATE_S = 0.2
-"""A packet later than its schedule by more than this re-anchors too (no burst)."""
+PACING_MIN_WAIT_S = 0.002
+"""Waits shorter than this are skipped: production jitter of a few ms is left to the
+listener's jitter buffer instead of costing a timer per packet per listener."""
 
 
 class Encoder(Protocol):
@@ -103,20 +105,31 @@ class RelayTrack(MediaStreamTrack):
     per-listener baseline path, raw s16 frames for the sender to encode).
 
     Its queue holds at most ``max_queue`` items; when full the oldest is dropped
-    (:attr:`dropped`). ``recv`` paces output by pts: an item leaves no earlier than its
-    place on a schedule anchored at the first item, waiting at most
-    :data:`PACING_MAX_WAIT_S`, so bursts (after a processing hiccup) are spread out
-    without adding steady-state latency.
+    (:attr:`dropped`). ``recv`` paces output by pts, only ever holding packets back,
+    never delaying a late one: an item leaves no earlier than its place on a schedule
+    anchored at the first item (waiting at most :data:`PACING_MAX_WAIT_S`), so a burst
+    after a processing hiccup is spread out. Items that are late (the listener's
+    sender fell behind) leave at once until the backlog is gone, and the schedule is
+    re-anchored when the queue runs empty, so a backlog never persists.
 
     Args:
         relay: The relay feeding it.
         kind: ``"audio"`` (or ``"video"``).
         max_queue: Queue bound in items (25 = 500 ms of 20 ms packets).
+        clock: Monotonic clock in seconds (injectable for tests).
     """
 
-    def __init__(self, relay: Relay, *, kind: str = "audio", max_queue: int = 25) -> None:
+    def __init__(
+        self,
+        relay: Relay,
+        *,
+        kind: str = "audio",
+        max_queue: int = 25,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         super().__init__()
         self.kind = kind
+        self._clock = clock
         self._relay = relay
         self._queue: deque[tuple[Any, float]] = deque(maxlen=max_queue)
         self._ready = asyncio.Event()
@@ -132,17 +145,19 @@ class RelayTrack(MediaStreamTrack):
         self._ready.set()
 
     def _wait_s(self, pts: int, time_base: Fraction) -> float:
-        now = time.monotonic()
+        """Seconds to hold the item at ``pts`` before it leaves (0: send now)."""
+        now = self._clock()
         if self._anchor is None:
             self._anchor = (now, pts, time_base)
             return 0.0
         start, pts0, base = self._anchor
-        due = start + float((pts - pts0) * base)
-        wait = due - now
-        if wait > PACING_MAX_WAIT_S or wait < -PACING_MAX_LATE_S:
+        wait = start + float((pts - pts0) * base) - now
+        if wait > PACING_MAX_WAIT_S:  # ahead by too much (clock drift): start afresh
             self._anchor = (now, pts, time_base)
             return 0.0
-        return max(0.0, wait)
+        if wait < 0 and not self._queue:  # late, and the backlog is gone: re-anchor
+            self._anchor = (now, pts, time_base)
+        return wait if wait >= PACING_MIN_WAIT_S else 0.0
 
     async def recv(self) -> av.Packet | av.AudioFrame:
         """The next packet (or frame), paced.
@@ -164,7 +179,7 @@ class RelayTrack(MediaStreamTrack):
         if self.readyState != "live":
             raise MediaStreamError
         self.sent += 1
-        self._relay.metrics.timer("relay").add(time.monotonic() - published)
+        self._relay.metrics.timer("relay").add(self._clock() - published)
         if isinstance(item, EncodedPacket):
             return item.packet
         return samples_to_frame(item.samples, pts=item.pts, sample_rate=SAMPLE_RATE)
