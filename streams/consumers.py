@@ -100,7 +100,17 @@ class HearthConsumer(AsyncWebsocketConsumer):
 
     # -- plumbing --------------------------------------------------------------
     async def _send(self, payload: dict[str, Any]) -> None:
-        await self.send(text_data=json.dumps(payload))
+        """Send one JSON frame; a socket that closed meanwhile is not an error.
+
+        An event can reach this consumer after its client went away and before the
+        server's ``websocket.disconnect`` is handled; daphne then raises (autobahn's
+        ``Disconnected``). Letting that escape would end the consumer's application
+        instance, and with it the ``disconnect()`` cleanup still queued behind it.
+        """
+        try:
+            await self.send(text_data=json.dumps(payload))
+        except Exception as exc:
+            logger.info("page socket gone; %s not sent (%s)", payload.get("type"), exc)
 
     async def _error(self, message: str, *, code: str, ref: object = None) -> None:
         await self._send({"type": "error", "code": code, "message": message, "ref": ref})

@@ -317,3 +317,20 @@ async def test_broadcaster_leaves_the_session_group_when_the_media_server_ends_i
     )
     assert [f for f in await _frames_until_marker(tab, ann) if f["type"] == "session.stats"] == []
     await tab.disconnect()
+
+
+async def test_an_event_for_a_socket_that_just_closed_does_not_kill_the_consumer() -> None:
+    # Regression: daphne raises when a consumer sends on a socket whose client left a
+    # moment ago; the error escaped hearth_event, ended the application instance
+    # ("Exception inside application") and with it the queued disconnect() cleanup.
+    from streams.consumers import HearthConsumer
+
+    consumer = HearthConsumer()
+    consumer.listening = {}
+    consumer.broadcasting = None
+
+    async def closed_send(message):
+        raise ConnectionError("Attempt to send on a closed protocol")
+
+    consumer.base_send = closed_send
+    await consumer.hearth_event({"event": "presence", "data": {"user_id": 1, "online": True}})
