@@ -528,7 +528,7 @@ async def bench(pairs_list: list[int], seconds: float, workdir: Path) -> list[Ro
     program_path = workdir / "noisy_jfk_bursts.wav"
     write_program(program_path)
     program = load_audio(program_path)
-    from streams.rtc import ice_host_addresses_apply  # needs Django set up
+    from streams.ice import ice_host_addresses_apply  # needs Django set up
 
     ice_host_addresses_apply([LOOPBACK])
 

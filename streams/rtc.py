@@ -21,12 +21,10 @@ import contextlib
 import functools
 import logging
 import sys
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import aioice.ice
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 from aiortc.jitterbuffer import JitterBuffer
 from channels.db import database_sync_to_async
@@ -34,6 +32,7 @@ from channels.layers import InMemoryChannelLayer, get_channel_layer
 from django.conf import settings
 
 from streams import services
+from streams.ice import ice_host_addresses_apply
 from streams.media.graph import Graph, GraphRunner, TrackSource
 from streams.media.items import Event
 from streams.media.metrics import MediaMetrics
@@ -75,25 +74,6 @@ def ice_configuration() -> RTCConfiguration:
                 )
             )
     return RTCConfiguration(iceServers=servers)
-
-
-_original_get_host_addresses = aioice.ice.get_host_addresses
-
-
-def ice_host_addresses_apply(addresses: Sequence[str]) -> None:
-    """Make aioice gather host candidates on ``addresses`` only (empty: all interfaces).
-
-    aioice (``aioice/ice.py: get_host_addresses``) enumerates interface addresses and
-    skips loopback; this replaces that lookup process-wide so tests and
-    loopback-only deployments get ``127.0.0.1`` candidates and nothing else.
-    """
-    if addresses:
-        fixed = list(addresses)
-        aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: [  # type: ignore[assignment]
-            a for a in fixed if (":" in a and use_ipv6) or (":" not in a and use_ipv4)
-        ]
-    else:
-        aioice.ice.get_host_addresses = _original_get_host_addresses
 
 
 def sdp_validate(sdp: object) -> str:

@@ -372,7 +372,7 @@ class WsClient:
 @pytest.fixture
 def loopback_ice() -> Iterator[None]:
     """This test process's aiortc peers gather 127.0.0.1 host candidates only."""
-    from streams.rtc import ice_host_addresses_apply
+    from streams.ice import ice_host_addresses_apply
 
     ice_host_addresses_apply([LOOPBACK])
     yield

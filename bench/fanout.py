@@ -1,0 +1,972 @@
+"""Fan-out benchmark: one broadcaster, N listeners through one real daphne process.
+
+Usage::
+
+    .venv/bin/python bench/fanout.py [--listeners 1,8,16,32] [--seconds 10] [--client-procs 4]
+
+Starts daphne on 127.0.0.1 (a fresh SQLite database in a temporary folder, migrated
+first; the in-memory channel layer; ``ICE_HOST_ADDRESSES=127.0.0.1``), and creates one
+broadcaster and ``max(N)`` listener users, each a friend of the broadcaster, with the
+Django ORM in this process. Each mode gets a fresh daphne: first
+``MEDIA_RELAY_ENCODE=once`` (processed audio Opus-encoded once per broadcast, packets
+forwarded to every listener), then ``MEDIA_RELAY_ENCODE=per_listener`` (the old path:
+each listener's aiortc sender encodes), the baseline. For each N and mode:
+
+* the broadcaster, one aiortc peer in this process, goes live with denoising on and
+  plays the noisy JFK mix with a voiced burst every second (``bench/live.py``'s
+  ``BurstSource`` and ``write_program``; material from ``../shared/data``);
+* N aiortc recvonly listeners join, spread over ``--client-procs`` client processes
+  (``python bench/fanout.py --client``, driven over stdin/stdout with JSON lines), each
+  listener with its own WebSocket signed in as its own friend of the broadcaster, so
+  that one client process is not the bottleneck. A listener only counts its decoded
+  frames and checks each one's peak (no conversion);
+* once every listener hears audio and 1 s has passed, the measured window of S seconds
+  starts (``time.monotonic()`` is one clock for all local processes).
+
+Reported per N and mode:
+
+* server CPU: daphne process CPU (``psutil`` user + system, all threads) over the
+  window / S, in % of one core; per extra listener: (cpu(N) - cpu(N0)) / (N - N0),
+  N0 the smallest N (1 by default);
+* silent frames: listener frames in the window whose s16 samples all lie within
+  ±2 LSB (-84 dBFS). The server sends digital silence where it has no processed
+  block (fail closed); aiortc's own Opus encoder (``per_listener``) turns it into
+  frames that decode to all zeros, the relay's shared libopus encoder (``once``) into
+  ±1 LSB; the denoised program never decodes below 5 LSB peak. All-zero frames are
+  counted too. Missing frames: S * 50 per listener minus frames received in the
+  window (a listener that never connected misses all). Both in % of S * 50 * N;
+* blocks failed closed / blocks in, from the ``session.stats`` frames with a
+  ``"media"`` key that the broadcaster's page receives (about every 2 s): the
+  difference between the first and the last inside the window, and the last one
+  (whole session, setup included); without them, daphne's "session ... ended" line;
+* the client processes' CPU, this process's, and the rest of the machine's (other
+  programs, hypervisor steal) over the window, to see when the bench's own peers or
+  anything else crowd the server: rounds with over 15% of a core of other load are
+  flagged as disturbed.
+
+Everything stays on loopback; every loop and wait is bounded; daphne and the client
+processes are killed at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = str(Path(__file__).resolve())
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription  # noqa: E402
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack  # noqa: E402
+from av import AudioFrame  # noqa: E402
+
+from streams.ice import ice_host_addresses_apply  # noqa: E402
+from tests.live_server import LOOPBACK, DaphneProcess, WsClient  # noqa: E402
+
+FPS = 50  # 20 ms frames
+MODES = ("once", "per_listener")
+MODE_ENV = "MEDIA_RELAY_ENCODE"
+SETTLE_S = 1.0  # after every listener hears audio, before the window
+WINDOW_LEAD_S = 0.3  # the window starts this long after the "measure" command
+TARGET_CPU_PER_LISTENER = 0.5  # % of one core per extra audio listener (mode once)
+TARGET_SILENT_PCT = 0.5  # % silent frames with 32 listeners (mode once)
+MAX_WS_FRAMES = 100_000  # bound on the frames any drain loop reads
+SILENT_PEAK_LSB = 2  # a decoded s16 frame within ±2 LSB (-84 dBFS) counts as silent
+STATS_HISTORY = 1000  # media stats frames kept per round (one every ~2 s)
+OTHER_LOAD_WARN_PCT = 15.0  # % of a core used by unrelated processes: disturbed figures
+
+
+def _jsonline(payload: dict[str, Any]) -> bytes:
+    return (json.dumps(payload) + "\n").encode()
+
+
+# ==============================================================================
+# Client process: up to N/procs recvonly listeners
+# ==============================================================================
+def frame_silence(frame: AudioFrame) -> tuple[bool, bool]:
+    """(silent, all zero) for a decoded frame, from its planes' bytes (no conversion).
+
+    Silent: every s16 sample within ±``SILENT_PEAK_LSB``. The relay's shared libopus
+    encoder turns digital silence into packets that decode to ±1 LSB, never to all
+    zeros (aiortc's own encoder gives exact zeros), while the denoised program never
+    decodes to a frame under 5 LSB peak. Formats other than s16: all zero only.
+    """
+    fmt = frame.format
+    per_plane = frame.samples * (1 if fmt.is_planar else len(frame.layout.channels))
+    if fmt.name in ("s16", "s16p"):
+        peak = 0
+        for plane in frame.planes:
+            samples = np.frombuffer(plane, dtype=np.int16, count=per_plane)
+            peak = max(peak, int(samples.max()), -int(samples.min()))
+        return peak <= SILENT_PEAK_LSB, peak == 0
+    zero = not any(
+        np.frombuffer(plane, dtype=np.uint8, count=per_plane * fmt.bytes).any()
+        for plane in frame.planes
+    )
+    return zero, zero
+
+
+class CountingSink:
+    """Consumes a received audio track; counts frames (and all-zero ones) in a window."""
+
+    def __init__(self, track: MediaStreamTrack, *, max_frames: int) -> None:
+        self.track = track
+        self.max_frames = max_frames
+        self.window: tuple[float, float] | None = None
+        self.heard = asyncio.Event()
+        self.received = 0
+        self.silent = 0
+        self.zero = 0
+        self.max_gap_s = 0.0
+        self.total = 0
+        self._last: float | None = None
+        self.task = asyncio.ensure_future(self._run())
+
+    async def _run(self) -> None:
+        with contextlib.suppress(MediaStreamError):
+            for _ in range(self.max_frames):
+                frame = await self.track.recv()
+                now = time.monotonic()
+                self.total += 1
+                silent, zero = frame_silence(frame)
+                if not silent and not self.heard.is_set():
+                    self.heard.set()
+                window = self.window
+                if window is not None and window[0] <= now < window[1]:
+                    self.received += 1
+                    self.silent += silent
+                    self.zero += zero
+                    if self._last is not None:
+                        self.max_gap_s = max(self.max_gap_s, now - self._last)
+                self._last = now
+
+    async def stop(self) -> None:
+        """Stop consuming."""
+        self.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await self.task
+
+
+async def _drain(ws: WsClient) -> None:
+    """Read and drop a listener page's events (presence, session.stats, ...)."""
+    with contextlib.suppress(Exception):
+        for _ in range(MAX_WS_FRAMES):
+            await ws.ws.recv()
+
+
+@dataclass
+class _ClientListener:
+    ws: WsClient
+    pc: RTCPeerConnection
+    sink: CountingSink | None = None
+    drain: asyncio.Task[None] | None = None
+
+
+async def _listener_open(job: dict[str, Any], cookie: str, name: str) -> _ClientListener:
+    ws = await WsClient.open(job["ws_url"], cookie, origin=job["origin"], name=name)
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    listener = _ClientListener(ws=ws, pc=pc)
+    try:
+        await ws.expect("hello", timeout=20)
+        pc.addTransceiver("audio", direction="recvonly")
+        got: asyncio.Future[MediaStreamTrack] = asyncio.get_running_loop().create_future()
+        pc.on("track", lambda track: got.done() or got.set_result(track))
+        await pc.setLocalDescription(await pc.createOffer())
+        await ws.send_json(
+            {
+                "type": "listen.start",
+                "session_id": job["session_id"],
+                "sdp": pc.localDescription.sdp,
+            }
+        )
+        answer = await ws.expect("listen.answer", timeout=30)
+        await pc.setRemoteDescription(RTCSessionDescription(answer["sdp"], "answer"))
+        track = await asyncio.wait_for(got, 15)
+        listener.sink = CountingSink(track, max_frames=int(job["max_frames"]))
+        listener.drain = asyncio.ensure_future(_drain(ws))
+    except BaseException:
+        await _listener_close(listener)
+        raise
+    return listener
+
+
+async def _listener_close(listener: _ClientListener) -> None:
+    if listener.sink is not None:
+        await listener.sink.stop()
+    if listener.drain is not None:
+        listener.drain.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await listener.drain
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(listener.pc.close(), 5)
+    await listener.ws.close()
+
+
+async def _stdin_reader() -> asyncio.StreamReader:
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=2**22)
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    return reader
+
+
+async def _read_command(reader: asyncio.StreamReader, wait_s: float) -> dict[str, Any]:
+    line = await asyncio.wait_for(reader.readline(), wait_s)
+    if not line:
+        raise EOFError("the bench closed our stdin")
+    return json.loads(line)
+
+
+def _emit(payload: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(payload) + "\n")
+    sys.stdout.flush()
+
+
+async def client_serve(reader: asyncio.StreamReader) -> None:
+    """One client process's life: job → listeners → ready → measure → result → close."""
+    job = await _read_command(reader, 120)
+    if "cmd" in job:  # closed before it got a job (the broadcaster failed to go live)
+        return
+    ice_host_addresses_apply([LOOPBACK])
+    started = time.monotonic()
+    outcomes = await asyncio.gather(
+        *(
+            _listener_open(job, cookie, f"{job['name']}-l{i}")
+            for i, cookie in enumerate(job["cookies"])
+        ),
+        return_exceptions=True,
+    )
+    listeners = [o for o in outcomes if isinstance(o, _ClientListener)]
+    errors = [f"{type(o).__name__}: {o}"[:300] for o in outcomes if isinstance(o, BaseException)]
+    try:
+        sinks = [lis.sink for lis in listeners if lis.sink is not None]
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(
+                asyncio.gather(*(s.heard.wait() for s in sinks)), float(job["heard_wait_s"])
+            )
+        _emit(
+            {
+                "event": "ready",
+                "listeners": len(sinks),
+                "heard": sum(s.heard.is_set() for s in sinks),
+                "setup_s": time.monotonic() - started,
+                "errors": errors,
+            }
+        )
+        command = await _read_command(reader, float(job["command_wait_s"]))
+        if command.get("cmd") != "measure":
+            return
+        t0, t1 = float(command["t0"]), float(command["t1"])
+        for sink in sinks:
+            sink.window = (t0, t1)
+        await asyncio.sleep(max(0.0, t1 - time.monotonic()) + 0.05)
+        _emit(
+            {
+                "event": "result",
+                "listeners": [
+                    {
+                        "received": s.received,
+                        "silent": s.silent,
+                        "zero": s.zero,
+                        "max_gap_ms": 1000 * s.max_gap_s,
+                        "ended": s.task.done(),
+                    }
+                    for s in sinks
+                ],
+                "errors": errors,
+            }
+        )
+        # Keep the peers up until told (the bench stops the broadcast first), bounded.
+        with contextlib.suppress(TimeoutError, EOFError, ValueError):
+            await _read_command(reader, 30)
+    finally:
+        await asyncio.gather(*(_listener_close(lis) for lis in listeners))
+
+
+async def client_main() -> int:
+    """Entry point of ``--client``: serve one job from stdin within its overall deadline."""
+    reader = await _stdin_reader()
+    try:
+        await asyncio.wait_for(client_serve(reader), 600)
+    except (TimeoutError, EOFError):
+        return 1
+    return 0
+
+
+# ==============================================================================
+# The bench process: daphne, the broadcaster, the client processes
+# ==============================================================================
+@dataclass
+class FanoutRound:
+    """Figures of one round (N listeners, one mode)."""
+
+    listeners: int
+    mode: str
+    seconds: float
+    cpu_s: float = 0.0
+    clients_cpu_s: float = 0.0
+    bench_cpu_s: float = 0.0  # this process: the broadcaster peer and the bench itself
+    busy_cpu_s: float = float("nan")  # every CPU's busy time (all processes, kernel)
+    machine_busy: float = float("nan")  # share of all CPUs busy over the window
+    steal_cpu_s: float = 0.0  # time the hypervisor gave our CPUs to someone else
+    measured: bool = False
+    expected_frames: int = 0
+    missing_frames: int = 0
+    silent_frames: int = 0
+    zero_frames: int = 0
+    max_gap_ms: float = 0.0
+    connected: int = 0
+    setup_s: float = 0.0
+    media: dict[str, Any] | None = None  # last session.stats "media" of the broadcaster
+    # (blocks failed closed, blocks in, seconds) between the first and the last media
+    # stats frame received inside the window
+    media_window: tuple[int, int, float] | None = None
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def cpu_pct(self) -> float:
+        """Server CPU in % of one core."""
+        return 100 * self.cpu_s / self.seconds
+
+    @property
+    def clients_cpu_pct(self) -> float:
+        """All client processes' CPU in % of one core."""
+        return 100 * self.clients_cpu_s / self.seconds
+
+    @property
+    def other_cpu_pct(self) -> float:
+        """CPU of everything but daphne, the clients and the bench, in % of one core."""
+        rest = self.busy_cpu_s - self.cpu_s - self.clients_cpu_s - self.bench_cpu_s
+        return 100 * rest / self.seconds
+
+    @property
+    def server_mode(self) -> str:
+        """The relay mode the server reports in its media stats ("" if it does not)."""
+        relay = (self.media or {}).get("relay")
+        return str(relay.get("mode", "")) if isinstance(relay, dict) else ""
+
+    def pct(self, frames: int) -> float:
+        """``frames`` in % of the expected frames."""
+        return 100 * frames / self.expected_frames if self.expected_frames else float("nan")
+
+    @property
+    def failed(self) -> bool:
+        """The round has no usable figures."""
+        return not self.measured
+
+    def failed_closed_window(self) -> str:
+        """``blocks_failed_closed/blocks_in`` within the window (from the server's media
+        stats frames), else over the whole session."""
+        if self.media_window is not None:
+            closed, blocks, span = self.media_window
+            return f"{closed}/{blocks} ({span:.0f} s)"
+        return self.failed_closed_session()
+
+    def failed_closed_session(self) -> str:
+        """``blocks_failed_closed/blocks_in`` over the whole session, setup included
+        (server stats, else n/a)."""
+        if self.media is not None:
+            media = self.media
+            text = f"{media.get('blocks_failed_closed', '?')}/{media.get('blocks_in', '?')}"
+            if media.get("failed"):
+                text += f" (failed: {media['failed']})"
+            return text + " session"
+        return "n/a"
+
+    def stages(self) -> str:
+        """Stage timings from the server's media stats (p50/p95 ms), if it sent them."""
+        stages = (self.media or {}).get("stages")
+        if not isinstance(stages, dict) or not stages:
+            return ""
+        parts = []
+        for name, s in stages.items():
+            with contextlib.suppress(KeyError, TypeError, ValueError):
+                parts.append(f"{name} {float(s['p50_ms']):.2f}/{float(s['p95_ms']):.2f}")
+        return "stages p50/p95 ms: " + ", ".join(parts)
+
+
+class StatsReader:
+    """Reads the broadcaster page's frames while live; keeps its media stats frames.
+
+    Frames go to ``ws.received`` as :meth:`WsClient.expect` keeps them; frames other
+    than ``session.stats`` also go to ``ws.pending``, so a later ``expect`` finds them.
+    :meth:`note_new` also picks up what ``expect`` read after the reader stopped.
+    """
+
+    def __init__(self, ws: WsClient) -> None:
+        self.ws = ws
+        self.history: deque[tuple[float, dict[str, Any]]] = deque(maxlen=STATS_HISTORY)
+        self.errors: list[dict[str, Any]] = []
+        self._noted = len(ws.received)
+        self.task = asyncio.ensure_future(self._run())
+
+    @property
+    def media(self) -> dict[str, Any] | None:
+        """The last media stats received."""
+        return self.history[-1][1] if self.history else None
+
+    def note_new(self) -> None:
+        """Record media stats and error frames received since the last call."""
+        now = time.monotonic()
+        for frame in self.ws.received[self._noted :]:
+            if frame.get("type") == "session.stats" and isinstance(frame.get("media"), dict):
+                self.history.append((now, frame["media"]))
+            elif frame.get("type") == "error":
+                self.errors.append(frame)
+        self._noted = len(self.ws.received)
+
+    def window(self, t0: float, t1: float) -> tuple[int, int, float] | None:
+        """(blocks failed closed, blocks in, seconds) between the first and the last
+        media stats received in [t0, t1]; None with fewer than two."""
+        inside = [(t, m) for t, m in self.history if t0 <= t <= t1]
+        if len(inside) < 2:
+            return None
+        (ta, a), (tb, b) = inside[0], inside[-1]
+        try:
+            closed = int(b["blocks_failed_closed"]) - int(a["blocks_failed_closed"])
+            blocks = int(b["blocks_in"]) - int(a["blocks_in"])
+        except (KeyError, TypeError, ValueError):
+            return None
+        return closed, blocks, tb - ta
+
+    async def _run(self) -> None:
+        with contextlib.suppress(Exception):
+            for _ in range(MAX_WS_FRAMES):
+                frame = json.loads(await self.ws.ws.recv())
+                if not isinstance(frame, dict):
+                    continue
+                self.ws.received.append(frame)
+                self.note_new()
+                if frame.get("type") != "session.stats":
+                    self.ws.pending.append(frame)
+
+    async def stop(self) -> None:
+        """Stop reading (cancelling ``recv`` loses no frame in ``websockets``)."""
+        self.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await self.task
+
+
+def make_fanout_accounts(listeners: int) -> tuple[str, list[str]]:
+    """(broadcaster cookie, ``listeners`` listener cookies), each listener a friend."""
+    from tests.live_server import session_cookie
+    from users.models import Friendship, User
+
+    broadcaster = User.objects.create_user("fanout-b", password="bench-pass-123")
+    cookies = []
+    for i in range(listeners):
+        user = User.objects.create_user(f"fanout-l{i}", password="bench-pass-123")
+        low, high = sorted((broadcaster, user), key=lambda u: u.id)
+        Friendship.objects.create(user_low=low, user_high=high)
+        cookies.append(session_cookie(user))
+    return session_cookie(broadcaster), cookies
+
+
+def _open_log(path: Path) -> IO[bytes]:
+    return open(path, "ab")
+
+
+def _log_tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+class ClientProcess:
+    """One ``bench/fanout.py --client`` subprocess and its JSON-lines pipe."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, name: str, log_path: Path) -> None:
+        self.proc = proc
+        self.name = name
+        self.log_path = log_path
+
+    @classmethod
+    async def spawn(cls, name: str, log_path: Path) -> ClientProcess:
+        """Start the process (it imports, then waits for its job on stdin)."""
+        log = _open_log(log_path)
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                SCRIPT,
+                "--client",
+                cwd=REPO_ROOT,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=log,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                limit=2**22,
+            )
+        finally:
+            log.close()
+        return cls(proc, name, log_path)
+
+    async def send(self, payload: dict[str, Any]) -> None:
+        """Write one command line (ignored if the process is gone)."""
+        assert self.proc.stdin is not None
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            self.proc.stdin.write(_jsonline(payload))
+            await self.proc.stdin.drain()
+
+    async def receive(self, event: str, wait_s: float) -> dict[str, Any]:
+        """The next JSON line with ``"event": event`` within ``wait_s`` seconds."""
+        assert self.proc.stdout is not None
+        deadline = time.monotonic() + wait_s
+        for _ in range(1000):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            line = await asyncio.wait_for(self.proc.stdout.readline(), remaining)
+            if not line:
+                raise RuntimeError(
+                    f"client {self.name} exited ({self.proc.returncode}) before {event!r}:\n"
+                    + _log_tail(self.log_path)
+                )
+            with contextlib.suppress(ValueError):
+                message = json.loads(line)
+                if isinstance(message, dict) and message.get("event") == event:
+                    return message
+        raise TimeoutError(f"client {self.name}: no {event!r} within {wait_s:.0f} s")
+
+    async def finish(self, wait_s: float = 10.0) -> None:
+        """Tell it to close, wait ``wait_s`` seconds, then SIGKILL it."""
+        if self.proc.returncode is None:
+            await self.send({"cmd": "close"})
+            with contextlib.suppress(Exception):
+                assert self.proc.stdin is not None
+                self.proc.stdin.close()
+        try:
+            await asyncio.wait_for(self.proc.wait(), wait_s)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.kill()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.proc.wait(), 5)
+
+
+def _cpu_s(pids: list[int]) -> float:
+    import psutil
+
+    total = 0.0
+    for pid in pids:
+        with contextlib.suppress(psutil.Error):
+            times = psutil.Process(pid).cpu_times()
+            total += times.user + times.system
+    return total
+
+
+def _cpu_snapshot(server_pid: int, client_pids: list[int]) -> tuple[float, ...]:
+    """CPU seconds so far: (daphne, clients, this process, all CPUs busy, steal, all CPUs).
+
+    Busy excludes idle, iowait and steal (time the hypervisor ran someone else).
+    """
+    import psutil
+
+    times = psutil.cpu_times()  # summed over every CPU
+    total = sum(times) - getattr(times, "guest", 0.0) - getattr(times, "guest_nice", 0.0)
+    steal = getattr(times, "steal", 0.0)
+    idle = times.idle + getattr(times, "iowait", 0.0)
+    return (
+        _cpu_s([server_pid]),
+        _cpu_s(client_pids),
+        _cpu_s([os.getpid()]),
+        total - idle - steal,
+        steal,
+        total,
+    )
+
+
+async def run_round(
+    server: DaphneProcess,
+    broadcaster_cookie: str,
+    listener_cookies: list[str],
+    *,
+    listeners: int,
+    seconds: float,
+    mode: str,
+    client_procs: int,
+    workdir: Path,
+    program: NDArray[np.float32],
+) -> FanoutRound:
+    """One broadcaster and ``listeners`` listeners: connect, measure ``seconds``, stop."""
+    from bench.live import BurstSource
+
+    result = FanoutRound(listeners=listeners, mode=mode, seconds=seconds)
+    result.expected_frames = round(seconds * FPS) * listeners
+    procs = max(1, min(client_procs, listeners))
+    clients: list[ClientProcess] = []
+    bws: WsClient | None = None
+    pc: RTCPeerConnection | None = None
+    source: BurstSource | None = None
+    stats: StatsReader | None = None
+    session_id: int | None = None
+    try:
+        # Client processes import while the broadcaster goes live.
+        clients = list(
+            await asyncio.gather(
+                *(
+                    ClientProcess.spawn(f"c{k}", workdir / f"client-{mode}-{listeners}-c{k}.log")
+                    for k in range(procs)
+                )
+            )
+        )
+        bws = await WsClient.open(server.ws_url, broadcaster_cookie, origin=server.origin, name="b")
+        await bws.expect("hello")
+        source = BurstSource(program)
+        pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        pc.addTransceiver(source, direction="sendonly")
+        await pc.setLocalDescription(await pc.createOffer())
+        await bws.send_json(
+            {"type": "broadcast.start", "sdp": pc.localDescription.sdp, "denoise": True}
+        )
+        answer = await bws.expect("broadcast.answer", timeout=30)
+        await pc.setRemoteDescription(RTCSessionDescription(answer["sdp"], "answer"))
+        session_id = int(answer["session_id"])
+        stats = StatsReader(bws)
+
+        started = time.monotonic()
+        heard_wait_s = 30.0 + listeners / 2
+        for k, client in enumerate(clients):
+            await client.send(
+                {
+                    "name": client.name,
+                    "ws_url": server.ws_url,
+                    "origin": server.origin,
+                    "session_id": session_id,
+                    "cookies": listener_cookies[k:listeners:procs],
+                    "max_frames": int((seconds + 120 + heard_wait_s) * FPS),
+                    "heard_wait_s": heard_wait_s,
+                    "command_wait_s": 60.0,
+                }
+            )
+        ready = await asyncio.gather(
+            *(c.receive("ready", heard_wait_s + 60) for c in clients), return_exceptions=True
+        )
+        result.setup_s = time.monotonic() - started
+        for item in ready:
+            if isinstance(item, BaseException):
+                result.errors.append(f"{type(item).__name__}: {item}"[:400])
+                continue
+            result.connected += int(item["listeners"])
+            result.errors += item.get("errors", [])
+            if item["heard"] < item["listeners"]:
+                deaf = item["listeners"] - item["heard"]
+                result.errors.append(f"{deaf} listener(s) heard nothing")
+        if result.connected == 0:
+            raise RuntimeError("no listener connected")
+
+        await asyncio.sleep(SETTLE_S)
+        t0 = time.monotonic() + WINDOW_LEAD_S
+        t1 = t0 + seconds
+        for client in clients:
+            await client.send({"cmd": "measure", "t0": t0, "t1": t1})
+        client_pids = [c.proc.pid for c in clients]
+        await asyncio.sleep(max(0.0, t0 - time.monotonic()))
+        before = _cpu_snapshot(server.pid, client_pids)
+        await asyncio.sleep(max(0.0, t1 - time.monotonic()))
+        after = _cpu_snapshot(server.pid, client_pids)
+        delta = [b - a for a, b in zip(before, after, strict=True)]
+        result.cpu_s, result.clients_cpu_s, result.bench_cpu_s = delta[:3]
+        result.busy_cpu_s, result.steal_cpu_s = delta[3:5]
+        if delta[5] > 0:
+            result.machine_busy = delta[3] / delta[5]
+
+        reports = await asyncio.gather(
+            *(c.receive("result", 30) for c in clients), return_exceptions=True
+        )
+        received = 0
+        for item in reports:
+            if isinstance(item, BaseException):
+                result.errors.append(f"{type(item).__name__}: {item}"[:400])
+                continue
+            for lis in item["listeners"]:
+                received += min(int(lis["received"]), round(seconds * FPS))
+                result.silent_frames += int(lis["silent"])
+                result.zero_frames += int(lis.get("zero", 0))
+                result.max_gap_ms = max(result.max_gap_ms, float(lis["max_gap_ms"]))
+        result.missing_frames = max(0, result.expected_frames - received)
+        result.measured = True
+
+        await stats.stop()
+        stats.note_new()
+        result.media_window = stats.window(t0, t1)
+        if not math.isnan(result.other_cpu_pct) and result.other_cpu_pct > OTHER_LOAD_WARN_PCT:
+            result.errors.append(
+                f"warning: other processes used {result.other_cpu_pct:.0f}% of a core "
+                "during the window (figures disturbed)"
+            )
+        steal_pct = 100 * result.steal_cpu_s / seconds
+        if steal_pct > OTHER_LOAD_WARN_PCT:
+            result.errors.append(
+                f"warning: the hypervisor took {steal_pct:.0f}% of a core (steal) during the "
+                "window (figures disturbed)"
+            )
+        await bws.send_json({"type": "broadcast.stop"})
+        await bws.expect("broadcast.ended", timeout=30)
+    except Exception as exc:  # report the round as failed, keep benchmarking
+        result.errors.append(f"{type(exc).__name__}: {exc}"[:400])
+    finally:
+        if stats is not None:
+            await stats.stop()
+            stats.note_new()  # frames read by expect() after the reader stopped
+            result.media = stats.media
+            if result.server_mode and result.server_mode != mode:
+                result.errors.append(f"warning: the server reports relay mode {result.server_mode}")
+            result.errors += [f"server error frame: {f}"[:300] for f in stats.errors]
+        if source is not None:
+            source.stop()
+        if pc is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(pc.close(), 5)
+        if bws is not None:
+            await bws.close()
+        await asyncio.gather(*(c.finish() for c in clients))
+    return result
+
+
+# -- report --------------------------------------------------------------------
+def _fmt(value: float, spec: str = "{:.1f}") -> str:
+    return "n/a" if value is None or math.isnan(value) else spec.format(value)
+
+
+def per_extra_listener(results: list[FanoutRound], mode: str, n: int) -> float:
+    """(cpu(n) - cpu(n0)) / (n - n0) in % of a core, n0 the smallest N of ``mode``."""
+    rounds = {r.listeners: r for r in results if r.mode == mode and not r.failed}
+    if n not in rounds or not rounds:
+        return float("nan")
+    n0 = min(rounds)
+    if n == n0:
+        return float("nan")
+    return (rounds[n].cpu_pct - rounds[n0].cpu_pct) / (n - n0)
+
+
+def _silent_missing(r: FanoutRound) -> str:
+    return f"{r.pct(r.silent_frames):.2f} + {r.pct(r.missing_frames):.2f}"
+
+
+def report(results: list[FanoutRound], modes: list[str]) -> str:
+    """Markdown table (cells ``once / per_listener``) and the targets."""
+    by_key = {(r.listeners, r.mode): r for r in results}
+    counts = sorted({r.listeners for r in results})
+
+    def cells(n: int, fn: Any) -> str:
+        parts = []
+        for mode in modes:
+            r = by_key.get((n, mode))
+            parts.append("n/a" if r is None or r.failed else fn(r))
+        return " / ".join(parts)
+
+    n0 = min(counts) if counts else 1
+    lines = [
+        f"| N | server CPU, % core ({' / '.join(modes)}) "
+        f"| CPU per extra listener, % core (vs N={n0}) "
+        f"| silent + missing frames, % ({' / '.join(modes)}) "
+        "| blocks failed closed / in, window | clients CPU, % core | other load, % core |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for n in counts:
+        extra = " / ".join(_fmt(per_extra_listener(results, m, n), "{:.2f}") for m in modes)
+        lines.append(
+            f"| {n} | {cells(n, lambda r: _fmt(r.cpu_pct))} | {extra if n != n0 else '—'} "
+            f"| {cells(n, _silent_missing)} "
+            f"| {cells(n, FanoutRound.failed_closed_window)} "
+            f"| {cells(n, lambda r: _fmt(r.clients_cpu_pct, '{:.0f}'))} "
+            f"| {cells(n, lambda r: _fmt(r.other_cpu_pct, '{:.0f}'))} |"
+        )
+    lines += [
+        "",
+        f"Cells: {' / '.join(modes)} ({MODE_ENV}). Silent: decoded frames within "
+        f"±{SILENT_PEAK_LSB} LSB (the relay's Opus silence decodes to ±1 LSB, not zeros); "
+        f"missing: {FPS}/s per listener not received in the window (±1 frame per "
+        "listener at the window's edges). Failed closed: between the first and last "
+        "media stats frames inside the window (seconds covered in brackets). Other load: "
+        "every CPU's busy time minus daphne, the client processes and the bench process "
+        f"(other programs; ±10% is tick-accounting noise); above {OTHER_LOAD_WARN_PCT:.0f}% "
+        "the figures are disturbed. "
+        "On loopback the kernel's delivery of each packet to the listener's socket is "
+        "charged to the sending server.",
+    ]
+
+    once = [r for r in results if r.mode == "once" and not r.failed]
+    verdicts = []
+    if once:
+        top = max(once, key=lambda r: r.listeners)
+        slope = per_extra_listener(results, "once", top.listeners)
+        if math.isnan(slope):
+            verdicts.append("CPU per extra listener: not measured (needs two N)")
+        else:
+            ok = slope <= TARGET_CPU_PER_LISTENER
+            verdicts.append(
+                f"CPU per extra listener (once, N={top.listeners}) {slope:.2f}% "
+                f"→ {'met' if ok else 'NOT met'}"
+            )
+        r32 = by_key.get((32, "once"))
+        if r32 is not None and not r32.failed:
+            ok = r32.pct(r32.silent_frames) < TARGET_SILENT_PCT
+            verdicts.append(
+                f"silent frames at N=32 (once) {r32.pct(r32.silent_frames):.2f}% "
+                f"→ {'met' if ok else 'NOT met'}"
+            )
+        else:
+            verdicts.append("silent frames at N=32: not measured")
+    lines.append(
+        f"Targets: <= {TARGET_CPU_PER_LISTENER}% of a core per extra audio listener, and "
+        f"32 listeners with < {TARGET_SILENT_PCT}% silent frames"
+        + (f" — {'; '.join(verdicts)}." if verdicts else ".")
+    )
+    for r in results:
+        for error in dict.fromkeys(r.errors):
+            lines.append(f"- N={r.listeners} {r.mode}: {error}")
+    return "\n".join(lines)
+
+
+def _print_round(r: FanoutRound) -> None:
+    if r.failed:
+        print(f"  failed: {'; '.join(r.errors)}", flush=True)
+        return
+    print(
+        f"  server {r.cpu_pct:.1f}% core, clients {r.clients_cpu_pct:.0f}%, "
+        f"bench {100 * r.bench_cpu_s / r.seconds:.0f}%, other {r.other_cpu_pct:.0f}%, "
+        f"steal {100 * r.steal_cpu_s / r.seconds:.0f}%; "
+        f"machine busy {100 * r.machine_busy:.0f}%; "
+        f"{r.connected}/{r.listeners} listeners (setup {r.setup_s:.1f} s); "
+        f"silent {r.pct(r.silent_frames):.2f}% (all-zero {r.pct(r.zero_frames):.2f}%) "
+        f"missing {r.pct(r.missing_frames):.2f}% (max gap {r.max_gap_ms:.0f} ms); "
+        f"failed closed {r.failed_closed_window()} in the window, "
+        f"{r.failed_closed_session()}",
+        flush=True,
+    )
+    if r.stages():
+        print(f"  {r.stages()}", flush=True)
+    relay = (r.media or {}).get("relay")
+    if isinstance(relay, dict):
+        print(f"  relay (server): {json.dumps(relay)}", flush=True)
+    for error in dict.fromkeys(r.errors):
+        print(f"  ! {error}", flush=True)
+
+
+async def bench(
+    counts: list[int], seconds: float, client_procs: int, modes: list[str], workdir: Path
+) -> list[FanoutRound]:
+    """Every mode on a fresh daphne, every N on it; returns the results."""
+    from bench.live import setup_django, write_program
+    from streams.audio import load_audio
+    from tests.live_server import subprocess_env
+
+    paths = setup_django(workdir)
+    broadcaster_cookie, listener_cookies = await asyncio.to_thread(
+        make_fanout_accounts, max(counts)
+    )
+    program_path = workdir / "noisy_jfk_bursts.wav"
+    write_program(program_path)
+    program = load_audio(program_path)
+    ice_host_addresses_apply([LOOPBACK])
+
+    results: list[FanoutRound] = []
+    for mode in modes:
+        env = subprocess_env(
+            media_root=Path(paths["media"]), db_url=paths["db_url"], extra={MODE_ENV: mode}
+        )
+        server = DaphneProcess(env=env, log_path=workdir / f"daphne-{mode}.log", name=mode)
+        try:
+            await asyncio.to_thread(server.start, timeout=90)
+            for n in counts:
+                print(f"{MODE_ENV}={mode} N={n}: {seconds:g} s ...", flush=True)
+                try:
+                    result = await asyncio.wait_for(
+                        run_round(
+                            server,
+                            broadcaster_cookie,
+                            listener_cookies,
+                            listeners=n,
+                            seconds=seconds,
+                            mode=mode,
+                            client_procs=client_procs,
+                            workdir=workdir,
+                            program=program,
+                        ),
+                        timeout=seconds + 150 + 2 * n,
+                    )
+                except TimeoutError:
+                    result = FanoutRound(listeners=n, mode=mode, seconds=seconds)
+                    result.errors.append("round timed out")
+                _print_round(result)
+                results.append(result)
+                if not server.running:
+                    print(server.log_tail(), flush=True)
+                    print(f"daphne ({mode}) exited during the benchmark", flush=True)
+                    break
+        finally:
+            code = await asyncio.to_thread(server.stop, 10.0)
+            if code not in (0, None):
+                print(f"daphne ({mode}) exited with {code}", flush=True)
+    return results
+
+
+def _int_list(text: str) -> list[int]:
+    return sorted({int(p) for p in text.split(",") if p.strip()})
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--listeners", default="1,8,16,32", help="comma-separated N values")
+    parser.add_argument("--seconds", type=float, default=10.0, help="measured seconds per round")
+    parser.add_argument("--client-procs", type=int, default=4, help="listener client processes")
+    parser.add_argument(
+        "--modes", default=",".join(MODES), help=f"comma-separated {MODE_ENV} values, in order"
+    )
+    parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
+    parser.add_argument("--client", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.client:
+        return asyncio.run(client_main())
+    counts = _int_list(args.listeners)
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    if not counts or min(counts) < 1 or max(counts) > 64:
+        parser.error("--listeners takes 1..64")
+    if not 1 <= args.seconds <= 60:
+        parser.error("--seconds takes 1..60")
+    if not 1 <= args.client_procs <= 16:
+        parser.error("--client-procs takes 1..16")
+    if not modes or any(m not in MODES for m in modes):
+        parser.error(f"--modes takes {', '.join(MODES)}")
+
+    started = time.monotonic()
+    workdir = Path(tempfile.mkdtemp(prefix="hearth-bench-fanout-"))
+    try:
+        results = asyncio.run(bench(counts, args.seconds, args.client_procs, modes, workdir))
+    finally:
+        if not args.keep:
+            import shutil
+
+            shutil.rmtree(workdir, ignore_errors=True)
+        else:
+            print(f"kept {workdir}")
+    print()
+    print(
+        f"Fan-out benchmark: one denoised broadcast, {args.seconds:g} s per round, "
+        f"listeners {counts} over up to {args.client_procs} client processes, "
+        f"{os.cpu_count()} CPUs, total {time.monotonic() - started:.0f} s"
+    )
+    print()
+    print(report(results, modes))
+    return 1 if any(r.failed for r in results) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
