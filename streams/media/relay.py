@@ -8,8 +8,9 @@ chunk once (:class:`OpusEncoder`, in the engine's encode pool) and hands the sam
 packet to every listener's :class:`RelayTrack`; a listener then costs RTP
 packetisation and SRTP only.
 
-Each :class:`RelayTrack` has its own bounded drop-oldest queue and its own pacing,
-so a slow or dead listener loses old packets alone and never holds up the others.
+Each :class:`RelayTrack` has its own bounded drop-oldest queue, pulled by its own
+sender, so a slow or dead listener loses old packets alone and never holds up the
+others.
 Video-ready: a new subscriber, or a PLI/FIR from any listener
 (:meth:`Relay.attach_sender`), asks the shared encoder for a keyframe.
 
@@ -23,9 +24,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
 from concurrent.futures import Executor
-from fractions import Fraction
 from typing import Any, Protocol
 
 import av
@@ -37,14 +36,6 @@ from streams.media.items import AUDIO_TIME_BASE, SAMPLE_RATE, AudioChunk, Encode
 from streams.media.metrics import MediaMetrics
 
 logger = logging.getLogger("hearth.media")
-
-PACING_MAX_WAIT_S = 0.06
-"""A packet ahead of its pacing schedule by more than this re-anchors the schedule
-(source clock drift) instead of waiting longer."""
-
-PACING_MIN_WAIT_S = 0.002
-"""Waits shorter than this are skipped: production jitter of a few ms is left to the
-listener's jitter buffer instead of costing a timer per packet per listener."""
 
 
 class Encoder(Protocol):
@@ -105,35 +96,25 @@ class RelayTrack(MediaStreamTrack):
     per-listener baseline path, raw s16 frames for the sender to encode).
 
     Its queue holds at most ``max_queue`` items; when full the oldest is dropped
-    (:attr:`dropped`). ``recv`` paces output by pts, only ever holding packets back,
-    never delaying a late one: an item leaves no earlier than its place on a schedule
-    anchored at the first item (waiting at most :data:`PACING_MAX_WAIT_S`), so a burst
-    after a processing hiccup is spread out. Items that are late (the listener's
-    sender fell behind) leave at once until the backlog is gone, and the schedule is
-    re-anchored when the queue runs empty, so a backlog never persists.
+    (:attr:`dropped`), so a listener whose sender falls behind loses old packets and
+    never holds up the relay or the other listeners. Each sender pulls at its own
+    pace; packets are not held back on a clock: their RTP timestamps (from ``pts``)
+    carry the timing, and the listener's playout buffer smooths arrival jitter, as an
+    SFU forwards audio (a hold per packet per listener cost a timer each and, anchored
+    on a packet queued before the peer connected, added latency for good).
 
     Args:
         relay: The relay feeding it.
         kind: ``"audio"`` (or ``"video"``).
         max_queue: Queue bound in items (25 = 500 ms of 20 ms packets).
-        clock: Monotonic clock in seconds (injectable for tests).
     """
 
-    def __init__(
-        self,
-        relay: Relay,
-        *,
-        kind: str = "audio",
-        max_queue: int = 25,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
+    def __init__(self, relay: Relay, *, kind: str = "audio", max_queue: int = 25) -> None:
         super().__init__()
         self.kind = kind
-        self._clock = clock
         self._relay = relay
         self._queue: deque[tuple[Any, float]] = deque(maxlen=max_queue)
         self._ready = asyncio.Event()
-        self._anchor: tuple[float, int, Fraction] | None = None
         self.sent = 0
         self.dropped = 0
 
@@ -144,23 +125,8 @@ class RelayTrack(MediaStreamTrack):
         self._queue.append((item, published))
         self._ready.set()
 
-    def _wait_s(self, pts: int, time_base: Fraction) -> float:
-        """Seconds to hold the item at ``pts`` before it leaves (0: send now)."""
-        now = self._clock()
-        if self._anchor is None:
-            self._anchor = (now, pts, time_base)
-            return 0.0
-        start, pts0, base = self._anchor
-        wait = start + float((pts - pts0) * base) - now
-        if wait > PACING_MAX_WAIT_S:  # ahead by too much (clock drift): start afresh
-            self._anchor = (now, pts, time_base)
-            return 0.0
-        if wait < 0 and not self._queue:  # late, and the backlog is gone: re-anchor
-            self._anchor = (now, pts, time_base)
-        return wait if wait >= PACING_MIN_WAIT_S else 0.0
-
     async def recv(self) -> av.Packet | av.AudioFrame:
-        """The next packet (or frame), paced.
+        """The next packet (or frame), as soon as one is queued.
 
         Raises:
             MediaStreamError: the track was stopped.
@@ -173,13 +139,8 @@ class RelayTrack(MediaStreamTrack):
             self._ready.clear()
             await self._ready.wait()
         item, published = self._queue.popleft()
-        wait = self._wait_s(item.pts, item.time_base)
-        if wait > 0:
-            await asyncio.sleep(wait)
-        if self.readyState != "live":
-            raise MediaStreamError
         self.sent += 1
-        self._relay.metrics.timer("relay").add(self._clock() - published)
+        self._relay.metrics.timer("relay").add(time.monotonic() - published)
         if isinstance(item, EncodedPacket):
             return item.packet
         return samples_to_frame(item.samples, pts=item.pts, sample_rate=SAMPLE_RATE)
