@@ -21,6 +21,7 @@ import contextlib
 import functools
 import logging
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,7 @@ from streams import services
 from streams.ice import ice_host_addresses_apply
 from streams.media.graph import Graph, GraphRunner, TrackSource
 from streams.media.items import Event
-from streams.media.metrics import MediaMetrics
+from streams.media.metrics import MediaMetrics, StageTimer
 from streams.media.relay import OpusEncoder, Relay, RelaySink, RelayTrack
 from streams.media.sinks import RecorderSink
 from streams.media.stage import ProcessorStage
@@ -50,6 +51,7 @@ from users.services import presence_prune
 logger = logging.getLogger("hearth.rtc")
 
 SHUTDOWN_TIMEOUT_S = 15.0  # at most this long finalising broadcasts on SIGTERM/SIGINT
+LOOP_LAG_PROBE_S = 0.1  # the event-loop lag probe's sleep
 CLOSE_DRAIN_S = 10.0  # at most this long for a closing room's graph to flush and drain
 
 
@@ -306,6 +308,7 @@ class BroadcastRoom:
         data: dict[str, Any] = {"session_id": self.session_id, "listeners": len(self.listeners)}
         if media:
             snapshot = self.metrics.snapshot()
+            snapshot["loop_lag"] = self.server.loop_lag.summary()
             if self.relay is not None:
                 snapshot["relay"] = {
                     "mode": "per_listener" if self.relay.per_listener else "once",
@@ -414,6 +417,7 @@ class MediaServer:
         self._stopping: dict[int, asyncio.Task[int | None]] = {}
         self._background: set[asyncio.Task[Any]] = set()
         self._key_tails: dict[str, asyncio.Task[None]] = {}
+        self.loop_lag = StageTimer(window=600)
         self.shut_down = False
 
     async def ensure_started(self) -> str:
@@ -438,6 +442,7 @@ class MediaServer:
                     asyncio.ensure_future(self._receive_loop()),
                     asyncio.ensure_future(self._heartbeat_loop()),
                     asyncio.ensure_future(self._housekeeping_loop()),
+                    asyncio.ensure_future(self._loop_lag_loop()),
                 ]
                 _install_shutdown_hook(self)
                 logger.info("media server listening on %s", self.channel_name)
@@ -643,6 +648,14 @@ class MediaServer:
                 # stop streaming a session the database no longer calls live.
                 logger.warning("session %s was ended elsewhere; stopping it", session_id)
                 self.broadcast_stop_soon(session_id, reason="lost")
+
+    async def _loop_lag_loop(self) -> None:
+        """Measure how late the event loop wakes a 100 ms sleep (``loop_lag``): every
+        signaling message, RTP packet and graph step of this process waits that long."""
+        while True:
+            started = time.monotonic()
+            await asyncio.sleep(LOOP_LAG_PROBE_S)
+            self.loop_lag.add(time.monotonic() - started - LOOP_LAG_PROBE_S)
 
     async def _housekeeping_loop(self) -> None:
         """From server start on, every ``HOUSEKEEPING_S``: end sessions of dead

@@ -474,6 +474,17 @@ class GraphRunner:
                 taps[index] = list(items)
         return _ChainResult(items, taps)
 
+    def _fail_closed_chain(self, block: AudioChunk) -> list[Item]:
+        """Every stage's fail-closed output in turn (cheap by the stage contract)."""
+        items: list[Item] = [block]
+        for stage in self.graph.stages:
+            items = [
+                out
+                for item in items
+                for out in (stage.fail_closed(item) if isinstance(item, AudioChunk) else [item])
+            ]
+        return items
+
     def _mark_failed(self, index: int, reason: str) -> None:
         if index not in self.stage_failed:
             self.stage_failed[index] = reason
@@ -567,7 +578,12 @@ class GraphRunner:
         if lagging:
             self.metrics.lag_events += 1
         started = time.perf_counter()
-        result = await self._run_blocks(0, [block], lagging)
+        if lagging and all(getattr(stage, "skippable", True) for stage in self.graph.stages):
+            # Too late for anyone: the fail-closed output straight away, on the loop
+            # (zeros; no worker hop), so a backlog clears in a few loop turns.
+            result = _ChainResult(self._fail_closed_chain(block), {})
+        else:
+            result = await self._run_blocks(0, [block], lagging)
         self.metrics.timer("process").add(time.perf_counter() - started)
         self._deliver(result, count_blocks=True)
 
@@ -580,7 +596,9 @@ class GraphRunner:
                     break
                 if self._range_start is None:
                     self._range_start = chunk.pts
-                for block in reblocker.push(chunk):
+                blocks_ready = reblocker.push(chunk)
+                self.metrics.gap_samples = reblocker.gap_samples
+                for block in blocks_ready:
                     ready = time.monotonic()
                     self.metrics.timer("receive").add(ready - block.arrived)
                     await blocks.put((block, ready))

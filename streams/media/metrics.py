@@ -73,6 +73,8 @@ class MediaMetrics:
         lag_events: Blocks skipped because the stream fell behind real time.
         failed: ``"<stage>: <reason>"`` of the first stage that failed, else "".
         sink_drops: Items each sink's queue dropped (drop-oldest policy).
+        gap_samples: Samples of silence filled in where the source's timestamps
+            jumped ahead (packets lost or dropped before the graph), at 48 kHz.
     """
 
     blocks_in: int = 0
@@ -81,6 +83,7 @@ class MediaMetrics:
     lag_events: int = 0
     failed: str = ""
     sink_drops: dict[str, int] = field(default_factory=dict)
+    gap_samples: int = 0
     timers: dict[str, StageTimer] = field(default_factory=dict)
 
     def timer(self, name: str) -> StageTimer:
@@ -100,4 +103,5 @@ class MediaMetrics:
             "lag_events": self.lag_events,
             "failed": self.failed,
             "sink_drops": dict(self.sink_drops),
+            "gap_ms": round(self.gap_samples / 48, 1),
         }
