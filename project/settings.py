@@ -212,8 +212,9 @@ HEARTH = {
     "SESSION_STALE_S": 60.0,
     # A presence connection not seen for this long counts as gone (crashed process).
     "PRESENCE_STALE_S": 90.0,
-    # Threads of the shared encoder pool (one Opus encode per broadcast, not per
-    # listener) in each process; every stream also gets its own processing thread.
+    # Stream processing jobs (DeepFilterNet) that may run at once, and threads of the
+    # shared encoder pool (one Opus encode per broadcast, not per listener), in each
+    # process; every stream also has a processing thread of its own (isolation).
     "MEDIA_THREADS": int(os.environ.get("MEDIA_THREADS", os.cpu_count() or 2)),
     # "once": each broadcast's processed audio is Opus-encoded once and the packets
     # go to every listener; "per_listener": each listener's sender encodes (the old

@@ -411,7 +411,10 @@ class MediaServer:
         self.loop = asyncio.get_running_loop()
         self.rooms: dict[int, BroadcastRoom] = {}
         self.channel_name: str | None = None
-        self.workers = Workers(encode_threads=settings.HEARTH["MEDIA_THREADS"])
+        self.workers = Workers(
+            encode_threads=settings.HEARTH["MEDIA_THREADS"],
+            processing_slots=settings.HEARTH["MEDIA_THREADS"],
+        )
         self._lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping: dict[int, asyncio.Task[int | None]] = {}

@@ -501,9 +501,10 @@ class GraphRunner:
     async def _run_blocks(self, first: int, chunks: list[Item], lagging: bool) -> _ChainResult:
         worker = self._worker_now()
         try:
-            return await worker.run(
-                lambda: self._run_chain(first, chunks, lagging), deadline_s=self.deadline_s
-            )
+            async with self.workers.processing_slots:
+                return await worker.run(
+                    lambda: self._run_chain(first, chunks, lagging), deadline_s=self.deadline_s
+                )
         except DeadlineExceeded:
             self._generation += 1
             index, stuck = self._current or (first, _first_chunk(chunks))

@@ -11,6 +11,9 @@ streaming thread behind a ``queue``; Hearth goes further and isolates streams):
   daemon thread. A call that overruns its deadline is *abandoned*: the worker is
   retired (never reused) and the stream continues on a fresh one, so a processor
   that hangs forever holds one thread of one stream and starves nobody else.
+  At most :attr:`Workers.processing_slots` jobs run at once (default: one per CPU),
+  so many streams do not oversubscribe the cores the event loop needs; a slot is
+  taken and given back on the loop side, so an abandoned job never keeps one.
 """
 
 from __future__ import annotations
@@ -119,11 +122,18 @@ class Workers:
         load_threads: Threads for model loading (DeepFilterNet3 takes ~0.3 s).
         io_threads: Threads for recording writes and closes.
         encode_threads: Threads for the relays' shared encoders (default: CPU count).
+        processing_slots: Stream jobs allowed to run at once (default: CPU count).
     """
 
     def __init__(
-        self, *, load_threads: int = 2, io_threads: int = 2, encode_threads: int | None = None
+        self,
+        *,
+        load_threads: int = 2,
+        io_threads: int = 2,
+        encode_threads: int | None = None,
+        processing_slots: int | None = None,
     ) -> None:
+        self.processing_slots = asyncio.Semaphore(processing_slots or os.cpu_count() or 2)
         self.load = ThreadPoolExecutor(load_threads, thread_name_prefix="hearth-load")
         self.io = ThreadPoolExecutor(io_threads, thread_name_prefix="hearth-io")
         self.encode = ThreadPoolExecutor(
