@@ -51,3 +51,20 @@ async def test_send_from_a_database_thread_reaches_the_group_on_a_running_loop(l
     message = {"type": "hearth.event", "event": "ping", "data": {"n": 1}}
     await sync_to_async(group_send_from_sync, thread_sensitive=False)("user.7", message)
     assert await asyncio.wait_for(layer.receive(channel), 5) == message
+
+
+@pytest.mark.django_db
+def test_send_after_an_async_to_sync_round_trip_still_arrives(layer) -> None:
+    # asgiref records the temporary loop of an async_to_sync call in this thread when
+    # that coroutine calls back into sync code; once closed it must not swallow sends.
+    from asgiref.sync import async_to_sync, sync_to_async
+
+    from tests.factories import Inbox
+
+    async def round_trip() -> None:
+        await sync_to_async(lambda: None)()
+
+    async_to_sync(round_trip)()
+    inbox = Inbox(layer, "user.8")
+    group_send_from_sync("user.8", {"type": "hearth.event", "event": "ping", "data": {}})
+    assert inbox.events() == [("ping", {})]

@@ -47,7 +47,8 @@ def group_send_from_sync(group: str, message: dict[str, Any]) -> None:
     the process could not exit. Here the send is scheduled on that loop with
     ``run_coroutine_threadsafe`` and awaited for at most :data:`SEND_TIMEOUT_S`; a
     stopped loop skips the send (logged). Outside a server (commands, tests without a
-    loop) ``async_to_sync`` runs it on a loop of its own, as before.
+    loop), or when the recorded loop is closed, ``async_to_sync`` runs it on a loop
+    of its own, as before.
 
     Raises:
         Exception: whatever the channel layer raises (callers log and carry on).
@@ -56,10 +57,12 @@ def group_send_from_sync(group: str, message: dict[str, Any]) -> None:
     if layer is None:  # pragma: no cover - settings always define one
         return
     loop = _server_loop()
-    if loop is None:
+    if loop is None or loop.is_closed():
+        # No server loop (or a finished async_to_sync's loop recorded in this thread,
+        # which asgiref also skips): run the send on a loop of its own.
         async_to_sync(layer.group_send)(group, message)
         return
-    if loop.is_closed() or not loop.is_running():
+    if not loop.is_running():  # stopped, not closed: the server is shutting down
         logger.warning("event loop stopped; %s to %s not sent", message.get("type"), group)
         return
     future = asyncio.run_coroutine_threadsafe(layer.group_send(group, message), loop)
