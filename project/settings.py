@@ -24,6 +24,7 @@ cookies, HSTS and the SSL redirect, for deployment behind TLS).
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import tempfile
@@ -231,9 +232,27 @@ HEARTH = {
     "STATS_INTERVAL_S": 2.0,
     # Seconds between housekeeping passes (stale sessions, presence), from start-up.
     "HOUSEKEEPING_S": 30.0,
+    # Remote ICE candidates kept per SDP offer (the rest are dropped before aiortc
+    # sees the offer): the server sends STUN checks to every one of them.
+    "MAX_REMOTE_CANDIDATES": 16,
+    # Remote candidate addresses refused besides multicast, broadcast, unspecified
+    # and reserved ones (loopback is allowed): "this network" and the cloud metadata
+    # endpoints. Add the server's internal ranges in a deployment.
+    "ICE_DENY_NETWORKS": ["0.0.0.0/8", "169.254.169.254/32", "fd00:ec2::254/128"],
+    # A broadcaster or listener peer connection not "connected" within this many
+    # seconds of its answer is closed (broadcast ended as "failed").
+    "PEER_CONNECT_TIMEOUT_S": 15.0,
+    # Listens of one user still connecting (answered, not connected) per process;
+    # more are refused with "too_many_pending".
+    "MAX_PENDING_LISTENS_PER_USER": 3,
 }
 if HEARTH["RELAY_ENCODE"] not in ("once", "per_listener"):
     raise ImproperlyConfigured("MEDIA_RELAY_ENCODE must be 'once' or 'per_listener'.")
+for _network in HEARTH["ICE_DENY_NETWORKS"]:
+    try:
+        ipaddress.ip_network(_network, strict=False)
+    except ValueError as _exc:
+        raise ImproperlyConfigured(f"HEARTH['ICE_DENY_NETWORKS']: {_exc}") from _exc
 
 LOGGING = {
     "version": 1,

@@ -17,6 +17,7 @@ which aioice otherwise never offers).
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import functools
 import logging
@@ -43,6 +44,7 @@ from streams.media.stage import ProcessorStage
 from streams.media.workers import Workers
 from streams.processors.factory import audio_chain_build
 from streams.recording import RecordingInfo, WavRecorder
+from streams.sdp import OfferError, Role, candidates_filter, deny_networks_parse, offer_check
 from users.events import user_group
 from users.models import User
 from users.selectors import friend_ids
@@ -104,6 +106,9 @@ class _Listener:
     pc: RTCPeerConnection
     track: RelayTrack
     user_id: int
+    connected: asyncio.Event
+    pending: bool = True  # holds one of its user's MAX_PENDING_LISTENS_PER_USER slots
+    watchdog: asyncio.Task[None] | None = None
 
 
 def _transceivers_limit(
@@ -178,6 +183,8 @@ class BroadcastRoom:
         self.listeners: dict[str, _Listener] = {}
         self._task: asyncio.Task[None] | None = None
         self._stats_task: asyncio.Task[None] | None = None
+        self._connect_task: asyncio.Task[None] | None = None
+        self._published_listeners = 0  # the count last stored and sent
         self.closing = False
 
     async def open(self, offer_sdp: str) -> str:
@@ -202,9 +209,12 @@ class BroadcastRoom:
             per_listener=settings.HEARTH["RELAY_ENCODE"] == "per_listener",
         )
         self.pc = pc = RTCPeerConnection(ice_configuration())
+        connected = asyncio.Event()
 
         @pc.on("connectionstatechange")
         async def on_state() -> None:
+            if pc.connectionState == "connected":
+                connected.set()
             if pc.connectionState in ("failed", "closed") and not self.closing:
                 self.server.broadcast_stop_soon(self.session_id, reason="disconnected")
 
@@ -229,7 +239,23 @@ class BroadcastRoom:
         answer = await pc.createAnswer()
         await pc.setLocalDescription(answer)
         self._start_graph(audio)
+        self._connect_task = asyncio.ensure_future(self._connect_deadline(connected))
         return pc.localDescription.sdp
+
+    async def _connect_deadline(self, connected: asyncio.Event) -> None:
+        """End the broadcast ("failed") if its pc is not connected in time: a peer that
+        never connects would hold its UDP socket, session and denoiser for ever."""
+        timeout = settings.HEARTH["PEER_CONNECT_TIMEOUT_S"]
+        try:
+            await asyncio.wait_for(connected.wait(), timeout)
+        except TimeoutError:
+            if not self.closing:
+                logger.info(
+                    "session %s: broadcaster not connected within %.1f s; ending it",
+                    self.session_id,
+                    timeout,
+                )
+                self.server.broadcast_stop_soon(self.session_id, reason="failed")
 
     def _start_graph(self, track: Any) -> None:
         assert self.stage is not None and self.recorder_sink is not None and self.relay
@@ -257,12 +283,22 @@ class BroadcastRoom:
             logger.error("session %s: %s failed closed", self.session_id, event.data)
 
     async def add_listener(self, *, key: str, user_id: int, offer_sdp: str) -> str:
-        """Answer a listener's recvonly offer with a track of the relay's packets."""
+        """Answer a listener's recvonly offer with a track of the relay's packets.
+
+        The listener counts (``session.stats``) once its pc is connected; until then it
+        holds one of ``user_id``'s ``MAX_PENDING_LISTENS_PER_USER`` slots, and it is
+        closed if it does not connect within ``PEER_CONNECT_TIMEOUT_S``.
+
+        Raises:
+            SignalingError: unusable offer, too many pending listens, not live.
+        """
         await self.remove_listener(key=key)  # a re-listen from the same page replaces
         if self.relay is None or self.runner is None:
             raise SignalingError(
                 "The broadcast has not started sending audio yet.", code="not_ready"
             )
+        offer_sdp = self.server.offer_prepare(offer_sdp, role="listen")
+        self.server.pending_listen_acquire(user_id)  # released by _listener_settle
         pc = RTCPeerConnection(ice_configuration())
         track = self.relay.subscribe()
         try:
@@ -272,25 +308,70 @@ class BroadcastRoom:
             answer = await pc.createAnswer()
             await pc.setLocalDescription(answer)
         except Exception as exc:
+            self.server.pending_listen_release(user_id)
             track.stop()
             await pc.close()
             logger.info("unusable listener SDP offer: %r", exc)
             raise SignalingError("The SDP offer could not be used.") from exc
         if self.closing:  # the broadcast ended while we answered
+            self.server.pending_listen_release(user_id)
             track.stop()
             await pc.close()
             raise SignalingError("This broadcast has ended.", code="not_live")
         self.relay.attach_sender(sender)
-        self.listeners[key] = _Listener(pc=pc, track=track, user_id=user_id)
+        listener = _Listener(pc=pc, track=track, user_id=user_id, connected=asyncio.Event())
+        self.listeners[key] = listener
 
         @pc.on("connectionstatechange")
         async def on_state() -> None:
+            if pc.connectionState == "connected" and not listener.connected.is_set():
+                listener.connected.set()
+                self._listener_settle(listener)
+                if self.listeners.get(key) is listener and not self.closing:
+                    self.server.spawn(self.publish_stats())
             if pc.connectionState in ("failed", "closed"):
                 await self.remove_listener(key=key, pc=pc)
 
-        # The answer goes out now; counting and telling friends happens beside it.
+        listener.watchdog = asyncio.ensure_future(self._listener_deadline(key, listener))
+        # The answer goes out now; counting and telling friends happens beside it
+        # (publish_stats sends only when the connected count changed).
         self.server.spawn(self.publish_stats())
         return pc.localDescription.sdp
+
+    def _listener_settle(self, listener: _Listener) -> None:
+        """Give back the listener's pending slot (once: connected or removed)."""
+        if listener.pending:
+            listener.pending = False
+            self.server.pending_listen_release(listener.user_id)
+
+    async def _listener_deadline(self, key: str, listener: _Listener) -> None:
+        """Close the listener if its pc is not connected within the timeout, and tell
+        its page (``connect_timeout``)."""
+        timeout = settings.HEARTH["PEER_CONNECT_TIMEOUT_S"]
+        try:
+            await asyncio.wait_for(listener.connected.wait(), timeout)
+            return
+        except TimeoutError:
+            pass
+        if self.listeners.get(key) is not listener:
+            return
+        logger.info(
+            "session %s: listener %s not connected within %.1f s; closed",
+            self.session_id,
+            listener.user_id,
+            timeout,
+        )
+        listener.watchdog = None  # finishing by itself: not to be cancelled
+        await self.remove_listener(key=key, pc=listener.pc)
+        await self.server._reply(
+            key,
+            {
+                "type": "rtc.listen.error",
+                "session_id": self.session_id,
+                "code": "connect_timeout",
+                "message": "The audio connection could not be set up in time.",
+            },
+        )
 
     async def remove_listener(self, *, key: str, pc: RTCPeerConnection | None = None) -> None:
         """Close and forget the listener ``key`` (only if its pc is ``pc``, when given)."""
@@ -298,14 +379,24 @@ class BroadcastRoom:
         if listener is None or (pc is not None and listener.pc is not pc):
             return
         del self.listeners[key]
+        self._listener_settle(listener)
+        if listener.watchdog is not None:
+            listener.watchdog.cancel()
         listener.track.stop()
         await listener.pc.close()
         if not self.closing:
             self.server.spawn(self.publish_stats())
 
+    def listeners_connected(self) -> int:
+        """Listeners whose peer connection is connected (the count friends see)."""
+        return sum(1 for listener in self.listeners.values() if listener.connected.is_set())
+
     def stats(self, *, media: bool) -> dict[str, Any]:
-        """The ``session.stats`` payload: listener count, and the engine's figures."""
-        data: dict[str, Any] = {"session_id": self.session_id, "listeners": len(self.listeners)}
+        """The ``session.stats`` payload: connected listeners, and the engine's figures."""
+        data: dict[str, Any] = {
+            "session_id": self.session_id,
+            "listeners": self.listeners_connected(),
+        }
         if media:
             snapshot = self.metrics.snapshot()
             snapshot["loop_lag"] = self.server.loop_lag.summary()
@@ -319,17 +410,17 @@ class BroadcastRoom:
         return data
 
     async def publish_stats(self) -> None:
-        """Store the listener count and tell the session's pages and the broadcaster's
-        friends' dashboards."""
+        """Store the connected listener count and tell the session's pages and the
+        broadcaster's friends' dashboards; nothing when the count did not change."""
+        data = self.stats(media=False)
+        if data["listeners"] == self._published_listeners:
+            return
+        self._published_listeners = data["listeners"]
         layer = get_channel_layer()
-        message = {
-            "type": "hearth.event",
-            "event": "session.stats",
-            "data": self.stats(media=False),
-        }
+        message = {"type": "hearth.event", "event": "session.stats", "data": data}
         try:
             await database_sync_to_async(services.live_session_listeners_set)(
-                session_id=self.session_id, listeners=len(self.listeners)
+                session_id=self.session_id, listeners=data["listeners"]
             )
             friends = await database_sync_to_async(friend_ids)(user=self.broadcaster_id)
             groups = [services.session_group(self.session_id)]
@@ -368,6 +459,8 @@ class BroadcastRoom:
                 await self.remove_listener(key=key)
         if self._stats_task is not None:
             self._stats_task.cancel()
+        if self._connect_task is not None:
+            self._connect_task.cancel()
         if self.pc is not None:
             with contextlib.suppress(Exception):
                 await self.pc.close()
@@ -422,6 +515,8 @@ class MediaServer:
         self._key_tails: dict[str, asyncio.Task[None]] = {}
         self.loop_lag = StageTimer(window=600)
         self.shut_down = False
+        self.candidates_dropped = 0  # remote ICE candidates removed from offers
+        self._pending_listens: collections.Counter[int] = collections.Counter()
 
     async def ensure_started(self) -> str:
         """Create this process's channel and background loops (idempotent).
@@ -464,7 +559,8 @@ class MediaServer:
         if self.shut_down:
             raise SignalingError("The server is shutting down.", code="unavailable")
         channel = await self.ensure_started()
-        sdp_validate(offer_sdp)
+        # Everything that can be checked on the text is, before anything is created.
+        offer_sdp = self.offer_prepare(sdp_validate(offer_sdp), role="broadcast")
         session, recording = await database_sync_to_async(services.live_session_start)(
             broadcaster=user, denoise=denoise, owner_channel=channel
         )
@@ -482,6 +578,60 @@ class MediaServer:
             await self.broadcast_stop(session.id, reason="failed")
             raise
         return session.id, answer
+
+    def offer_prepare(self, offer_sdp: str, *, role: Role) -> str:
+        """The offer with its remote candidates filtered, once it passed :func:`offer_check`.
+
+        Keeps at most ``MAX_REMOTE_CANDIDATES`` candidates and drops addresses no
+        client could have (see :func:`streams.sdp.candidates_filter`); every drop is
+        logged and counted in ``candidates_dropped``.
+
+        Raises:
+            SignalingError: the (filtered) offer misses something aiortc needs.
+        """
+        result = candidates_filter(
+            offer_sdp,
+            limit=settings.HEARTH["MAX_REMOTE_CANDIDATES"],
+            deny=deny_networks_parse(settings.HEARTH["ICE_DENY_NETWORKS"]),
+        )
+        if result.dropped:
+            self.candidates_dropped += result.dropped_total
+            logger.warning(
+                "%s offer: dropped %d remote ICE candidate(s) %s, kept %d",
+                role,
+                result.dropped_total,
+                dict(sorted(result.dropped.items())),
+                result.kept,
+            )
+        try:
+            offer_check(result.sdp, role=role)
+        except OfferError as exc:
+            raise SignalingError(str(exc)) from exc
+        return result.sdp
+
+    def pending_listen_acquire(self, user_id: int) -> None:
+        """Take one of ``user_id``'s pending-listen slots.
+
+        Raises:
+            SignalingError: ``too_many_pending`` when all ``MAX_PENDING_LISTENS_PER_USER``
+                are taken.
+        """
+        limit = settings.HEARTH["MAX_PENDING_LISTENS_PER_USER"]
+        if self._pending_listens[user_id] >= limit:
+            raise SignalingError(
+                f"Too many listens still connecting (limit {limit}).", code="too_many_pending"
+            )
+        self._pending_listens[user_id] += 1
+
+    def pending_listen_release(self, user_id: int) -> None:
+        """Give back a slot taken by :meth:`pending_listen_acquire`."""
+        self._pending_listens[user_id] -= 1
+        if self._pending_listens[user_id] <= 0:
+            del self._pending_listens[user_id]
+
+    def pending_listens(self, user_id: int) -> int:
+        """``user_id``'s listens answered here and not yet connected."""
+        return self._pending_listens[user_id]
 
     def spawn(self, coro: Any) -> None:
         """Run ``coro`` in the background, keeping a reference until it finishes."""
