@@ -6,6 +6,18 @@ import re
 
 _RANGE = re.compile(r"^\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*$")
 
+# No file has 10**18 bytes, so a position with more significant digits than this is
+# simply "past any end". Capping here keeps int() off strings over Python's
+# 4300-digit conversion limit (a ValueError, and so a 500, for ``bytes=<5000 9s>-``).
+_MAX_DIGITS = 18
+_BEYOND = 10**_MAX_DIGITS
+
+
+def _position(digits: str) -> int:
+    """A byte position from its decimal digits; any over 18 digits counts as 10**18."""
+    digits = digits.lstrip("0") or "0"
+    return _BEYOND if len(digits) > _MAX_DIGITS else int(digits)
+
 
 class RangeNotSatisfiable(ValueError):
     """The Range header asks for bytes outside the representation (answer 416)."""
@@ -31,12 +43,12 @@ def range_parse(header: str | None, size: int) -> tuple[int, int] | None:
     if not first and not last:
         return None
     if not first:  # suffix range: the last N bytes
-        suffix = int(last)
+        suffix = _position(last)
         if suffix == 0 or size == 0:
             raise RangeNotSatisfiable(header)
         return max(0, size - suffix), size - 1
-    start = int(first)
-    end = int(last) if last else size - 1
+    start = _position(first)
+    end = _position(last) if last else size - 1
     if last and end < start:
         return None  # invalid: ignore the header
     if start >= size:
