@@ -5,6 +5,7 @@ from __future__ import annotations
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
+import project.api  # noqa: F401  registers the <id:...> path converter
 from frontend import views
 
 urlpatterns = [
@@ -19,6 +20,6 @@ urlpatterns = [
     ),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("live/", views.go_live, name="go_live"),
-    path("listen/<int:session_id>/", views.listen, name="listen"),
+    path("listen/<id:session_id>/", views.listen, name="listen"),
     path("recordings/", views.recordings, name="recordings"),
 ]

@@ -8,8 +8,14 @@ from functools import wraps
 from typing import Any
 
 from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.urls import register_converter
+from django.views.defaults import page_not_found
 
 MAX_JSON_BODY_BYTES = 16 * 1024
+MAX_DB_ID = 2**63 - 1  # the largest value of a 64-bit (big)integer primary key
+
+# URL prefixes answered with JSON errors (the API and the recording audio endpoint).
+_JSON_PREFIXES = ("/api/", "/recordings/")
 
 
 class ApiError(Exception):
@@ -67,3 +73,34 @@ def api_view(
         return wrapper
 
     return decorator
+
+
+class DbIdConverter:
+    """Path converter ``<id:name>``: a database id, i.e. decimal digits up to 2**63 - 1.
+
+    Django's ``<int:>`` passes any number of digits on, and a 30-digit id then fails
+    inside the database driver (SQLite's OverflowError: a 500). Refusing it here makes
+    the URL not match, so the client gets a 404.
+    """
+
+    regex = "[0-9]+"
+
+    def to_python(self, value: str) -> int:
+        """The id as an int; ValueError (no match, 404) past ``MAX_DB_ID``."""
+        if len(value.lstrip("0")) > len(str(MAX_DB_ID)) or int(value) > MAX_DB_ID:
+            raise ValueError(f"id out of range: {value[:30]}")
+        return int(value)
+
+    def to_url(self, value: int) -> str:
+        """The id as it appears in a URL."""
+        return str(value)
+
+
+register_converter(DbIdConverter, "id")
+
+
+def not_found(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    """The project's 404 handler: JSON ``{"error"}`` under the JSON URLs, else the page."""
+    if request.path.startswith(_JSON_PREFIXES):
+        return json_error("Not found.", status=404)
+    return page_not_found(request, exception)

@@ -3,8 +3,11 @@
 from django.contrib import admin
 from django.urls import include, path
 
+from project import api  # registers the <id:...> path converter first
 from project.views import health
 from streams.urls import api_urlpatterns as streams_api
+
+handler404 = api.not_found
 
 urlpatterns = [
     path("health", health, name="health"),

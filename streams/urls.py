@@ -1,13 +1,14 @@
 from django.urls import path
 
+import project.api  # noqa: F401  registers the <id:...> path converter
 from streams import views
 
 api_urlpatterns = [
     path("live", views.live_list, name="api_live_list"),
     path("recordings", views.recording_list, name="api_recording_list"),
-    path("recordings/<int:recording_id>", views.recording_detail, name="api_recording_detail"),
+    path("recordings/<id:recording_id>", views.recording_detail, name="api_recording_detail"),
 ]
 
 urlpatterns = [
-    path("recordings/<int:recording_id>/audio", views.recording_audio, name="recording_audio"),
+    path("recordings/<id:recording_id>/audio", views.recording_audio, name="recording_audio"),
 ]

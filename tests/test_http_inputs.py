@@ -3,14 +3,12 @@ usernames get a 4xx with a JSON message (or a harmless answer), never a 500 or a
 
 from __future__ import annotations
 
-import json
-
 import pytest
 from django.test import Client
 
 from streams import services as stream_services
 from streams.http_range import RangeNotSatisfiable, range_parse
-from tests.factories import befriend, make_recording
+from tests.factories import make_recording
 from users.models import User
 
 pytestmark = pytest.mark.django_db
@@ -59,3 +57,49 @@ def test_audio_huge_range_is_not_a_server_error(alice, header, status):
         assert response["Content-Range"] == f"bytes 0-{size - 1}/{size}"
     else:
         assert response["Content-Range"] == f"bytes */{size}"
+
+
+# --- 10b: ids too big for the database in URLs -----------------------------------------
+
+BIG_ID = "1" + "0" * 29  # 30 digits: past SQLite's and PostgreSQL's 64-bit integers
+
+
+@pytest.mark.parametrize(
+    ("method", "url"),
+    [
+        ("get", f"/api/recordings/{BIG_ID}"),
+        ("patch", f"/api/recordings/{BIG_ID}"),
+        ("delete", f"/api/recordings/{BIG_ID}"),
+        ("get", f"/recordings/{BIG_ID}/audio"),
+        ("post", f"/api/friends/requests/{BIG_ID}/accept"),
+        ("post", f"/api/friends/{BIG_ID}/unfriend"),
+    ],
+)
+def test_api_id_too_big_is_json_404(alice, method, url):
+    client = login(alice)
+    response = client.generic(method.upper(), url, "{}", content_type="application/json")
+    assert response.status_code == 404
+    assert response["Content-Type"] == "application/json"
+    assert response.json()["error"]
+
+
+def test_page_id_too_big_is_404(alice, settings):
+    settings.STORAGES = {
+        **settings.STORAGES,
+        "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+    }
+    response = login(alice).get(f"/listen/{BIG_ID}/")
+    assert response.status_code == 404
+
+
+def test_largest_database_id_still_routes(alice):
+    # 2**63 - 1 fits the database: it is looked up (and not found), not refused.
+    response = login(alice).get(f"/api/recordings/{2**63 - 1}")
+    assert response.status_code == 404
+    assert response.json() == {"error": "No such recording."}
+
+
+def test_unknown_api_url_is_json_404(alice):
+    response = login(alice).get("/api/recordings/12abc")
+    assert response.status_code == 404
+    assert response.json() == {"error": "Not found."}

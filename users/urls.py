@@ -1,5 +1,6 @@
 from django.urls import path
 
+import project.api  # noqa: F401  registers the <id:...> path converter
 from users import views
 
 urlpatterns = [
@@ -7,9 +8,9 @@ urlpatterns = [
     path("friends", views.friend_list, name="api_friend_list"),
     path("friends/requests", views.friend_request_create, name="api_friend_request_create"),
     path(
-        "friends/requests/<int:request_id>/<str:action>",
+        "friends/requests/<id:request_id>/<str:action>",
         views.friend_request_action,
         name="api_friend_request_action",
     ),
-    path("friends/<int:user_id>/unfriend", views.friend_remove, name="api_friend_remove"),
+    path("friends/<id:user_id>/unfriend", views.friend_remove, name="api_friend_remove"),
 ]
