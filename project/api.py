@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import unicodedata
 from collections.abc import Callable
 from functools import wraps
 from typing import Any
@@ -29,6 +30,19 @@ class ApiError(Exception):
 def json_error(message: str, status: int = 400) -> JsonResponse:
     """A JSON error response ``{"error": message}``."""
     return JsonResponse({"error": message}, status=status)
+
+
+def text_is_clean(text: str) -> bool:
+    """Whether ``text`` is safe to store and show: no control characters, no lone surrogates.
+
+    Control characters (Unicode category Cc: NUL, tab, newline, escape, ...) have no place
+    in one-line user text, and PostgreSQL refuses NUL outright; a lone surrogate (Cs,
+    e.g. from the JSON escape ``"\\ud800"``) cannot be encoded as UTF-8 at all.
+    """
+    return not any(unicodedata.category(char) in ("Cc", "Cs") for char in text)
+
+
+UNCLEAN_TEXT_MESSAGE = "Remove control characters and invalid Unicode characters."
 
 
 def json_body(request: HttpRequest) -> dict[str, Any]:

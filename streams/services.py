@@ -16,6 +16,7 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from project.api import UNCLEAN_TEXT_MESSAGE, text_is_clean
 from streams.models import LiveSession, Recording
 from streams.processors.factory import audio_chain_settings
 from streams.recording import RecordingInfo, WavFileError, wav_info, wav_repair
@@ -390,7 +391,8 @@ def recording_rename(*, user: User, recording_id: int, title: str) -> Recording:
     """Give ``user``'s recording a new title (1-120 characters after trimming).
 
     Raises:
-        RecordingError: not the owner, no such recording, or a bad title.
+        RecordingError: not the owner, no such recording, or a bad title (wrong length,
+            or control characters or lone surrogates: see ``text_is_clean``).
     """
     recording = Recording.objects.select_for_update().filter(id=recording_id, owner=user).first()
     if recording is None:
@@ -398,6 +400,8 @@ def recording_rename(*, user: User, recording_id: int, title: str) -> Recording:
     title = title.strip()
     if not 1 <= len(title) <= 120:
         raise RecordingError("A title needs 1 to 120 characters.", status=400)
+    if not text_is_clean(title):
+        raise RecordingError(f"Bad title: {UNCLEAN_TEXT_MESSAGE}", status=400)
     recording.title = title
     recording.save(update_fields=["title"])
     _notify_recordings_changed(user)

@@ -3,13 +3,15 @@ usernames get a 4xx with a JSON message (or a harmless answer), never a 500 or a
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from django.test import Client
 
 from streams import services as stream_services
 from streams.http_range import RangeNotSatisfiable, range_parse
 from tests.factories import make_recording
-from users.models import User
+from users.models import FriendRequest, User
 
 pytestmark = pytest.mark.django_db
 
@@ -103,3 +105,39 @@ def test_unknown_api_url_is_json_404(alice):
     response = login(alice).get("/api/recordings/12abc")
     assert response.status_code == 404
     assert response.json() == {"error": "Not found."}
+
+
+# --- 10c: NUL, control characters and lone surrogates in stored text ---------------------
+
+
+@pytest.mark.parametrize("title", ["bad\x00title", "bad\ud800title", "tab\there", "\x1b[31mred"])
+def test_recording_title_with_unsafe_characters_is_400(alice, title):
+    recording = make_recording(alice)
+    before = recording.title
+    # json.dumps writes a lone surrogate as the escape "\ud800", as a hostile client may.
+    response = login(alice).patch(
+        f"/api/recordings/{recording.id}", json.dumps({"title": title}), "application/json"
+    )
+    assert response.status_code == 400
+    assert "character" in response.json()["error"]
+    recording.refresh_from_db()
+    assert recording.title == before
+
+
+def test_recording_title_with_ordinary_unicode_is_kept(alice):
+    recording = make_recording(alice)
+    response = login(alice).patch(
+        f"/api/recordings/{recording.id}", {"title": "Café – 日本 🎵"}, "application/json"
+    )
+    assert response.status_code == 200
+    assert response.json()["title"] == "Café – 日本 🎵"
+
+
+@pytest.mark.parametrize("username", ["bob\x00", "\ud800", "b\nob"])
+def test_friend_request_username_with_unsafe_characters_is_400(alice, bob, username):
+    response = login(alice).post(
+        "/api/friends/requests", json.dumps({"username": username}), "application/json"
+    )
+    assert response.status_code == 400
+    assert "character" in response.json()["error"]
+    assert not FriendRequest.objects.exists()

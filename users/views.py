@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.http import HttpRequest, JsonResponse
 
-from project.api import ApiError, api_view, json_body
+from project.api import UNCLEAN_TEXT_MESSAGE, ApiError, api_view, json_body, text_is_clean
 from streams.selectors import live_session_by_broadcaster
 from users import selectors, services
 from users.models import FriendRequest, User
@@ -88,6 +88,8 @@ def friend_request_create(request: HttpRequest) -> JsonResponse:
     username = json_body(request).get("username")
     if not isinstance(username, str) or not username.strip():
         raise ApiError("Give the username of the person to add.")
+    if not text_is_clean(username):
+        raise ApiError(f"Bad username: {UNCLEAN_TEXT_MESSAGE}")
     try:
         result = services.friend_request_send(from_user=request.user, to_username=username)
     except services.FriendshipError as exc:
