@@ -250,7 +250,7 @@ def test_friend_request_create(as_alice, alice, bob, carol):
         ({}, "Give the username"),
         ({"username": "  "}, "Give the username"),
         ({"username": 42}, "Give the username"),
-        ({"username": "nobody"}, "No user called"),
+        ({"username": "nobody"}, "Could not send a friend request to that username"),
         ({"username": "alice"}, "yourself"),
         ({"username": "bob"}, "already asked"),
         ({"username": "carol"}, "already friends"),

@@ -10,7 +10,7 @@ from django.test import Client
 
 from streams import services as stream_services
 from streams.http_range import RangeNotSatisfiable, range_parse
-from tests.factories import make_recording
+from tests.factories import make_recording, make_user
 from users.models import FriendRequest, User
 
 pytestmark = pytest.mark.django_db
@@ -141,3 +141,39 @@ def test_friend_request_username_with_unsafe_characters_is_400(alice, bob, usern
     assert response.status_code == 400
     assert "character" in response.json()["error"]
     assert not FriendRequest.objects.exists()
+
+
+# --- 11: user search and friend requests do not reveal who exists ------------------------
+
+
+def test_friend_request_to_unknown_or_inactive_user_reveals_nothing(alice):
+    make_user("ghost", is_active=False)
+    client = login(alice)
+    answers = []
+    for name in ("nobody", "ghost"):
+        response = client.post("/api/friends/requests", {"username": name}, "application/json")
+        assert response.status_code == 400
+        assert name not in response.json()["error"]
+        answers.append(response.json())
+    assert answers[0] == answers[1]
+    assert not FriendRequest.objects.exists()
+
+
+@pytest.mark.parametrize("query", ["a", " b ", "é"])
+def test_search_needs_two_characters(alice, bob, query):
+    response = login(alice).get("/api/users/search", {"q": query})
+    assert response.status_code == 400
+    assert "at least 2 characters" in response.json()["error"]
+
+
+def test_search_with_two_characters_finds_users(alice, bob):
+    response = login(alice).get("/api/users/search", {"q": "bo"})
+    assert response.status_code == 200
+    assert [u["username"] for u in response.json()["users"]] == ["bob"]
+
+
+@pytest.mark.parametrize("query", ["\x00", "\x00\x00", "bo\x00", "b\tb", "bo\x7f"])
+def test_search_with_control_characters_is_400(alice, bob, query):
+    response = login(alice).get("/api/users/search", {"q": query})
+    assert response.status_code == 400
+    assert "character" in response.json()["error"]

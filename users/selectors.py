@@ -10,6 +10,8 @@ from django.utils import timezone
 
 from users.models import FriendRequest, Friendship, PresenceConnection, User
 
+SEARCH_MIN_CHARS = 2
+
 
 def friend_ids(*, user: User | int) -> set[int]:
     """Ids of the accepted friends of ``user`` (a user or a user id)."""
@@ -48,10 +50,11 @@ def friend_request_outgoing_list(*, user: User) -> QuerySet[FriendRequest]:
 def user_search(*, user: User, query: str, limit: int = 10) -> list[User]:
     """Active users whose username contains ``query`` (case-insensitive), not ``user``.
 
-    An empty or blank query returns no one: there is no browsable user directory.
+    A query shorter than ``SEARCH_MIN_CHARS`` after trimming returns no one: there is
+    no browsable user directory, and one letter would list most users.
     """
     query = query.strip()
-    if not query:
+    if len(query) < SEARCH_MIN_CHARS:
         return []
     return list(
         User.objects.filter(username__icontains=query, is_active=True)

@@ -17,6 +17,8 @@ from users.events import users_notify
 from users.models import FriendRequest, Friendship, PresenceConnection, User
 from users.selectors import friend_ids, friendship_exists, presence_stale_cutoff
 
+FRIEND_REQUEST_UNKNOWN_MESSAGE = "Could not send a friend request to that username."
+
 
 class FriendshipError(Exception):
     """A friend action that breaks a rule; ``str(error)`` is a user-facing message."""
@@ -54,12 +56,13 @@ def friend_request_send(*, from_user: User, to_username: str) -> FriendRequestRe
     A request to someone who already asked ``from_user`` accepts theirs instead.
 
     Raises:
-        FriendshipError: unknown user, self-request, already friends, or a request
-            already pending.
+        FriendshipError: unknown or deactivated user (one message for both that does
+            not repeat the name, so answers do not tell which names exist), self-request,
+            already friends, or a request already pending.
     """
     to_user = User.objects.filter(username__iexact=to_username.strip(), is_active=True).first()
-    if to_user is None:
-        raise FriendshipError(f"No user called “{to_username.strip()}”.")
+    if to_user is None:  # one message for unknown and deactivated names alike
+        raise FriendshipError(FRIEND_REQUEST_UNKNOWN_MESSAGE)
     if to_user.id == from_user.id:
         raise FriendshipError("You can't send a friend request to yourself.")
     if friendship_exists(user_a=from_user, user_b=to_user):

@@ -25,9 +25,18 @@ def _request_json(request: FriendRequest, other: User) -> dict[str, object]:
 @api_view(("GET",))
 def user_search(request: HttpRequest) -> JsonResponse:
     """GET ``?q=`` → ``{"users": [{id, username, relation}]}``; relation is
-    ``friend``, ``incoming``, ``outgoing`` or ``none``."""
+    ``friend``, ``incoming``, ``outgoing`` or ``none``.
+
+    An empty query finds no one; 400 for a query of one character or one holding
+    control characters or lone surrogates (SQLite would match ``\\x00`` against names).
+    """
     me = request.user
-    found = selectors.user_search(user=me, query=request.GET.get("q", "")[:150])
+    query = request.GET.get("q", "").strip()[:150]
+    if not text_is_clean(query):
+        raise ApiError(f"Bad search: {UNCLEAN_TEXT_MESSAGE}")
+    if 0 < len(query) < selectors.SEARCH_MIN_CHARS:
+        raise ApiError(f"Type at least {selectors.SEARCH_MIN_CHARS} characters to search.")
+    found = selectors.user_search(user=me, query=query)
     friends = selectors.friend_ids(user=me)
     incoming = set(
         selectors.friend_request_incoming_list(user=me).values_list("from_user_id", flat=True)
