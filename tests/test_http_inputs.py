@@ -177,3 +177,63 @@ def test_search_with_control_characters_is_400(alice, bob, query):
     response = login(alice).get("/api/users/search", {"q": query})
     assert response.status_code == 400
     assert "character" in response.json()["error"]
+
+
+# --- 11d: look-alike usernames at sign-up ------------------------------------------------
+
+PASSWORD = "correct-horse-battery-9"
+
+
+def signup_form(username: str):
+    from users.forms import SignupForm
+
+    return SignupForm({"username": username, "password1": PASSWORD, "password2": PASSWORD})
+
+
+@pytest.mark.parametrize(
+    "username",
+    [
+        "\u0430lice",  # Cyrillic а + Latin lice: mixes scripts, and looks like alice
+        "\u0430\u0440\u0435",  # all Cyrillic, looks like Latin "ape"
+        "zo\u00eb",  # any non-ASCII letter
+        "\u03b1lpha",  # Greek alpha
+    ],
+)
+def test_signup_refuses_non_ascii_usernames(username):
+    form = signup_form(username)
+    assert not form.is_valid()
+    assert "ASCII" in " ".join(form.errors["username"])
+
+
+@pytest.mark.parametrize("username", ["aIice", "a1ice", "AIice", "b0b", "rnallory", "maIIory"])
+def test_signup_refuses_username_that_looks_like_an_existing_one(alice, bob, username):
+    make_user("mallory")
+    form = signup_form(username)
+    assert not form.is_valid()
+    assert "looks too much like" in " ".join(form.errors["username"])
+
+
+def test_signup_normalises_fullwidth_username_to_existing_one(alice):
+    form = signup_form("\uff41\uff4c\uff49\uff43\uff45")  # fullwidth "alice": NFKC → alice
+    assert not form.is_valid()
+    assert User.objects.count() == 1
+
+
+@pytest.mark.parametrize("username", ["alicia", "ali", "al.ice2", "bobby"])
+def test_signup_accepts_distinct_ascii_usernames(alice, bob, username):
+    form = signup_form(username)
+    assert form.is_valid(), form.errors
+    assert form.save().username == username
+
+
+def test_signup_page_refuses_look_alike(client, alice, settings):
+    settings.STORAGES = {
+        **settings.STORAGES,
+        "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+    }
+    response = client.post(
+        "/signup/", {"username": "\u0430lice", "password1": PASSWORD, "password2": PASSWORD}
+    )
+    assert response.status_code == 200  # the form again, with the error
+    assert "Use only ASCII letters" in response.content.decode()
+    assert User.objects.count() == 1

@@ -2,16 +2,50 @@
 
 from __future__ import annotations
 
+from django import forms
 from django.contrib.auth import get_user_model
 from django.contrib.auth.forms import UserCreationForm
+
+from users.selectors import user_lookalike_exists
 
 
 class SignupForm(UserCreationForm):
     """Create a Hearth account from a username and a password typed twice.
 
-    Django's ``UserCreationForm`` already rejects a username that differs from an
-    existing one only by case, and runs the password validators.
+    Django's ``UserCreationForm`` already normalises the username with NFKC (so
+    fullwidth "ａｌｉｃｅ" becomes "alice"), rejects one that differs from an existing
+    one only by case, and runs the password validators.
+
+    On top of that, usernames must be ASCII and must not look like an existing one
+    (see :meth:`clean_username`).
     """
+
+    def clean_username(self) -> str | None:
+        """The username, refused if it is not ASCII or looks like an existing one.
+
+        Rule: ASCII letters, digits and ``_ . @ + -`` only. Django's own validator
+        allows any Unicode letter, so "аlice" with a Cyrillic а could pose as "alice".
+        Allowing one script per name would still let a whole-Cyrillic "аре" pose as the
+        Latin "ape", and catching that needs Unicode's confusables data (a dependency).
+        ASCII-only removes cross-script look-alikes entirely, and friends find each other
+        by typing usernames, which ASCII keeps possible on every keyboard. The look-alikes
+        left inside ASCII (I/l/1, O/0, rn/m, vv/w) are compared by skeleton
+        (:func:`users.selectors.username_skeleton`) with every existing username.
+        Existing accounts with non-ASCII names keep working; only new names are checked.
+        """
+        username = super().clean_username()
+        if not username:  # Django already recorded an error (e.g. taken, ignoring case)
+            return username
+        if not username.isascii():
+            raise forms.ValidationError(
+                "Use only ASCII letters, digits and _ . @ + - in a username.", code="ascii"
+            )
+        if user_lookalike_exists(username=username):
+            raise forms.ValidationError(
+                "That username looks too much like someone else's. Choose another.",
+                code="lookalike",
+            )
+        return username
 
     class Meta(UserCreationForm.Meta):
         model = get_user_model()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime, timedelta
 
 from django.conf import settings
@@ -60,6 +61,49 @@ def user_search(*, user: User, query: str, limit: int = 10) -> list[User]:
         User.objects.filter(username__icontains=query, is_active=True)
         .exclude(id=user.id)
         .order_by("username")[:limit]
+    )
+
+
+# ASCII look-alikes, applied in this order by ``username_skeleton``. Capital I is
+# mapped before lower-casing so that "aIice" meets "alice" but "ali" does not meet "all".
+_SKELETON_STEPS = (("I", "l"), ("0", "o"), ("1", "l"), ("rn", "m"), ("vv", "w"))
+# For a skeleton character, a regex of the username text that can produce it.
+_SKELETON_SOURCES = {"l": "[lLI1]", "o": "[oO0]", "m": "([mM]|[rR][nN])", "w": "([wW]|[vV][vV])"}
+
+
+def username_skeleton(*, username: str) -> str:
+    """What an ASCII username looks like, for look-alike checks.
+
+    Capital I, digit 1 and l all read as ``l``, digit 0 as ``o``, ``rn`` as ``m``,
+    ``vv`` as ``w``, and case is ignored: "AIice", "a1ice" and "alice" share the
+    skeleton "alice". (Usernames are ASCII-only, see ``users.forms``, so this short
+    table covers the look-alikes left; Unicode's confusables table is not needed.)
+    """
+    skeleton = username.replace("I", "l").lower()
+    for text, looks_like in _SKELETON_STEPS[1:]:
+        skeleton = skeleton.replace(text, looks_like)
+    return skeleton
+
+
+def user_lookalike_exists(*, username: str) -> bool:
+    """Whether some user's username has the same :func:`username_skeleton` as ``username``.
+
+    A regex built from the skeleton narrows the candidates in the database (no scan of
+    all users); the skeletons of those few are then compared exactly.
+    """
+    skeleton = username_skeleton(username=username)
+    parts = []
+    for char in skeleton:
+        if char in _SKELETON_SOURCES:
+            parts.append(_SKELETON_SOURCES[char])
+        elif char.isalpha():
+            parts.append(f"[{char}{char.upper()}]" if char != "i" else "i")
+        else:
+            parts.append(re.escape(char))
+    candidates = User.objects.filter(username__regex=f"^{''.join(parts)}$")
+    return any(
+        username_skeleton(username=other) == skeleton
+        for other in candidates.values_list("username", flat=True)
     )
 
 
