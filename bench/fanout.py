@@ -59,7 +59,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -78,6 +77,7 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription  #
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack  # noqa: E402
 from av import AudioFrame  # noqa: E402
 
+from bench._common import in_temp_workdir  # noqa: E402
 from streams.ice import ice_host_addresses_apply  # noqa: E402
 from tests.live_server import LOOPBACK, DaphneProcess, WsClient  # noqa: E402
 
@@ -974,16 +974,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--modes takes {', '.join(MODES)}")
 
     started = time.monotonic()
-    workdir = Path(tempfile.mkdtemp(prefix="hearth-bench-fanout-"))
-    try:
-        results = asyncio.run(bench(counts, args.seconds, args.client_procs, modes, workdir))
-    finally:
-        if not args.keep:
-            import shutil
-
-            shutil.rmtree(workdir, ignore_errors=True)
-        else:
-            print(f"kept {workdir}")
+    results = in_temp_workdir(
+        "hearth-bench-fanout-",
+        lambda workdir: asyncio.run(bench(counts, args.seconds, args.client_procs, modes, workdir)),
+        keep=args.keep,
+    )
     print()
     print(
         f"Fan-out benchmark: one denoised broadcast, {args.seconds:g} s per round, "

@@ -53,7 +53,6 @@ import math
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,7 +69,7 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription  #
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack  # noqa: E402
 from av import AudioFrame  # noqa: E402
 
-from bench._common import shared_data_dir  # noqa: E402
+from bench._common import in_temp_workdir, shared_data_dir  # noqa: E402
 from streams.audio import (  # noqa: E402
     FrameToMono,
     load_audio,
@@ -585,16 +584,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--seconds takes 1..120")
 
     started = time.monotonic()
-    workdir = Path(tempfile.mkdtemp(prefix="hearth-bench-live-"))
-    try:
-        results = asyncio.run(bench(pairs_list, args.seconds, workdir))
-    finally:
-        if not args.keep:
-            import shutil
-
-            shutil.rmtree(workdir, ignore_errors=True)
-        else:
-            print(f"kept {workdir}")
+    results = in_temp_workdir(
+        "hearth-bench-live-",
+        lambda workdir: asyncio.run(bench(pairs_list, args.seconds, workdir)),
+        keep=args.keep,
+    )
     print()
     print(
         f"Live benchmark: {args.seconds:g} s per round, pairs {pairs_list}, "

@@ -30,6 +30,15 @@ async def connected(user: Any) -> WebsocketCommunicator:
     return comm
 
 
+async def close_all(peers: list[Any], comms: list[WebsocketCommunicator]) -> None:
+    """Close the peer connections (None entries skipped), then the communicators."""
+    for pc in peers:
+        if pc is not None:
+            await pc.close()
+    for comm in comms:
+        await comm.disconnect()
+
+
 async def expect(
     comm: WebsocketCommunicator, kind: str, *, timeout: float = 10.0
 ) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from streams import rtc
 from streams.models import LiveSession, Recording
 from streams.sdp import candidate_address_refusal, candidates_filter, deny_networks_parse
 from tests.factories import befriend, make_user
-from tests.rtc_helpers import accept_answer, client_peer, connected, expect, offer_sdp
+from tests.rtc_helpers import accept_answer, client_peer, close_all, connected, expect, offer_sdp
 
 WAIT_S = 10.0  # upper bound of every wait for something that should happen at once
 
@@ -286,11 +286,7 @@ async def test_listener_that_never_connects_is_closed_and_never_counted(hearth) 
             frame = await a.receive_json_from(timeout=WAIT_S)
             assert frame.get("listeners", 0) == 0, frame
     finally:
-        for pc in (pc_a, pc_b):
-            if pc is not None:
-                await pc.close()
-        for comm in (a, b):
-            await comm.disconnect()
+        await close_all([pc_a, pc_b], [a, b])
 
 
 @pytest.mark.django_db(transaction=True)

@@ -29,6 +29,7 @@ from tests.factories import befriend, make_recording, make_user
 from tests.rtc_helpers import (
     accept_answer,
     client_peer,
+    close_all,
     connected,
     expect,
     offer_sdp,
@@ -313,11 +314,7 @@ async def test_unused_tracks_are_answered_inactive_or_not_received() -> None:
         await a.send_json_to({"type": "broadcast.stop"})
         assert (await expect(a, "broadcast.ended", timeout=WAIT_S))["session_id"] == session_id
     finally:
-        for pc in (pc_a, pc_b):
-            if pc is not None:
-                await pc.close()
-        for comm in (a, b):
-            await comm.disconnect()
+        await close_all([pc_a, pc_b], [a, b])
 
 
 # -- 10. the listener's answer does not wait for publish_stats ----------------------------
