@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -34,6 +35,13 @@ logger = logging.getLogger("hearth.ws")
 
 Handler = Callable[[dict[str, Any]], Awaitable[None]]
 
+MAX_JSON_DEPTH = 32
+"""Deepest nesting of arrays/objects a frame may have (every protocol frame is flat)."""
+
+# A JSON string (escapes included) or one bracket: strings are skipped whole, so
+# brackets inside them do not count. The unrolled form matches in linear time.
+_JSON_TOKEN = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]', re.DOTALL)
+
 
 class ProtocolError(Exception):
     """A client frame that cannot be served; becomes an ``error`` frame."""
@@ -41,6 +49,54 @@ class ProtocolError(Exception):
     def __init__(self, message: str, *, code: str = "bad_request") -> None:
         super().__init__(message)
         self.code = code
+
+
+def json_too_deep(text: str, limit: int = MAX_JSON_DEPTH) -> bool:
+    """Whether ``text`` nests arrays/objects deeper than ``limit``, found without recursion.
+
+    ``json.loads`` recurses once per level and raises ``RecursionError`` (not a
+    ``ValueError``) on a frame of a few thousand ``[``, so the depth is checked first.
+    """
+    depth = 0
+    for token in _JSON_TOKEN.finditer(text):
+        first = token.group()[0]
+        if first in "[{":
+            depth += 1
+            if depth > limit:
+                return True
+        elif first in "]}":
+            depth -= 1
+    return False
+
+
+def frame_parse(text: str, *, max_bytes: int) -> dict[str, Any]:
+    """Decode one client text frame into an object with a string ``type``.
+
+    Raises:
+        ProtocolError: over ``max_bytes`` (``too_large``), not valid Unicode or not
+            JSON (``bad_json``), nested deeper than ``MAX_JSON_DEPTH`` (``too_deep``),
+            a string holding a lone surrogate, or not an object with a ``type``
+            (``bad_request``).
+    """
+    try:
+        size = len(text.encode())
+    except UnicodeEncodeError:  # a lone surrogate; daphne never passes one, a test may
+        raise ProtocolError("Message is not valid UTF-8.", code="bad_json") from None
+    if size > max_bytes:
+        raise ProtocolError("Message too large.", code="too_large")
+    if json_too_deep(text):
+        raise ProtocolError(f"Message nests deeper than {MAX_JSON_DEPTH}.", code="too_deep")
+    try:
+        content = json.loads(text)
+    except (ValueError, RecursionError):  # JSONDecodeError, or a number too long for int()
+        raise ProtocolError("Message is not valid JSON.", code="bad_json") from None
+    try:  # "\ud800" escapes decode to lone surrogates, which later .encode() calls reject
+        json.dumps(content, ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        raise ProtocolError("Message holds a string that is not valid Unicode.") from None
+    if not isinstance(content, dict) or not isinstance(content.get("type"), str):
+        raise ProtocolError("Message must be an object with a type.")
+    return content
 
 
 def _session_id(content: dict[str, Any]) -> int:
@@ -128,16 +184,10 @@ class HearthConsumer(AsyncWebsocketConsumer):
         if text_data is None:
             await self._error("Send JSON text frames.", code="bad_frame")
             return
-        if len(text_data.encode()) > settings.HEARTH["MAX_WS_MESSAGE_BYTES"]:
-            await self._error("Message too large.", code="too_large")
-            return
         try:
-            content = json.loads(text_data)
-        except json.JSONDecodeError:
-            await self._error("Message is not valid JSON.", code="bad_json")
-            return
-        if not isinstance(content, dict) or not isinstance(content.get("type"), str):
-            await self._error("Message must be an object with a type.", code="bad_request")
+            content = frame_parse(text_data, max_bytes=settings.HEARTH["MAX_WS_MESSAGE_BYTES"])
+        except ProtocolError as exc:
+            await self._error(str(exc), code=exc.code)
             return
         kind = content["type"]
         handler = self._handlers().get(kind)
