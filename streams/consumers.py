@@ -112,6 +112,19 @@ class HearthConsumer(AsyncWebsocketConsumer):
     user: User
     broadcasting: int | None = None
     listening: dict[int, str]
+    cleaned_up: bool = False
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        """Run the consumer; clean up after it however it ends.
+
+        ``disconnect()`` runs only for a ``websocket.disconnect`` message. A handler
+        that raises past ``receive``'s guards, or a cancelled task, ends the consumer
+        without one, and would leave presence rows and a live broadcast behind.
+        """
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self._cleanup()
 
     async def connect(self) -> None:
         """Accept signed-in users only (close 4401 otherwise) and mark them online."""
@@ -129,8 +142,13 @@ class HearthConsumer(AsyncWebsocketConsumer):
 
     async def disconnect(self, code: int) -> None:
         """Stop this page's broadcast, leave listened sessions, update presence."""
-        if not hasattr(self, "user"):
+        await self._cleanup()
+
+    async def _cleanup(self) -> None:
+        """The work of ``disconnect()``; runs once, from there or from ``__call__``."""
+        if self.cleaned_up or not hasattr(self, "user"):
             return
+        self.cleaned_up = True
         steps: list[Callable[[], Awaitable[object]]] = []
         if self.broadcasting is not None:
             session_id, self.broadcasting = self.broadcasting, None

@@ -4,11 +4,16 @@ crashes that must still clean up, and Origins from other ports or schemes."""
 from __future__ import annotations
 
 import pytest
+from aiortc.mediastreams import AudioStreamTrack
 from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
 
+from streams import rtc
+from streams.consumers import HearthConsumer
+from streams.models import LiveSession
 from tests.factories import make_user
-from tests.rtc_helpers import connected, expect
+from tests.rtc_helpers import client_peer, connected, expect, offer_sdp
+from users.models import PresenceConnection
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -86,3 +91,32 @@ async def test_escaped_surrogate_pair_is_still_accepted(ann) -> None:
     await comm.send_to(text_data='{"type": "ping", "x": "\\ud83d\\ude00"}')
     assert (await expect(comm, "pong"))["type"] == "pong"
     await comm.disconnect()
+
+
+# -- 1. cleanup whatever way the consumer dies ---------------------------------------
+class Crash(BaseException):
+    """Not an ``Exception``: escapes every ``except Exception`` in the consumer."""
+
+
+async def test_a_crashing_consumer_still_cleans_up_presence_and_broadcast(ann, monkeypatch) -> None:
+    comm = await connected(ann)
+    pc = client_peer()
+    pc.addTransceiver(AudioStreamTrack(), direction="sendonly")
+    await comm.send_json_to({"type": "broadcast.start", "sdp": await offer_sdp(pc)})
+    session_id = (await expect(comm, "broadcast.answer"))["session_id"]
+
+    async def crash(self, content):
+        raise Crash("handler blew up")
+
+    monkeypatch.setattr(HearthConsumer, "on_ping", crash)
+    await comm.send_json_to({"type": "ping"})
+    with pytest.raises(Crash):  # frames already queued (live, stats) come first
+        for _ in range(100):
+            await comm.receive_output(timeout=10)
+
+    presence = await database_sync_to_async(PresenceConnection.objects.filter(user=ann).count)()
+    assert presence == 0
+    session = await database_sync_to_async(LiveSession.objects.get)(id=session_id)
+    assert session.ended_at is not None
+    assert session_id not in rtc.media_server().rooms
+    await pc.close()
