@@ -1,7 +1,8 @@
 """ASGI entry point: HTTP through Django, WebSockets through Channels.
 
-WebSockets are behind ``AllowedHostsOriginValidator`` (Origin must match
-``ALLOWED_HOSTS``) and ``AuthMiddlewareStack`` (session cookie → ``scope["user"]``).
+WebSockets are behind ``SiteOriginValidator`` (Origin must be the site's own:
+scheme, host and port, see ``project.origin``) and ``AuthMiddlewareStack``
+(session cookie → ``scope["user"]``).
 """
 
 import os
@@ -13,17 +14,15 @@ django_asgi_app = get_asgi_application()
 
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
-from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
+from project.origin import SiteOriginValidator  # noqa: E402
 from streams.routing import websocket_urlpatterns  # noqa: E402
 from streams.rtc import media_server_start_with_daphne  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
         "http": django_asgi_app,
-        "websocket": AllowedHostsOriginValidator(
-            AuthMiddlewareStack(URLRouter(websocket_urlpatterns))
-        ),
+        "websocket": SiteOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
     }
 )
 

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import pytest
 from aiortc.mediastreams import AudioStreamTrack
+from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
+from django.test import Client
 
+from project.asgi import application
 from streams import rtc
 from streams.consumers import HearthConsumer
 from streams.models import LiveSession
@@ -120,3 +123,97 @@ async def test_a_crashing_consumer_still_cleans_up_presence_and_broadcast(ann, m
     assert session.ended_at is not None
     assert session_id not in rtc.media_server().rooms
     await pc.close()
+
+
+# -- 2. Origin: scheme, host and port must be the site's own -------------------------
+@pytest.fixture
+async def cookie(ann) -> bytes:
+    client = Client()
+    await sync_to_async(client.force_login)(ann)
+    return f"sessionid={client.cookies['sessionid'].value}".encode()
+
+
+async def _connects(
+    cookie: bytes,
+    origin: str | None,
+    *,
+    host: str | None = "127.0.0.1:8000",
+    extra: list[tuple[bytes, bytes]] | None = None,
+    **scope,
+) -> bool:
+    """Whether a handshake to the real ASGI app with these headers is accepted."""
+    headers = [(b"cookie", cookie), *(extra or [])]
+    if host is not None:
+        headers.append((b"host", host.encode()))
+    if origin is not None:
+        headers.append((b"origin", origin.encode()))
+    comm = WebsocketCommunicator(application, "/ws/", headers=headers)
+    comm.scope.update(scope)
+    connected, _ = await comm.connect()
+    if connected:
+        await expect(comm, "hello")
+        await comm.disconnect()
+    return connected
+
+
+@pytest.mark.parametrize(
+    "origin",
+    [
+        "http://127.0.0.1:9999",  # another port of the same host
+        "http://127.0.0.1",  # the default port is another port
+        "https://127.0.0.1:8000",  # another scheme
+        "http://localhost:8000",  # another allowed host is another site
+        "http://evil.example:8000",
+        "null",
+        "",
+        None,
+    ],
+)
+async def test_origin_other_than_the_sites_own_is_refused(cookie, origin) -> None:
+    assert not await _connects(cookie, origin)
+
+
+@pytest.mark.parametrize(
+    ("host", "origin"),
+    [
+        ("127.0.0.1:8000", "http://127.0.0.1:8000"),
+        ("localhost:8000", "http://LOCALHOST:8000"),
+        ("[::1]:8000", "http://[::1]:8000"),
+        ("127.0.0.1", "http://127.0.0.1:80"),
+    ],
+)
+async def test_the_sites_own_origin_is_accepted(cookie, host, origin) -> None:
+    assert await _connects(cookie, origin, host=host)
+
+
+async def test_host_outside_allowed_hosts_is_refused_even_with_matching_origin(cookie) -> None:
+    assert not await _connects(cookie, "http://evil.example:8000", host="evil.example:8000")
+
+
+async def test_secure_socket_needs_an_https_origin(cookie) -> None:
+    assert await _connects(cookie, "https://127.0.0.1:8000", scheme="wss")
+    assert not await _connects(cookie, "http://127.0.0.1:8000", scheme="wss")
+
+
+async def test_csrf_trusted_origin_is_accepted(cookie, settings) -> None:
+    settings.CSRF_TRUSTED_ORIGINS = ["https://hearth.example.org", "https://*.example.net"]
+    assert await _connects(cookie, "https://hearth.example.org")
+    assert await _connects(cookie, "https://app.example.net")
+    assert not await _connects(cookie, "http://hearth.example.org")
+    assert not await _connects(cookie, "https://hearth.example.org:8443")
+
+
+async def test_proxy_https_header_counts_only_when_configured(cookie, settings) -> None:
+    settings.ALLOWED_HOSTS = ["hearth.example.org"]
+    proxied = {"host": "hearth.example.org", "extra": [(b"x-forwarded-proto", b"https")]}
+    settings.SECURE_PROXY_SSL_HEADER = None
+    assert not await _connects(cookie, "https://hearth.example.org", **proxied)
+    settings.SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    assert await _connects(cookie, "https://hearth.example.org", **proxied)
+    assert not await _connects(cookie, "http://hearth.example.org", **proxied)
+
+
+async def test_handshake_without_host_means_the_default_port(cookie) -> None:
+    # RFC 6455 requires Host; a client without one is not a browser page.
+    assert await _connects(cookie, "http://127.0.0.1", host=None)
+    assert not await _connects(cookie, "http://127.0.0.1:9999", host=None)
