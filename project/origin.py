@@ -75,25 +75,19 @@ def _site_scheme(scope: dict[str, Any]) -> str:
 def site_origins(scope: dict[str, Any]) -> set[Origin]:
     """The origins of the site this handshake was addressed to (empty: none valid).
 
-    The ``Host`` header must pass ``ALLOWED_HOSTS``, as for any Django request. A
-    handshake without ``Host`` (RFC 6455 requires one and browsers always send it)
-    is taken as addressed to the scheme's default port of each ``ALLOWED_HOSTS``
-    entry that names one host.
+    The ``Host`` header must be present once (RFC 6455 §4.1 requires it, and every
+    browser sends it) and pass ``ALLOWED_HOSTS``, as for any Django request; a
+    handshake without one has no site origin and is refused.
     """
     scheme = _site_scheme(scope)
-    allowed = _allowed_hosts()
     hosts = _headers(scope, b"host")
-    if len(hosts) > 1:
+    if len(hosts) != 1:
         return set()
-    if not hosts:
-        candidates: Iterable[str] = (h for h in allowed if h != "*" and not h.startswith("."))
-    else:
-        domain, _ = split_domain_port(hosts[0])
-        if not domain or not validate_host(domain, allowed):
-            return set()
-        candidates = hosts
-    origins = (origin_parse(f"{scheme}://{host}") for host in candidates)
-    return {origin for origin in origins if origin is not None}
+    domain, _ = split_domain_port(hosts[0])
+    if not domain or not validate_host(domain, _allowed_hosts()):
+        return set()
+    origin = origin_parse(f"{scheme}://{hosts[0]}")
+    return {origin} if origin is not None else set()
 
 
 def trusted_origin_match(origin: Origin, entries: Iterable[str]) -> bool:

@@ -213,7 +213,8 @@ async def test_proxy_https_header_counts_only_when_configured(cookie, settings) 
     assert not await _connects(cookie, "http://hearth.example.org", **proxied)
 
 
-async def test_handshake_without_host_means_the_default_port(cookie) -> None:
-    # RFC 6455 requires Host; a client without one is not a browser page.
-    assert await _connects(cookie, "http://127.0.0.1", host=None)
+async def test_handshake_without_host_is_refused(cookie) -> None:
+    # RFC 6455 requires Host and browsers always send it: without one there is no
+    # site origin to compare with, whatever the Origin says.
+    assert not await _connects(cookie, "http://127.0.0.1", host=None)
     assert not await _connects(cookie, "http://127.0.0.1:9999", host=None)

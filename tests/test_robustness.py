@@ -86,7 +86,13 @@ async def test_logout_closes_only_that_sessions_socket(friends) -> None:
     for client in clients:
         cookie = f"sessionid={client.cookies['sessionid'].value}".encode()
         comm = WebsocketCommunicator(
-            application, "/ws/", headers=[(b"cookie", cookie), (b"origin", b"http://127.0.0.1")]
+            application,
+            "/ws/",
+            headers=[
+                (b"cookie", cookie),
+                (b"origin", b"http://127.0.0.1"),
+                (b"host", b"127.0.0.1"),
+            ],
         )
         assert (await comm.connect())[0]
         await expect(comm, "hello")
