@@ -17,7 +17,6 @@ from collections.abc import Iterable
 from typing import Any
 from urllib.parse import urlsplit
 
-from channels.security.websocket import WebsocketDenier
 from django.conf import settings
 from django.http.request import is_same_domain, split_domain_port, validate_host
 
@@ -132,4 +131,18 @@ class SiteOriginValidator:
             _headers(scope, b"origin"),
             _headers(scope, b"host"),
         )
-        return await WebsocketDenier()(scope, receive, send)
+        await websocket_refuse(receive, send)
+        return None
+
+
+async def websocket_refuse(receive: Any, send: Any) -> None:
+    """Reject a WebSocket handshake at the ASGI level and return at once.
+
+    Sending ``websocket.close`` in answer to ``websocket.connect`` rejects the
+    handshake (ASGI spec, WebSocket "Close - send"; daphne answers HTTP 403). Unlike
+    channels' ``WebsocketDenier``, no consumer runs and no channel-layer channel is
+    made: a refused socket holds no receive on Redis, however many a client opens.
+    """
+    message = await receive()
+    if message.get("type") == "websocket.connect":
+        await send({"type": "websocket.close", "code": 1008})  # policy violation

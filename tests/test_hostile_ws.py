@@ -3,6 +3,8 @@ crashes that must still clean up, and Origins from other ports or schemes."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from aiortc.mediastreams import AudioStreamTrack
 from asgiref.sync import sync_to_async
@@ -218,3 +220,23 @@ async def test_handshake_without_host_is_refused(cookie) -> None:
     # site origin to compare with, whatever the Origin says.
     assert not await _connects(cookie, "http://127.0.0.1", host=None)
     assert not await _connects(cookie, "http://127.0.0.1:9999", host=None)
+
+
+async def test_a_refused_handshake_leaves_no_application_running(cookie) -> None:
+    # Before: refusals went through channels' WebsocketDenier, a consumer that made a
+    # channel-layer channel and kept receiving on it (a Redis BZPOPMIN per refused
+    # socket) until the client went away.
+    comm = WebsocketCommunicator(
+        application,
+        "/ws/",
+        headers=[
+            (b"cookie", cookie),
+            (b"host", b"127.0.0.1:8000"),
+            (b"origin", b"http://x.example"),
+        ],
+    )
+    connected, code = await comm.connect()
+    assert not connected and code == 1008
+    for _ in range(10):
+        await asyncio.sleep(0)
+    assert comm.future.done() and comm.future.exception() is None
