@@ -67,6 +67,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "channels",
+    "csp",
     "users",
     "streams",
     "frontend",
@@ -74,6 +75,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "csp.middleware.CSPMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -189,6 +191,29 @@ SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
 X_FRAME_OPTIONS = "DENY"
 SESSION_COOKIE_HTTPONLY = True
+
+# Content-Security-Policy (django-csp 4.x format). The pages load only their own
+# module scripts and stylesheet: no inline script, no inline style attribute (the level
+# meter sets ``element.style`` from JS, which is CSSOM and not governed by style-src).
+# connect-src 'self' also covers ws:/wss: to the same host and port (CSP Level 3, as
+# Chromium, Firefox and Safari >= 15.4 implement it; the browser test's WebSocket and
+# fetches run under this policy). img-src allows data: for the empty favicon link
+# (``href="data:,"``); media-src is 'self' for the recordings' <audio src>; live audio
+# arrives through ``srcObject`` (a MediaStream), which media-src does not govern.
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": ["'self'"],
+        "script-src": ["'self'"],
+        "style-src": ["'self'"],
+        "img-src": ["'self'", "data:"],
+        "media-src": ["'self'"],
+        "connect-src": ["'self'"],
+        "object-src": ["'none'"],
+        "base-uri": ["'self'"],
+        "form-action": ["'self'"],
+        "frame-ancestors": ["'none'"],
+    }
+}
 
 # --- WebRTC --------------------------------------------------------------------
 try:
