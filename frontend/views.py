@@ -15,6 +15,7 @@ from django.views.decorators.http import require_http_methods, require_safe
 from streams.selectors import live_session_active_for, live_session_visible_get
 from streams.views import live_session_json
 from users.forms import SignupForm
+from users.ratelimit import request_limited
 
 
 def _page(request: HttpRequest, template: str, **context: Any) -> HttpResponse:
@@ -34,10 +35,23 @@ def home(request: HttpRequest) -> HttpResponse:
 
 @require_http_methods(["GET", "POST"])
 def signup(request: HttpRequest) -> HttpResponse:
-    """Create an account, sign it in and go home."""
+    """Create an account, sign it in and go home.
+
+    Sign-up POSTs are limited per IP address (``HEARTH["SIGNUP_RATE"]``); over the
+    limit the form comes back with an error and HTTP 429, and no account is made.
+    """
     if request.user.is_authenticated:
         return redirect("home")
     form = SignupForm(request.POST or None)
+    if request.method == "POST" and request_limited(
+        request, group="signup", key="ip", rate_setting="SIGNUP_RATE"
+    ):
+        # A fresh form (nothing validated, no database work): only the reason shows.
+        context = {
+            "form": SignupForm(),
+            "refusal": "Too many sign-ups from this address. Try again later.",
+        }
+        return render(request, "frontend/signup.html", context, status=429)
     if request.method == "POST" and form.is_valid():
         user = form.save()
         login(request, user, backend="django.contrib.auth.backends.ModelBackend")

@@ -28,6 +28,7 @@ import ipaddress
 import json
 import os
 import tempfile
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
@@ -68,6 +69,8 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "channels",
     "csp",
+    "axes",
+    "django_ratelimit",
     "users",
     "streams",
     "frontend",
@@ -83,6 +86,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, as django-axes asks: turns a locked-out login into its lockout response.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "project.urls"
@@ -143,7 +148,32 @@ if REDIS_URL:
 else:
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 
+# The cache holds the rate-limit counters (django-ratelimit and the WebSocket limits).
+# With REDIS_URL it is Redis, so the limits hold across daphne processes; without it,
+# each process counts on its own (LocMem), which is exact for the one-process default.
+if REDIS_URL:
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": REDIS_URL,
+            "KEY_PREFIX": "hearth",
+        }
+    }
+    # Django's own Redis backend is shared and increments atomically (INCRBY), which
+    # is all django-ratelimit needs; it just is not on the library's list.
+    SILENCED_SYSTEM_CHECKS = ["django_ratelimit.W001"]
+else:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+    # LocMem is per process: right for the single-process default (see above).
+    SILENCED_SYSTEM_CHECKS = ["django_ratelimit.E003", "django_ratelimit.W001"]
+
 AUTH_USER_MODEL = "users.User"
+# django-axes' backend first: it refuses a locked-out username+IP before the password
+# is checked; ModelBackend then authenticates as before.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
@@ -270,9 +300,36 @@ HEARTH = {
     # Listens of one user still connecting (answered, not connected) per process;
     # more are refused with "too_many_pending".
     "MAX_PENDING_LISTENS_PER_USER": 3,
+    # --- Throttling (rates are django-ratelimit's "count/period", e.g. "10/h") ---
+    # Failed logins for one username from one IP address before that pair is locked
+    # out (HTTP 429) for LOGIN_COOLOFF_S seconds (django-axes; even the right password
+    # is refused meanwhile).
+    "LOGIN_FAILURE_LIMIT": 5,
+    "LOGIN_COOLOFF_S": 15 * 60,
+    # Accounts created from one IP address (POSTs to the sign-up form, counted
+    # whether or not they succeed); more get HTTP 429.
+    "SIGNUP_RATE": "10/h",
+    # Friend requests one user may send; more get HTTP 429 JSON.
+    "FRIEND_REQUEST_RATE": "30/h",
+    # Go-live (broadcast.start) and listen (listen.start) attempts per user over the
+    # WebSocket, all processes together; more get the error frame "rate_limited".
+    "BROADCAST_START_RATE": "10/m",
+    "LISTEN_START_RATE": "30/m",
 }
 if HEARTH["RELAY_ENCODE"] not in ("once", "per_listener"):
     raise ImproperlyConfigured("MEDIA_RELAY_ENCODE must be 'once' or 'per_listener'.")
+
+# django-axes: lock out a username+IP pair (not the whole IP, not the account for
+# everyone) after LOGIN_FAILURE_LIMIT failures; answer with the lockout page, 429.
+# The client IP is REMOTE_ADDR: behind a proxy, run daphne with --proxy-headers.
+AXES_FAILURE_LIMIT = HEARTH["LOGIN_FAILURE_LIMIT"]
+AXES_COOLOFF_TIME = timedelta(seconds=HEARTH["LOGIN_COOLOFF_S"])
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_HTTP_RESPONSE_CODE = 429
+AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
+AXES_VERBOSE = False
+
 for _network in HEARTH["ICE_DENY_NETWORKS"]:
     try:
         ipaddress.ip_network(_network, strict=False)

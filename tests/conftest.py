@@ -21,6 +21,22 @@ def _hearth_settings(settings, tmp_path: Path) -> None:
 
 
 @pytest.fixture(autouse=True)
+def _fresh_cache(settings) -> None:
+    # Rate-limit counters live in the cache: give every test an empty one of its own
+    # (a new LocMem store, or a new key prefix on Redis, never flushing the database
+    # other processes share). Django drops its cache connections on this change.
+    import copy
+    import uuid
+
+    caches = copy.deepcopy(settings.CACHES)
+    tag = f"hearth-test-{uuid.uuid4().hex[:12]}"
+    caches["default"]["KEY_PREFIX"] = tag
+    if caches["default"]["BACKEND"].endswith("LocMemCache"):
+        caches["default"]["LOCATION"] = tag
+    settings.CACHES = caches
+
+
+@pytest.fixture(autouse=True)
 def _fresh_channel_layer() -> None:
     # Each async test runs on its own event loop; channels_redis binds its locks and
     # connections to the loop that first used them, so give every test a new layer.

@@ -8,6 +8,7 @@ from project.api import UNCLEAN_TEXT_MESSAGE, ApiError, api_view, json_body, tex
 from streams.selectors import live_session_by_broadcaster
 from users import selectors, services
 from users.models import FriendRequest, User
+from users.ratelimit import RATE_LIMITED_MESSAGE, request_limited
 
 
 def _user_json(user: User) -> dict[str, object]:
@@ -93,7 +94,15 @@ def friend_list(request: HttpRequest) -> JsonResponse:
 
 @api_view(("POST",))
 def friend_request_create(request: HttpRequest) -> JsonResponse:
-    """POST ``{"username"}`` → 201 ``{"status": "requested"|"accepted", "message"}``."""
+    """POST ``{"username"}`` → 201 ``{"status": "requested"|"accepted", "message"}``.
+
+    429 past ``HEARTH["FRIEND_REQUEST_RATE"]`` requests by this user (every attempt
+    counts, so guessing usernames is slowed down too).
+    """
+    if request_limited(
+        request, group="friend_request", key="user", rate_setting="FRIEND_REQUEST_RATE"
+    ):
+        raise ApiError(RATE_LIMITED_MESSAGE, status=429)
     username = json_body(request).get("username")
     if not isinstance(username, str) or not username.strip():
         raise ApiError("Give the username of the person to add.")
