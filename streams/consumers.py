@@ -29,6 +29,7 @@ from streams import selectors, services
 from streams.rtc import SignalingError, media_server, sdp_validate
 from users.events import user_group
 from users.models import User
+from users.ratelimit import RATE_LIMITED_MESSAGE, user_limited
 from users.services import presence_connect, presence_disconnect, presence_touch
 
 logger = logging.getLogger("hearth.ws")
@@ -235,8 +236,20 @@ class HearthConsumer(AsyncWebsocketConsumer):
         await database_sync_to_async(presence_touch)(user=self.user, channel_name=self.channel_name)
         await self._send({"type": "pong"})
 
+    async def _rate_limit(self, group: str, rate_setting: str) -> None:
+        """Count one attempt of this user; ProtocolError ``rate_limited`` past the limit."""
+        limited = await database_sync_to_async(user_limited)(
+            user_id=self.user.id, group=group, rate_setting=rate_setting
+        )
+        if limited:
+            raise ProtocolError(RATE_LIMITED_MESSAGE, code="rate_limited")
+
     async def on_broadcast_start(self, content: dict[str, Any]) -> None:
-        """Go live from this page with the SDP offer ``sdp``."""
+        """Go live from this page with the SDP offer ``sdp``.
+
+        Attempts are limited per user (``HEARTH["BROADCAST_START_RATE"]``).
+        """
+        await self._rate_limit("ws:broadcast.start", "BROADCAST_START_RATE")
         if self.broadcasting is not None:
             raise ProtocolError("This page is already live.", code="already_live")
         denoise = content.get("denoise", True)
@@ -261,7 +274,11 @@ class HearthConsumer(AsyncWebsocketConsumer):
         )
 
     async def on_listen_start(self, content: dict[str, Any]) -> None:
-        """Ask the process that owns a friend's broadcast to answer our SDP offer."""
+        """Ask the process that owns a friend's broadcast to answer our SDP offer.
+
+        Attempts are limited per user (``HEARTH["LISTEN_START_RATE"]``).
+        """
+        await self._rate_limit("ws:listen.start", "LISTEN_START_RATE")
         session_id = _session_id(content)
         sdp = sdp_validate(content.get("sdp"))
         session = await database_sync_to_async(selectors.live_session_visible_get)(

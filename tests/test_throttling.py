@@ -10,7 +10,8 @@ from channels.db import database_sync_to_async
 from django.contrib.auth import get_user_model
 from django.urls import reverse
 
-from tests.factories import make_user
+from tests.factories import befriend, make_user
+from tests.rtc_helpers import communicator_for, expect
 
 PASSWORD = "a-long-test-passphrase-42"
 
@@ -132,6 +133,65 @@ def test_friend_requests_beyond_the_limit_per_user_get_429_json(client, hearth):
     # Another user has a budget of their own.
     client.force_login(make_user("other"))
     assert ask("f4").status_code == 201
+
+
+# --- WebSocket: go live and listen per user -----------------------------------------
+
+
+async def _connected(user):
+    comm = communicator_for(user)
+    connected, _ = await comm.connect()
+    assert connected
+    await expect(comm, "hello")
+    return comm
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_go_live_attempts_beyond_the_limit_get_rate_limited(hearth) -> None:
+    hearth["BROADCAST_START_RATE"] = "3/m"
+    ann = await database_sync_to_async(make_user)("ann")
+    tab1, tab2 = await _connected(ann), await _connected(ann)
+    # Attempts count whatever becomes of them (here: refused offers), across tabs.
+    for tab in (tab1, tab2, tab1):
+        await tab.send_json_to({"type": "broadcast.start", "sdp": "not sdp"})
+        assert (await expect(tab, "error"))["code"] == "bad_sdp"
+    await tab2.send_json_to({"type": "broadcast.start", "sdp": "not sdp"})
+    error = await expect(tab2, "error")
+    assert error == {
+        "type": "error",
+        "code": "rate_limited",
+        "message": error["message"],
+        "ref": "broadcast.start",
+    }
+    # The socket stays usable, and other users are not limited.
+    await tab2.send_json_to({"type": "ping"})
+    await expect(tab2, "pong")
+    ben = await database_sync_to_async(make_user)("ben")
+    other = await _connected(ben)
+    await other.send_json_to({"type": "broadcast.start", "sdp": "not sdp"})
+    assert (await expect(other, "error"))["code"] == "bad_sdp"
+    for comm in (tab1, tab2, other):
+        await comm.disconnect()
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_listen_attempts_beyond_the_limit_get_rate_limited(hearth) -> None:
+    hearth["LISTEN_START_RATE"] = "2/m"
+
+    def make():
+        ann, ben = make_user("ann"), make_user("ben")
+        befriend(ann, ben)
+        return ben
+
+    ben = await database_sync_to_async(make)()
+    page = await _connected(ben)
+    for _ in range(2):
+        await page.send_json_to({"type": "listen.start", "session_id": 1, "sdp": "not sdp"})
+        assert (await expect(page, "error"))["code"] == "bad_sdp"
+    await page.send_json_to({"type": "listen.start", "session_id": 1, "sdp": "not sdp"})
+    error = await expect(page, "error")
+    assert error["code"] == "rate_limited" and error["ref"] == "listen.start"
+    await page.disconnect()
 
 
 @pytest.mark.django_db(transaction=True)
