@@ -192,24 +192,3 @@ async def test_listen_attempts_beyond_the_limit_get_rate_limited(hearth) -> None
     error = await expect(page, "error")
     assert error["code"] == "rate_limited" and error["ref"] == "listen.start"
     await page.disconnect()
-
-
-@pytest.mark.django_db(transaction=True)
-async def test_lockout_works_under_asgi(async_client):
-    # daphne serves Hearth through Django's ASGI handler, where axes' middleware takes
-    # its async path: the lockout must answer the same 429 page there.
-    await database_sync_to_async(get_user_model().objects.create_user)(
-        username="alice", password=PASSWORD
-    )
-
-    async def login(password: str):
-        return await async_client.post(
-            reverse("login"), {"username": "alice", "password": password}
-        )
-
-    for _ in range(4):
-        assert (await login("wrong-password")).status_code == 200
-    assert (await login("wrong-password")).status_code == 429
-    right = await login(PASSWORD)
-    assert right.status_code == 429
-    assert b"Too many failed log-ins" in right.content
