@@ -315,6 +315,9 @@ HEARTH = {
     # WebSocket, all processes together; more get the error frame "rate_limited".
     "BROADCAST_START_RATE": "10/m",
     "LISTEN_START_RATE": "30/m",
+    # Seconds a page waits for the owner process to answer (or refuse) a listen
+    # before it gets "owner_unreachable" (the owner was killed without cleanup).
+    "LISTEN_REPLY_TIMEOUT_S": float(os.environ.get("LISTEN_REPLY_TIMEOUT_S", 2.0)),
 }
 if HEARTH["RELAY_ENCODE"] not in ("once", "per_listener"):
     raise ImproperlyConfigured("MEDIA_RELAY_ENCODE must be 'once' or 'per_listener'.")

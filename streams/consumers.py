@@ -14,6 +14,7 @@ server → client: ``hello``, ``pong``, ``broadcast.answer``, ``broadcast.ended`
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 import logging
@@ -114,6 +115,8 @@ class HearthConsumer(AsyncWebsocketConsumer):
     broadcasting: int | None = None
     listening: dict[int, str]
     cleaned_up: bool = False
+    # session id → the task that gives up on the owner's reply (see on_listen_start)
+    listen_replies: dict[int, asyncio.Task[None]]
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         """Run the consumer; clean up after it however it ends.
@@ -135,6 +138,7 @@ class HearthConsumer(AsyncWebsocketConsumer):
             return
         self.user = user
         self.listening = {}
+        self.listen_replies = {}
         self.groups_joined: set[str] = set()
         await self.accept()
         await self._join(user_group(user.id))
@@ -150,6 +154,8 @@ class HearthConsumer(AsyncWebsocketConsumer):
         if self.cleaned_up or not hasattr(self, "user"):
             return
         self.cleaned_up = True
+        for waiter in getattr(self, "listen_replies", {}).values():
+            waiter.cancel()
         steps: list[Callable[[], Awaitable[object]]] = []
         if self.broadcasting is not None:
             session_id, self.broadcasting = self.broadcasting, None
@@ -298,6 +304,38 @@ class HearthConsumer(AsyncWebsocketConsumer):
                 "sdp": sdp,
             },
         )
+        self._listen_reply_wait(session_id)
+
+    def _listen_reply_wait(self, session_id: int) -> None:
+        """Give up on the owner's reply to ``listen.start`` after ``LISTEN_REPLY_TIMEOUT_S``.
+
+        An owner process killed without cleanup leaves its channel with nobody reading
+        it, and its session looks live until the stale cleanup ends it (a minute on):
+        without a deadline the page would wait for an answer all that time.
+        """
+        self._listen_reply_done(session_id)
+        self.listen_replies[session_id] = asyncio.ensure_future(
+            self._listen_reply_deadline(session_id)
+        )
+
+    def _listen_reply_done(self, session_id: int) -> None:
+        waiter = self.listen_replies.pop(session_id, None)
+        if waiter is not None and waiter is not asyncio.current_task():
+            waiter.cancel()
+
+    async def _listen_reply_deadline(self, session_id: int) -> None:
+        await asyncio.sleep(settings.HEARTH["LISTEN_REPLY_TIMEOUT_S"])
+        self.listen_replies.pop(session_id, None)
+        owner_channel = self.listening.get(session_id)
+        if owner_channel is None:
+            return
+        logger.warning("owner of session %s did not answer a listen in time", session_id)
+        await self._listen_leave(session_id, owner_channel)  # a slow owner drops it too
+        await self._error(
+            "The broadcast's server is not answering; it may have stopped. Try again later.",
+            code="owner_unreachable",
+            ref="listen.start",
+        )
 
     async def on_listen_stop(self, content: dict[str, Any]) -> None:
         """Stop listening to a session."""
@@ -309,6 +347,7 @@ class HearthConsumer(AsyncWebsocketConsumer):
 
     async def _listen_leave(self, session_id: int, owner_channel: str) -> None:
         self.listening.pop(session_id, None)
+        self._listen_reply_done(session_id)
         await self._leave(services.session_group(session_id))
         try:
             await self.channel_layer.send(
@@ -365,7 +404,10 @@ class HearthConsumer(AsyncWebsocketConsumer):
             await self.close(code=4401)
 
     async def rtc_listen_answer(self, event: dict[str, Any]) -> None:
-        """The owner process answered our listener offer."""
+        """The owner process answered our listener offer (dropped if we gave up on it)."""
+        if event["session_id"] not in self.listening:
+            return
+        self._listen_reply_done(event["session_id"])
         await self._send(
             {"type": "listen.answer", "session_id": event["session_id"], "sdp": event["sdp"]}
         )
@@ -374,6 +416,7 @@ class HearthConsumer(AsyncWebsocketConsumer):
         """The owner process refused our listener offer: forget the session and its group."""
         session_id = event["session_id"]
         self.listening.pop(session_id, None)
+        self._listen_reply_done(session_id)
         group = services.session_group(session_id)
         if session_id != self.broadcasting and group in self.groups_joined:
             await self._leave(group)

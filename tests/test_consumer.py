@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from datetime import timedelta
 
 import pytest
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from channels.testing import WebsocketCommunicator
+from django.conf import settings
 from django.utils import timezone
 
 from project.asgi import application
@@ -334,3 +336,57 @@ async def test_an_event_for_a_socket_that_just_closed_does_not_kill_the_consumer
 
     consumer.base_send = closed_send
     await consumer.hearth_event({"event": "presence", "data": {"user_id": 1, "online": True}})
+
+
+# --- A dead owner process (kill -9) ------------------------------------------------
+
+
+async def test_listen_to_a_dead_owner_gets_owner_unreachable_and_leaves_the_group(
+    pair, settings
+) -> None:
+    # Regression: the offer was forwarded to the owner's channel and nothing answered
+    # (its process was killed), so the page waited 20 s+ for the stale cleanup.
+    settings.HEARTH = {**settings.HEARTH, "LISTEN_REPLY_TIMEOUT_S": 0.2}
+    ann, ben = pair
+    dead_owner = await get_channel_layer().new_channel()  # nobody reads it
+    session = await _live_row(ann, dead_owner)
+    page = await _connected(ben)
+    await page.send_json_to({"type": "listen.start", "session_id": session.id, "sdp": PLAIN_SDP})
+    refused = await expect(page, "error", timeout=5)
+    assert refused["code"] == "owner_unreachable" and refused["ref"] == "listen.start"
+    assert "broadcast" in refused["message"].lower()
+    group = session_group(session.id)
+    await _group_event(group, "session.stats", {"session_id": session.id, "listeners": 1})
+    assert [f for f in await _frames_until_marker(page, ben) if f["type"] == "session.stats"] == []
+    await page.disconnect()
+
+
+async def test_an_answer_in_time_cancels_the_listen_reply_timeout(pair, settings) -> None:
+    settings.HEARTH = {**settings.HEARTH, "LISTEN_REPLY_TIMEOUT_S": 0.2}
+    ann, ben = pair
+    owner = await get_channel_layer().new_channel()
+    session = await _live_row(ann, owner)
+    page = await _connected(ben)
+    forwarded = await _listen(page, session.id, owner)
+    await get_channel_layer().send(
+        forwarded["reply_channel"],
+        {"type": "rtc.listen.answer", "session_id": session.id, "sdp": "v=0 answer"},
+    )
+    assert (await expect(page, "listen.answer"))["sdp"] == "v=0 answer"
+    await asyncio.sleep(0.5)  # well past the timeout: no error may follow the answer
+    assert [f for f in await _frames_until_marker(page, ben) if f["type"] == "error"] == []
+    await page.disconnect()
+
+
+async def test_a_stale_session_cannot_be_listened_to(pair) -> None:
+    ann, ben = pair
+    owner = await get_channel_layer().new_channel()
+    session = await _live_row(ann, owner)
+    stale = timezone.now() - timedelta(seconds=settings.HEARTH["SESSION_STALE_S"] + 5)
+    await database_sync_to_async(LiveSession.objects.filter(id=session.id).update)(
+        heartbeat_at=stale
+    )
+    page = await _connected(ben)
+    await page.send_json_to({"type": "listen.start", "session_id": session.id, "sdp": PLAIN_SDP})
+    assert (await expect(page, "error"))["code"] == "not_allowed"
+    await page.disconnect()
