@@ -318,6 +318,20 @@ HEARTH = {
     # Seconds a page waits for the owner process to answer (or refuse) a listen
     # before it gets "owner_unreachable" (the owner was killed without cleanup).
     "LISTEN_REPLY_TIMEOUT_S": float(os.environ.get("LISTEN_REPLY_TIMEOUT_S", 2.0)),
+    # Limits on recordings. A broadcast is ended ("limit_duration") after this many
+    # seconds of audio; its pages get "session.warning" LIMIT_WARNING_S before.
+    "MAX_BROADCAST_S": float(os.environ.get("MAX_BROADCAST_S", 4 * 3600)),
+    "LIMIT_WARNING_S": 60.0,
+    # Bytes of recordings a user may keep: going live is refused ("quota_exceeded")
+    # once reached, and a broadcast reaching it is ended ("limit_quota").
+    "RECORDING_QUOTA_BYTES": int(os.environ.get("RECORDING_QUOTA_BYTES", 2 * 1024**3)),
+    # Free bytes kept on MEDIA_ROOT's filesystem: going live is refused ("disk_full")
+    # below it, and broadcasts are ended ("limit_disk") when it is crossed.
+    "MIN_FREE_DISK_BYTES": int(os.environ.get("MIN_FREE_DISK_BYTES", 1024**3)),
+    # Seconds between a live room's quota and disk checks.
+    "LIMIT_CHECK_S": 10.0,
+    # Recordings older than this many days are deleted by housekeeping; 0 keeps them.
+    "RECORDING_RETENTION_DAYS": float(os.environ.get("RECORDING_RETENTION_DAYS", 0)),
 }
 if HEARTH["RELAY_ENCODE"] not in ("once", "per_listener"):
     raise ImproperlyConfigured("MEDIA_RELAY_ENCODE must be 'once' or 'per_listener'.")

@@ -812,11 +812,13 @@ class MediaServer:
 
     async def _housekeeping_loop(self) -> None:
         """From server start on, every ``HOUSEKEEPING_S``: end sessions of dead
-        processes (repairing their recordings) and prune stale presence rows."""
+        processes (repairing their recordings), prune stale presence rows and delete
+        recordings past ``RECORDING_RETENTION_DAYS``."""
         while True:
             try:
                 await database_sync_to_async(services.live_session_end_stale)()
                 await database_sync_to_async(presence_prune)()
+                await database_sync_to_async(services.recording_delete_expired)()
             except Exception:
                 logger.exception("housekeeping failed")
             await asyncio.sleep(settings.HEARTH["HOUSEKEEPING_S"])

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import shutil
 from datetime import datetime, timedelta
+from pathlib import Path
 
 from django.conf import settings
-from django.db.models import Q, QuerySet
+from django.db.models import Q, QuerySet, Sum
 from django.utils import timezone
 
 from streams.models import LiveSession, Recording
@@ -82,3 +84,33 @@ def recording_list_visible(*, user: User) -> QuerySet[Recording]:
 def recording_visible_get(*, user: User, recording_id: int) -> Recording | None:
     """Recording ``recording_id`` if ``user`` owns it or is the owner's friend, else None."""
     return recording_list_visible(user=user).filter(id=recording_id).first()
+
+
+def recording_bytes_used(*, user_id: int) -> int:
+    """Bytes of ``user_id``'s recordings (their stored ``size_bytes``; 0 while live)."""
+    total = Recording.objects.filter(owner_id=user_id).aggregate(total=Sum("size_bytes"))["total"]
+    return int(total or 0)
+
+
+def media_free_bytes() -> int:
+    """Free bytes on the filesystem of ``MEDIA_ROOT`` (or its nearest existing parent)."""
+    path = Path(settings.MEDIA_ROOT).absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return shutil.disk_usage(path).free
+
+
+def live_session_limit_exceeded(*, broadcaster_id: int, live_bytes: int) -> str | None:
+    """Which recording limit a live broadcast has reached, or None.
+
+    ``live_bytes`` is the size of the live recording's file so far. Returns
+    ``"limit_quota"`` when it and the user's other recordings reach
+    ``HEARTH["RECORDING_QUOTA_BYTES"]``, ``"limit_disk"`` when ``MEDIA_ROOT``'s free
+    space is below ``HEARTH["MIN_FREE_DISK_BYTES"]``.
+    """
+    limits = settings.HEARTH
+    if recording_bytes_used(user_id=broadcaster_id) + live_bytes >= limits["RECORDING_QUOTA_BYTES"]:
+        return "limit_quota"
+    if media_free_bytes() < limits["MIN_FREE_DISK_BYTES"]:
+        return "limit_disk"
+    return None

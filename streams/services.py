@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 from django.conf import settings
@@ -20,7 +21,12 @@ from project.api import UNCLEAN_TEXT_MESSAGE, text_is_clean
 from streams.models import LiveSession, Recording
 from streams.processors.factory import audio_chain_settings
 from streams.recording import RecordingInfo, WavFileError, wav_info, wav_repair
-from streams.selectors import live_session_stale_cutoff, live_session_stale_list
+from streams.selectors import (
+    live_session_stale_cutoff,
+    live_session_stale_list,
+    media_free_bytes,
+    recording_bytes_used,
+)
 from users.events import group_send_from_sync, users_notify
 from users.models import User
 from users.selectors import friend_ids
@@ -93,6 +99,23 @@ def recording_path(recording: Recording) -> Path:
     return Path(settings.MEDIA_ROOT) / recording.file.name
 
 
+def _go_live_limits_check(user_id: int) -> None:
+    """Refuse a go-live when the user's quota or the disk's free-space floor is reached."""
+    limits = settings.HEARTH
+    used, quota = recording_bytes_used(user_id=user_id), limits["RECORDING_QUOTA_BYTES"]
+    if used >= quota:
+        raise LiveSessionError(
+            f"Your recordings use {used / 1024**2:.0f} MiB of your {quota / 1024**2:.0f} MiB "
+            "quota. Delete some recordings to go live again.",
+            code="quota_exceeded",
+        )
+    if media_free_bytes() < limits["MIN_FREE_DISK_BYTES"]:
+        raise LiveSessionError(
+            "The server is running out of disk space for recordings; try again later.",
+            code="disk_full",
+        )
+
+
 def live_session_start(
     *, broadcaster: User, denoise: bool, owner_channel: str, title: str = ""
 ) -> tuple[LiveSession, Recording]:
@@ -105,10 +128,13 @@ def live_session_start(
     Raises:
         LiveSessionError: code ``already_live`` if the user is live elsewhere, which
             includes a session with a stale heartbeat whose recording is still being
-            written (its owner is alive, only slow to stamp it).
+            written (its owner is alive, only slow to stamp it); ``quota_exceeded`` if
+            the user's recordings fill ``RECORDING_QUOTA_BYTES``; ``disk_full`` if
+            ``MEDIA_ROOT``'s filesystem has less than ``MIN_FREE_DISK_BYTES`` free.
     """
     for stale in live_session_stale_list(broadcaster_id=broadcaster.id):
         _session_end_if_lost(stale)
+    _go_live_limits_check(broadcaster.id)
     with transaction.atomic():
         User.objects.select_for_update().filter(id=broadcaster.id).first()  # serialise go-lives
         if LiveSession.objects.filter(broadcaster=broadcaster, ended_at__isnull=True).exists():
@@ -426,3 +452,35 @@ def recording_delete(*, user: User, recording_id: int) -> None:
     recording.delete()
     transaction.on_commit(lambda: path.unlink(missing_ok=True))
     _notify_recordings_changed(user)
+
+
+def recording_delete_expired() -> int:
+    """Delete finished recordings older than ``HEARTH["RECORDING_RETENTION_DAYS"]``
+    (0: keep all) and, once that commits, their files; returns how many.
+
+    Recordings still being written are kept whatever their age.
+    """
+    days = settings.HEARTH["RECORDING_RETENTION_DAYS"]
+    if days <= 0:
+        return 0
+    cutoff = timezone.now() - timedelta(days=days)
+    with transaction.atomic():
+        expired = list(
+            Recording.objects.select_for_update().filter(
+                started_at__lt=cutoff, ended_at__isnull=False
+            )
+        )
+        if not expired:
+            return 0
+        paths = [recording_path(recording) for recording in expired]
+        Recording.objects.filter(id__in=[recording.id for recording in expired]).delete()
+
+        def unlink() -> None:
+            for path in paths:
+                path.unlink(missing_ok=True)
+
+        transaction.on_commit(unlink)
+        for owner_id in {recording.owner_id for recording in expired}:
+            _notify_recordings_changed(owner_id)
+    logger.info("deleted %d recording(s) older than %s days", len(expired), days)
+    return len(expired)

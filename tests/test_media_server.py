@@ -438,3 +438,31 @@ async def test_broadcaster_receiver_holds_one_frame_for_reordering() -> None:
     await expect(comm, "broadcast.ended")
     await pc.close()
     await comm.disconnect()
+
+
+# -- recording limits ------------------------------------------------------------------
+@pytest.mark.django_db(transaction=True)
+async def test_housekeeping_deletes_recordings_past_the_retention(server, settings) -> None:
+    # Before: recordings were kept for ever; nothing ran recording_delete_expired.
+    settings.HEARTH = {**settings.HEARTH, "RECORDING_RETENTION_DAYS": 1, "HOUSEKEEPING_S": 0.05}
+
+    def make():
+        user = make_user("old")
+        return make_recording(user, age_s=2 * 86400), make_recording(user, age_s=60)
+
+    old, recent = await database_sync_to_async(make)()
+    task = asyncio.ensure_future(server._housekeeping_loop())
+    try:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + WAIT_S
+        while True:
+            if not services.recording_path(old).exists() or loop.time() > deadline:
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    assert not services.recording_path(old).exists()
+    ids = await database_sync_to_async(lambda: list(Recording.objects.values_list("id")))()
+    assert ids == [(recent.id,)]

@@ -599,3 +599,85 @@ def test_no_live_event_when_rolled_back(alice, bob, layer, django_capture_on_com
     assert callbacks == []
     assert inbox.events() == []
     assert not LiveSession.objects.exists()
+
+
+# --- Recording limits: quota, disk floor, retention ----------------------------------
+
+
+def _limits(settings, **values) -> None:
+    settings.HEARTH = {**settings.HEARTH, **values}
+
+
+def _disk(free: int):
+    import shutil
+
+    return lambda path: shutil._ntuple_diskusage(10 * free, 9 * free, free)
+
+
+def test_recording_bytes_used_counts_the_users_recordings(alice, bob):
+    make_recording(alice, frames=1000)
+    make_recording(alice, frames=500)
+    make_recording(bob, frames=10)
+    assert selectors.recording_bytes_used(user_id=alice.id) == 2 * 44 + 2 * 1500
+    assert selectors.recording_bytes_used(user_id=make_user("dan").id) == 0
+
+
+def test_go_live_over_the_quota_is_refused_before_anything_is_created(alice, settings):
+    make_recording(alice, frames=1000)  # 2044 bytes
+    _limits(settings, RECORDING_QUOTA_BYTES=2044)
+    with pytest.raises(LiveSessionError, match="quota") as refused:
+        start(alice)
+    assert refused.value.code == "quota_exceeded"
+    assert not LiveSession.objects.exists() and Recording.objects.count() == 1
+    _limits(settings, RECORDING_QUOTA_BYTES=2045)
+    start(alice)
+
+
+def test_go_live_under_the_disk_floor_is_refused(alice, settings, monkeypatch):
+    _limits(settings, MIN_FREE_DISK_BYTES=1000)
+    monkeypatch.setattr("shutil.disk_usage", _disk(999))
+    with pytest.raises(LiveSessionError, match="disk space") as refused:
+        start(alice)
+    assert refused.value.code == "disk_full"
+    assert not LiveSession.objects.exists() and not Recording.objects.exists()
+    monkeypatch.setattr("shutil.disk_usage", _disk(1000))
+    start(alice)
+
+
+def test_live_limit_exceeded(alice, settings, monkeypatch):
+    make_recording(alice, frames=1000)  # 2044 bytes
+    _limits(settings, RECORDING_QUOTA_BYTES=3000, MIN_FREE_DISK_BYTES=1000)
+    monkeypatch.setattr("shutil.disk_usage", _disk(5000))
+    assert selectors.live_session_limit_exceeded(broadcaster_id=alice.id, live_bytes=900) is None
+    assert (
+        selectors.live_session_limit_exceeded(broadcaster_id=alice.id, live_bytes=956)
+        == "limit_quota"
+    )
+    monkeypatch.setattr("shutil.disk_usage", _disk(999))
+    assert selectors.live_session_limit_exceeded(broadcaster_id=alice.id, live_bytes=0) == (
+        "limit_disk"
+    )
+
+
+def test_expired_recordings_are_deleted_their_files_after_commit(
+    alice, bob, settings, layer, django_capture_on_commit_callbacks
+):
+    old = make_recording(alice, age_s=3 * 86400)
+    old_bobs = make_recording(bob, age_s=3 * 86400)
+    recent = make_recording(alice, age_s=86400)
+    _, live = start(alice)
+    Recording.objects.filter(id=live.id).update(started_at=timezone.now() - timedelta(days=5))
+    _limits(settings, RECORDING_RETENTION_DAYS=0)
+    assert services.recording_delete_expired() == 0  # off by default
+    _limits(settings, RECORDING_RETENTION_DAYS=2)
+    inbox = Inbox(layer, user_group(alice.id))
+    paths = [services.recording_path(r) for r in (old, old_bobs)]
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        assert services.recording_delete_expired() == 2
+    assert set(Recording.objects.values_list("id", flat=True)) == {recent.id, live.id}
+    assert all(path.exists() for path in paths)  # not before the commit
+    for callback in callbacks:
+        callback()
+    assert not any(path.exists() for path in paths)
+    assert services.recording_path(recent).exists()
+    assert ("recordings.changed", {}) in inbox.events()
