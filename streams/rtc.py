@@ -33,7 +33,7 @@ from channels.db import database_sync_to_async
 from channels.layers import InMemoryChannelLayer, get_channel_layer
 from django.conf import settings
 
-from streams import services
+from streams import selectors, services
 from streams.ice import ice_host_addresses_apply
 from streams.media.graph import Graph, GraphRunner, TrackSource
 from streams.media.items import Event
@@ -184,6 +184,7 @@ class BroadcastRoom:
         self._task: asyncio.Task[None] | None = None
         self._stats_task: asyncio.Task[None] | None = None
         self._connect_task: asyncio.Task[None] | None = None
+        self._limits_task: asyncio.Task[None] | None = None
         self._published_listeners = 0  # the count last stored and sent
         self.closing = False
 
@@ -201,7 +202,7 @@ class BroadcastRoom:
         )
         self.stage = ProcessorStage(chain)
         recorder = await loop.run_in_executor(workers.io, WavRecorder, self.recording_file)
-        self.recorder_sink = RecorderSink(recorder, workers.io)
+        self.recorder_sink = RecorderSink(recorder, workers.io, on_failed=self._on_recorder_failed)
         self.relay = Relay(
             encoder=OpusEncoder(),
             executor=workers.encode,
@@ -215,6 +216,8 @@ class BroadcastRoom:
         async def on_state() -> None:
             if pc.connectionState == "connected":
                 connected.set()
+                if self._limits_task is None and not self.closing:
+                    self._limits_task = asyncio.ensure_future(self._limits_loop())
             if pc.connectionState in ("failed", "closed") and not self.closing:
                 self.server.broadcast_stop_soon(self.session_id, reason="disconnected")
 
@@ -256,6 +259,74 @@ class BroadcastRoom:
                     timeout,
                 )
                 self.server.broadcast_stop_soon(self.session_id, reason="failed")
+
+    def _on_recorder_failed(self, exc: Exception) -> None:
+        """The recorder can no longer write: end the broadcast instead of dropping audio."""
+        if self.closing:
+            return
+        reason = "limit_disk" if isinstance(exc, OSError) else "limit_size"
+        logger.error("session %s: recording cannot go on (%s); ending it", self.session_id, exc)
+        self.server.broadcast_stop_soon(self.session_id, reason=reason)
+
+    async def _limits_loop(self) -> None:
+        """End the broadcast at ``MAX_BROADCAST_S`` after it connected (``limit_duration``,
+        ``session.warning`` ``LIMIT_WARNING_S`` before), or when every ``LIMIT_CHECK_S``
+        the user's quota or the disk floor is found reached (``limit_quota``/``limit_disk``).
+        """
+        hearth = settings.HEARTH
+        loop = asyncio.get_running_loop()
+        ends_at = loop.time() + hearth["MAX_BROADCAST_S"]
+        warn_at = ends_at - hearth["LIMIT_WARNING_S"]
+        next_check = loop.time() + hearth["LIMIT_CHECK_S"]  # go-live has just checked
+        warned = False
+        while not self.closing:
+            now = loop.time()
+            if now >= ends_at:
+                self.server.broadcast_stop_soon(self.session_id, reason="limit_duration")
+                return
+            if not warned and now >= warn_at:
+                warned = True
+                await self._warn(seconds_left=ends_at - now)
+            if now >= next_check:
+                next_check = now + hearth["LIMIT_CHECK_S"]
+                reason = await self._storage_limit()
+                if reason is not None and not self.closing:
+                    logger.warning("session %s reached %s; ending it", self.session_id, reason)
+                    self.server.broadcast_stop_soon(self.session_id, reason=reason)
+                    return
+            wake = min(ends_at, next_check, ends_at if warned else warn_at)
+            await asyncio.sleep(max(0.0, wake - loop.time()))
+
+    async def _storage_limit(self) -> str | None:
+        def check() -> str | None:
+            try:
+                live_bytes = self.recording_file.stat().st_size
+            except OSError:
+                live_bytes = 0
+            return selectors.live_session_limit_exceeded(
+                broadcaster_id=self.broadcaster_id, live_bytes=live_bytes
+            )
+
+        try:
+            return await database_sync_to_async(check)()
+        except Exception:
+            logger.exception("could not check the limits of session %s", self.session_id)
+            return None
+
+    async def _warn(self, *, seconds_left: float) -> None:
+        """Tell the session's pages the broadcast ends at the duration cap soon."""
+        left = max(1, round(seconds_left))
+        data = {
+            "session_id": self.session_id,
+            "reason": "limit_duration",
+            "seconds_left": left,
+            "message": f"Broadcasts are limited in length: this one ends in {left} s.",
+        }
+        message = {"type": "hearth.event", "event": "session.warning", "data": data}
+        try:
+            await get_channel_layer().group_send(services.session_group(self.session_id), message)
+        except Exception:
+            logger.exception("could not warn session %s", self.session_id)
 
     def _start_graph(self, track: Any) -> None:
         assert self.stage is not None and self.recorder_sink is not None and self.relay
@@ -461,6 +532,8 @@ class BroadcastRoom:
             self._stats_task.cancel()
         if self._connect_task is not None:
             self._connect_task.cancel()
+        if self._limits_task is not None and self._limits_task is not asyncio.current_task():
+            self._limits_task.cancel()
         if self.pc is not None:
             with contextlib.suppress(Exception):
                 await self.pc.close()

@@ -466,3 +466,82 @@ async def test_housekeeping_deletes_recordings_past_the_retention(server, settin
     assert not services.recording_path(old).exists()
     ids = await database_sync_to_async(lambda: list(Recording.objects.values_list("id")))()
     assert ids == [(recent.id,)]
+
+
+async def _broadcast_until_ended(ann) -> tuple[list[dict], dict]:
+    """Go live with a silent track and read the page's frames until ``session.ended``."""
+    tab = await connected(ann)
+    pc, answer = await _go_live(tab, AudioStreamTrack())
+    frames: list[dict] = []
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 2 * WAIT_S
+    try:
+        while not frames or frames[-1]["type"] != "session.ended":
+            assert loop.time() < deadline, f"no session.ended within {2 * WAIT_S} s: {frames}"
+            frames.append(await tab.receive_json_from(timeout=WAIT_S))
+    finally:
+        await close_all([pc], [tab])
+    assert frames[-1]["session_id"] == answer["session_id"]
+    return frames, frames[-1]
+
+
+async def _finalised_recording(recording_id: int) -> Recording:
+    """The recording, checked to be finalised and playable (header matches the file)."""
+    import wave
+
+    recording = await database_sync_to_async(Recording.objects.get)(id=recording_id)
+    path = services.recording_path(recording)
+    with wave.open(str(path)) as wav:
+        frames = wav.getnframes()
+    assert frames > 0 and frames == (path.stat().st_size - 44) // 2
+    assert recording.ended_at is not None and recording.size_bytes == path.stat().st_size
+    assert recording.duration_s == pytest.approx(frames / 48_000)
+    return recording
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_broadcast_is_ended_at_the_duration_cap_with_a_warning_first(settings) -> None:
+    # Before: a broadcast ran (and recorded) for as long as its peer stayed connected.
+    settings.HEARTH = {**settings.HEARTH, "MAX_BROADCAST_S": 1.0}
+    ann, _ = await _friends()
+    frames, ended = await _broadcast_until_ended(ann)
+    warning = next(f for f in frames if f["type"] == "session.warning")
+    assert warning["reason"] == "limit_duration" and 0 < warning["seconds_left"] <= 1
+    assert ended["reason"] == "limit_duration"
+    recording = await _finalised_recording(ended["recording_id"])
+    assert 0.5 < recording.duration_s < 1.0 + WAIT_S
+    session = await database_sync_to_async(LiveSession.objects.get)(id=ended["session_id"])
+    assert session.end_reason == "limit_duration"
+    assert rtc.media_server().rooms == {}
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_broadcast_is_ended_when_the_recorder_reaches_the_wav_size_limit(
+    monkeypatch,
+) -> None:
+    # Before: the recorder's ValueError at the RIFF limit cut the recorder sink off and
+    # the broadcast went on with every later block silently dropped from the recording.
+    monkeypatch.setattr("streams.recording.MAX_DATA_BYTES", 2 * 48_000 // 2)  # 0.5 s
+    ann, _ = await _friends()
+    _, ended = await _broadcast_until_ended(ann)
+    assert ended["reason"] == "limit_size"
+    recording = await _finalised_recording(ended["recording_id"])
+    assert recording.duration_s <= 0.5
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_broadcast_is_ended_when_the_disk_floor_is_crossed(settings, monkeypatch) -> None:
+    settings.HEARTH = {**settings.HEARTH, "LIMIT_CHECK_S": 0.2, "MIN_FREE_DISK_BYTES": 1000}
+    real_disk_usage = __import__("shutil").disk_usage
+    calls = []
+
+    def disk_usage(path):  # plenty at go-live, then full
+        calls.append(path)
+        usage = real_disk_usage(path)
+        return usage if len(calls) == 1 else usage._replace(free=999)
+
+    monkeypatch.setattr("shutil.disk_usage", disk_usage)
+    ann, _ = await _friends()
+    _, ended = await _broadcast_until_ended(ann)
+    assert ended["reason"] == "limit_disk"
+    await _finalised_recording(ended["recording_id"])

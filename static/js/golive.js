@@ -40,6 +40,10 @@ const END_REASONS = {
   server_shutdown: "The server restarted, so the broadcast ended.",
   lost: "The server lost track of this broadcast, so it ended. Your recording is saved.",
   failed: "The server could not start the broadcast.",
+  limit_duration: "The broadcast reached the maximum length, so it ended. Your recording is saved.",
+  limit_quota: "Your recordings reached your storage quota, so the broadcast ended.",
+  limit_disk: "The server ran low on disk space, so the broadcast ended. Your recording is saved.",
+  limit_size: "The recording reached its maximum file size, so the broadcast ended.",
 };
 
 let state = "idle";

@@ -27,6 +27,9 @@ class RecorderSink(Sink):
         executor: Where writes and the close run.
         max_items: Queue bound (default 30000 chunks: 10 minutes of 20 ms blocks).
         batch: Chunks per write (a crash loses at most this much more audio).
+        on_failed: Called on the loop with the error when a write fails (the RIFF size
+            limit, a full disk): the sink is then cut off, so its owner should end the
+            recording rather than let later audio be dropped unnoticed.
     """
 
     name = "recorder"
@@ -39,6 +42,7 @@ class RecorderSink(Sink):
         *,
         max_items: int = 30_000,
         batch: int = 5,
+        on_failed: Callable[[Exception], None] | None = None,
     ) -> None:
         self.recorder = recorder
         self.executor = executor
@@ -47,6 +51,8 @@ class RecorderSink(Sink):
         self._pending: list[NDArray[np.float32]] = []
         self.info: RecordingInfo | None = None
         self.write_errors = 0
+        self.failed = False  # a write failed: nothing more reaches the file
+        self.on_failed = on_failed
         self.clipped = 0  # samples beyond [-1, 1], clipped by the 16-bit conversion
 
     async def write(self, item: Item) -> None:
@@ -65,8 +71,11 @@ class RecorderSink(Sink):
         loop = asyncio.get_running_loop()
         try:
             await loop.run_in_executor(self.executor, self._write, samples)
-        except ValueError:  # closed under us (shutdown) or the RIFF size limit
+        except (ValueError, OSError) as exc:  # closed under us, the RIFF limit, disk full
             self.write_errors += 1
+            self.failed = True
+            if self.on_failed is not None:
+                self.on_failed(exc)
             raise
 
     def _write(self, samples: NDArray[np.float32]) -> None:
