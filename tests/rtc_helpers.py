@@ -30,6 +30,20 @@ async def connected(user: Any) -> WebsocketCommunicator:
     return comm
 
 
+async def friends_make() -> tuple[Any, Any]:
+    """Two users, "ann" and "ben", who are friends (made in the database thread)."""
+    from channels.db import database_sync_to_async
+
+    from tests.factories import befriend, make_user
+
+    def make() -> tuple[Any, Any]:
+        ann, ben = make_user("ann"), make_user("ben")
+        befriend(ann, ben)
+        return ann, ben
+
+    return await database_sync_to_async(make)()
+
+
 async def close_all(peers: list[Any], comms: list[WebsocketCommunicator]) -> None:
     """Close the peer connections (None entries skipped), then the communicators."""
     for pc in peers:

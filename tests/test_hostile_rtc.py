@@ -19,8 +19,15 @@ from channels.db import database_sync_to_async
 from streams import rtc
 from streams.models import LiveSession, Recording
 from streams.sdp import candidate_address_refusal, candidates_filter, deny_networks_parse
-from tests.factories import befriend, make_user
-from tests.rtc_helpers import accept_answer, client_peer, close_all, connected, expect, offer_sdp
+from tests.rtc_helpers import (
+    accept_answer,
+    client_peer,
+    close_all,
+    connected,
+    expect,
+    friends_make,
+    offer_sdp,
+)
 
 WAIT_S = 10.0  # upper bound of every wait for something that should happen at once
 
@@ -32,15 +39,6 @@ def hearth(settings) -> dict[str, Any]:
     """A copy of ``settings.HEARTH`` this test may change."""
     settings.HEARTH = dict(settings.HEARTH)
     return settings.HEARTH
-
-
-async def _friends():
-    def make():
-        ann, ben = make_user("ann"), make_user("ben")
-        befriend(ann, ben)
-        return ann, ben
-
-    return await database_sync_to_async(make)()
 
 
 def _candidates(sdp: str) -> list[str]:
@@ -115,7 +113,7 @@ async def test_offer_aiortc_cannot_use_creates_no_session_and_no_denoiser(
         raise AssertionError("audio_chain_build must not run for an unusable offer")
 
     monkeypatch.setattr(rtc, "audio_chain_build", chain_build)
-    ann, _ = await _friends()
+    ann, _ = await friends_make()
     comm = await connected(ann)
     pc = client_peer()
     try:
@@ -183,7 +181,7 @@ async def test_broadcast_offer_with_200_candidates_is_filtered_and_still_connect
     hearth,
 ) -> None:
     hearth["MAX_REMOTE_CANDIDATES"] = 16
-    ann, _ = await _friends()
+    ann, _ = await friends_make()
     comm = await connected(ann)
     pc = client_peer()
     try:
@@ -213,7 +211,7 @@ async def test_broadcast_offer_with_200_candidates_is_filtered_and_still_connect
 @pytest.mark.django_db(transaction=True)
 async def test_listener_offer_candidates_are_filtered_too(hearth) -> None:
     hearth["MAX_REMOTE_CANDIDATES"] = 4
-    ann, ben = await _friends()
+    ann, ben = await friends_make()
     a, b = await connected(ann), await connected(ben)
     pc_a, pc_b = client_peer(), client_peer()
     try:
@@ -260,7 +258,7 @@ async def test_listener_that_never_connects_is_closed_and_never_counted(hearth) 
     # until aioice gave up, if ever. Now it counts only once connected, and is closed
     # (its page told ``connect_timeout``) when not connected in PEER_CONNECT_TIMEOUT_S.
     hearth["PEER_CONNECT_TIMEOUT_S"] = 3.0
-    ann, ben = await _friends()
+    ann, ben = await friends_make()
     a, b = await connected(ann), await connected(ben)
     pc_a = pc_b = None
     try:
@@ -294,7 +292,7 @@ async def test_broadcaster_that_never_connects_is_ended_as_failed(hearth) -> Non
     # Before: a broadcaster that never applied the answer kept its session "live",
     # its recording open and its denoiser loaded. Now it ends as "failed".
     hearth["PEER_CONNECT_TIMEOUT_S"] = 1.0
-    ann, _ = await _friends()
+    ann, _ = await friends_make()
     comm = await connected(ann)
     pc = client_peer()
     try:
@@ -317,7 +315,7 @@ async def test_a_fourth_pending_listen_of_one_user_is_refused(hearth) -> None:
     # and a UDP socket on the server. Now the 4th still-connecting one is refused.
     hearth["MAX_PENDING_LISTENS_PER_USER"] = 3
     hearth["PEER_CONNECT_TIMEOUT_S"] = 60.0  # they stay pending for the whole test
-    ann, ben = await _friends()
+    ann, ben = await friends_make()
     a = await connected(ann)
     pages = [await connected(ben) for _ in range(4)]
     pc_a = None

@@ -25,13 +25,14 @@ from streams import rtc, services
 from streams.models import LiveSession, Recording
 from streams.processors.base import PassThrough
 from tests import live_server
-from tests.factories import befriend, make_recording, make_user
+from tests.factories import make_recording, make_user
 from tests.rtc_helpers import (
     accept_answer,
     client_peer,
     close_all,
     connected,
     expect,
+    friends_make,
     offer_sdp,
 )
 
@@ -53,15 +54,6 @@ async def _settle(rounds: int = 50) -> None:
     """Let every ready task on the loop run for a while (no I/O is involved)."""
     for _ in range(rounds):
         await asyncio.sleep(0)
-
-
-async def _friends():
-    def make():
-        ann, ben = make_user("ann"), make_user("ben")
-        befriend(ann, ben)
-        return ann, ben
-
-    return await database_sync_to_async(make)()
 
 
 async def _go_live(comm, *tracks):
@@ -289,7 +281,7 @@ async def test_unused_tracks_are_answered_inactive_or_not_received() -> None:
     # listener's own microphone ``sendrecv`` (received and drained likewise): media
     # Hearth never uses still cost bandwidth and CPU. Now such sections are answered
     # ``inactive``, and a listener's audio ``sendonly``.
-    ann, ben = await _friends()
+    ann, ben = await friends_make()
     a, b = await connected(ann), await connected(ben)
     pc_a = pc_b = None
     try:
@@ -334,7 +326,7 @@ async def test_listener_answer_does_not_wait_for_publishing_the_listener_count(
         await never.wait()
 
     monkeypatch.setattr(rtc.BroadcastRoom, "publish_stats", publish_stats_stuck)
-    ann, ben = await _friends()
+    ann, ben = await friends_make()
     a, b = await connected(ann), await connected(ben)
     pc_a = pc_b = None
     try:
@@ -424,7 +416,7 @@ async def test_broadcaster_receiver_holds_one_frame_for_reordering() -> None:
     # HEARTH["RECEIVE_REORDER_FRAMES"]. Fails loudly if an aiortc upgrade moves the buffer.
     from aiortc.jitterbuffer import JitterBuffer
 
-    ann, _ = await _friends()
+    ann, _ = await friends_make()
     comm = await connected(ann)
     pc = client_peer()
     pc.addTransceiver(AudioStreamTrack(), direction="sendonly")
@@ -503,7 +495,7 @@ async def _finalised_recording(recording_id: int) -> Recording:
 async def test_broadcast_is_ended_at_the_duration_cap_with_a_warning_first(settings) -> None:
     # Before: a broadcast ran (and recorded) for as long as its peer stayed connected.
     settings.HEARTH = {**settings.HEARTH, "MAX_BROADCAST_S": 1.0}
-    ann, _ = await _friends()
+    ann, _ = await friends_make()
     frames, ended = await _broadcast_until_ended(ann)
     warning = next(f for f in frames if f["type"] == "session.warning")
     assert warning["reason"] == "limit_duration" and 0 < warning["seconds_left"] <= 1
@@ -522,7 +514,7 @@ async def test_broadcast_is_ended_when_the_recorder_reaches_the_wav_size_limit(
     # Before: the recorder's ValueError at the RIFF limit cut the recorder sink off and
     # the broadcast went on with every later block silently dropped from the recording.
     monkeypatch.setattr("streams.recording.MAX_DATA_BYTES", 2 * 48_000 // 2)  # 0.5 s
-    ann, _ = await _friends()
+    ann, _ = await friends_make()
     _, ended = await _broadcast_until_ended(ann)
     assert ended["reason"] == "limit_size"
     recording = await _finalised_recording(ended["recording_id"])
@@ -541,7 +533,7 @@ async def test_broadcast_is_ended_when_the_disk_floor_is_crossed(settings, monke
         return usage if len(calls) == 1 else usage._replace(free=999)
 
     monkeypatch.setattr("shutil.disk_usage", disk_usage)
-    ann, _ = await _friends()
+    ann, _ = await friends_make()
     _, ended = await _broadcast_until_ended(ann)
     assert ended["reason"] == "limit_disk"
     await _finalised_recording(ended["recording_id"])
