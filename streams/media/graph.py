@@ -34,7 +34,7 @@ import logging
 import time
 from abc import ABC, abstractmethod
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -457,7 +457,7 @@ class GraphRunner:
                 if generation != self._generation:
                     raise DeadlineExceeded("abandoned chain")
                 self._current = (index, item)
-                if index in self.stage_failed or (lagging and getattr(stage, "skippable", True)):
+                if index in self.stage_failed or (lagging and stage.skippable):
                     out.extend(stage.fail_closed(item))
                     continue
                 started = time.perf_counter()
@@ -579,7 +579,7 @@ class GraphRunner:
         if lagging:
             self.metrics.lag_events += 1
         started = time.perf_counter()
-        if lagging and all(getattr(stage, "skippable", True) for stage in self.graph.stages):
+        if lagging and all(stage.skippable for stage in self.graph.stages):
             # Too late for anyone: the fail-closed output straight away, on the loop
             # (zeros; no worker hop), so a backlog clears in a few loop turns.
             result = _ChainResult(self._fail_closed_chain(block), {})
@@ -612,7 +612,6 @@ class GraphRunner:
         except Exception as exc:
             logger.exception("source of %s failed; ending the stream", self.name)
             self.source_error = str(exc) or type(exc).__name__
-            self._range_end = reblocker.next_pts
         finally:
             if self._range_end is None:  # stopped or failed: the range ends here
                 self._range_end = reblocker.next_pts
@@ -697,13 +696,6 @@ class GraphRunner:
 
 def _first_chunk(items: list[Item]) -> AudioChunk:
     return next(i for i in items if isinstance(i, AudioChunk))
-
-
-def chunks_concat(chunks: Sequence[AudioChunk]) -> NDArray[np.float32]:
-    """Samples of contiguous chunks joined (float32, shape ``(n,)``)."""
-    if not chunks:
-        return np.zeros(0, dtype=np.float32)
-    return np.concatenate([c.samples for c in chunks]).astype(np.float32, copy=False)
 
 
 __all__ = [

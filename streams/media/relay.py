@@ -180,7 +180,6 @@ class Relay:
         self.max_queue = max_queue
         self.tracks: set[RelayTrack] = set()
         self.packets_encoded = 0
-        self.keyframe_requests = 0
         self._keyframe = False
 
     def subscribe(self) -> RelayTrack:
@@ -196,7 +195,6 @@ class Relay:
 
     def request_keyframe(self) -> None:
         """Make the next encoded chunk a keyframe (new listener, PLI, FIR)."""
-        self.keyframe_requests += 1
         self._keyframe = True
 
     def attach_sender(self, sender: Any) -> None:

@@ -14,7 +14,7 @@ from abc import ABC, abstractmethod
 
 import numpy as np
 
-from streams.media.items import AudioChunk, Event, Item, silence
+from streams.media.items import AudioChunk, Item, silence
 from streams.processors.base import AudioProcessor
 
 
@@ -134,8 +134,3 @@ class ProcessorStage(Stage):
     def close(self) -> None:
         """Close the kernel (idempotent)."""
         self.processor.close()
-
-
-def stage_events(items: list[Item]) -> list[Event]:
-    """The events among ``items``."""
-    return [i for i in items if isinstance(i, Event)]
