@@ -379,15 +379,11 @@ class BroadcastRoom:
             answer = await pc.createAnswer()
             await pc.setLocalDescription(answer)
         except Exception as exc:
-            self.server.pending_listen_release(user_id)
-            track.stop()
-            await pc.close()
+            await self._listen_undo(user_id=user_id, pc=pc, track=track)
             logger.info("unusable listener SDP offer: %r", exc)
             raise SignalingError("The SDP offer could not be used.") from exc
         if self.closing:  # the broadcast ended while we answered
-            self.server.pending_listen_release(user_id)
-            track.stop()
-            await pc.close()
+            await self._listen_undo(user_id=user_id, pc=pc, track=track)
             raise SignalingError("This broadcast has ended.", code="not_live")
         self.relay.attach_sender(sender)
         listener = _Listener(pc=pc, track=track, user_id=user_id, connected=asyncio.Event())
@@ -408,6 +404,13 @@ class BroadcastRoom:
         # (publish_stats sends only when the connected count changed).
         self.server.spawn(self.publish_stats())
         return pc.localDescription.sdp
+
+    async def _listen_undo(self, *, user_id: int, pc: RTCPeerConnection, track: RelayTrack) -> None:
+        """Release what a listen that will not be answered took: the user's pending
+        slot, the relay track and the peer connection."""
+        self.server.pending_listen_release(user_id)
+        track.stop()
+        await pc.close()
 
     def _listener_settle(self, listener: _Listener) -> None:
         """Give back the listener's pending slot (once: connected or removed)."""
