@@ -383,6 +383,16 @@ class BrokenSink(Sink):
         raise OSError("disk gone")
 
 
+async def _until(condition, timeout: float = 20.0) -> None:
+    """Wait (bounded) until ``condition()`` holds; a loaded machine only makes it slower."""
+
+    for _ in range(round(timeout / 0.01)):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"condition not reached within {timeout} s")
+
+
 def _tone_runner(sinks: list[Sink], blocks: int, workers: Workers) -> GraphRunner:
     return GraphRunner(
         Graph(stages=[ProcessorStage(PassThrough())], sinks=sinks),
@@ -398,10 +408,7 @@ async def test_a_stuck_sink_delays_nobody_and_loses_nothing(workers) -> None:
     stuck, fast, broken = GatedSink(gate), CollectSink(), BrokenSink()
     runner = _tone_runner([stuck, broken, fast], 40, workers)
     run = asyncio.ensure_future(runner.run())
-    for _ in range(200):
-        if len(fast.chunks) == 40:
-            break
-        await asyncio.sleep(0.01)
+    await _until(lambda: len(fast.chunks) == 40)
     assert len(fast.chunks) == 40 and stuck.items == []  # fast sink done, stuck one waits
     gate.set()
     await asyncio.wait_for(run, 10)
@@ -414,10 +421,7 @@ async def test_drop_oldest_queue_is_bounded_and_counts_drops(workers) -> None:
     sink.policy, sink.max_items = QueuePolicy.DROP_OLDEST, 5
     runner = _tone_runner([sink], 30, workers)
     run = asyncio.ensure_future(runner.run())
-    for _ in range(200):
-        if runner.metrics.blocks_in == 30:
-            break
-        await asyncio.sleep(0.01)
+    await _until(lambda: runner.metrics.blocks_in == 30)  # all in before the gate opens
     gate.set()
     metrics = await asyncio.wait_for(run, 10)
     assert metrics.sink_drops["gated"] >= 20
