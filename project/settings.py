@@ -297,6 +297,24 @@ HEARTH = {
     # A broadcaster or listener peer connection not "connected" within this many
     # seconds of its answer is closed (broadcast ended as "failed").
     "PEER_CONNECT_TIMEOUT_S": 15.0,
+    # --- Media tier ---
+    # True: this daphne process also runs a media worker (the README's one-command
+    # setup). False: daphne carries no media; run `manage.py mediaworker` processes
+    # (any number, on any machine sharing the database, Redis and MEDIA_ROOT).
+    "MEDIA_IN_PROCESS": os.environ.get("MEDIA_IN_PROCESS", "1") == "1",
+    # Broadcasts one media worker takes; a go-live is placed on the least-loaded
+    # worker and refused ("server_full") when all are full. bench/live.py measured
+    # about 2 denoised broadcasts on 2 cores next to their listeners' clients.
+    "MEDIA_WORKER_CAPACITY": int(
+        os.environ.get("MEDIA_WORKER_CAPACITY", 2 * (os.cpu_count() or 2))
+    ),
+    # Seconds between a worker's liveness stamps, and the age after which a worker
+    # that stopped stamping is dead: its sessions end ("worker_lost") and their
+    # recordings are repaired by the next housekeeping pass of any process.
+    "WORKER_HEARTBEAT_S": 2.0,
+    "WORKER_STALE_S": float(os.environ.get("WORKER_STALE_S", 10.0)),
+    # Seconds a page waits for a worker to answer (or refuse) a go-live or a stop.
+    "BROADCAST_REPLY_TIMEOUT_S": float(os.environ.get("BROADCAST_REPLY_TIMEOUT_S", 15.0)),
     # Listens of one user still connecting (answered, not connected) per process;
     # more are refused with "too_many_pending".
     "MAX_PENDING_LISTENS_PER_USER": 3,

@@ -14,6 +14,12 @@ from django.http import HttpRequest, JsonResponse
 logger = logging.getLogger("hearth.health")
 
 
+def _media_workers_alive() -> int:
+    from streams.selectors import media_workers_alive
+
+    return media_workers_alive()
+
+
 def _database_ok() -> str:
     with connection.cursor() as cursor:
         cursor.execute("SELECT 1")
@@ -22,7 +28,11 @@ def _database_ok() -> str:
 
 
 async def health(request: HttpRequest) -> JsonResponse:
-    """GET /health → 200 ``{"status": "ok", "database": {...}, "channel_layer": {...}}``.
+    """GET /health → 200 ``{"status": "ok", "database": {...}, "channel_layer": {...},
+    "media_workers": N}``.
+
+    ``media_workers`` counts the media workers that stamped themselves within
+    ``WORKER_STALE_S`` (informational: a web tier may be up before its workers).
 
     The database is checked with ``SELECT 1``; the channel layer with a message sent
     to and received from a fresh channel (a real round trip through Redis when
@@ -36,6 +46,7 @@ async def health(request: HttpRequest) -> JsonResponse:
     try:
         vendor = await sync_to_async(_database_ok)()
         report["database"] = {"status": "ok", "vendor": vendor}
+        report["media_workers"] = await sync_to_async(_media_workers_alive)()
     except Exception:
         healthy = False
         logger.exception("Health check: database failed")

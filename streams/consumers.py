@@ -19,7 +19,9 @@ import functools
 import json
 import logging
 import re
+import secrets
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from channels.db import database_sync_to_async
@@ -28,6 +30,7 @@ from django.conf import settings
 
 from streams import selectors, services
 from streams.rtc import SignalingError, media_server, sdp_validate
+from streams.services import media_worker_reserve
 from users.events import user_group
 from users.models import User
 from users.ratelimit import RATE_LIMITED_MESSAGE, user_limited
@@ -108,11 +111,23 @@ def _session_id(content: dict[str, Any]) -> int:
     return value
 
 
+@dataclass
+class _GoLive:
+    """A go-live sent to a media worker and not answered yet."""
+
+    request_id: str
+    content: dict[str, Any]  # the page's broadcast.start frame (sdp, denoise)
+    tried: list[str] = field(default_factory=list)  # workers that refused (full)
+    deadline: asyncio.Task[None] | None = None
+
+
 class HearthConsumer(AsyncWebsocketConsumer):
     """Per-page socket. Joins ``user.<id>`` for events; may broadcast or listen."""
 
     user: User
     broadcasting: int | None = None
+    broadcast_owner: str = ""  # the channel of the worker holding our broadcast
+    going_live: _GoLive | None = None
     listening: dict[int, str]
     cleaned_up: bool = False
     # session id → the task that gives up on the owner's reply (see on_listen_start)
@@ -156,10 +171,17 @@ class HearthConsumer(AsyncWebsocketConsumer):
         self.cleaned_up = True
         for waiter in getattr(self, "listen_replies", {}).values():
             waiter.cancel()
+        if self.going_live is not None and self.going_live.deadline is not None:
+            self.going_live.deadline.cancel()
+        self.going_live = None  # a late answer goes nowhere; its worker stops it
         steps: list[Callable[[], Awaitable[object]]] = []
         if self.broadcasting is not None:
             session_id, self.broadcasting = self.broadcasting, None
-            steps.append(lambda: media_server().broadcast_stop(session_id, reason="disconnected"))
+            steps.append(
+                functools.partial(
+                    self._broadcast_stop_send, session_id, self.broadcast_owner, "disconnected"
+                )
+            )
         for session_id, owner_channel in list(self.listening.items()):
             steps.append(functools.partial(self._listen_leave, session_id, owner_channel))
         for group in list(self.groups_joined):
@@ -251,32 +273,104 @@ class HearthConsumer(AsyncWebsocketConsumer):
             raise ProtocolError(RATE_LIMITED_MESSAGE, code="rate_limited")
 
     async def on_broadcast_start(self, content: dict[str, Any]) -> None:
-        """Go live from this page with the SDP offer ``sdp``.
+        """Go live from this page with the SDP offer ``sdp``: place it on a media worker.
 
-        Attempts are limited per user (``HEARTH["BROADCAST_START_RATE"]``).
+        The least-loaded live worker with room gets ``rtc.broadcast.start``; its
+        answer (``rtc_broadcast_answer``) or refusal (``rtc_broadcast_error``) comes
+        back to this consumer's channel. Attempts are limited per user
+        (``HEARTH["BROADCAST_START_RATE"]``).
         """
         await self._rate_limit("ws:broadcast.start", "BROADCAST_START_RATE")
-        if self.broadcasting is not None:
+        if self.broadcasting is not None or self.going_live is not None:
             raise ProtocolError("This page is already live.", code="already_live")
         denoise = content.get("denoise", True)
         if not isinstance(denoise, bool):
             raise ProtocolError("denoise must be true or false.")
-        session_id, answer = await media_server().broadcast_start(
-            user=self.user, offer_sdp=sdp_validate(content.get("sdp")), denoise=denoise
+        sdp = sdp_validate(content.get("sdp"))
+        if settings.HEARTH["MEDIA_IN_PROCESS"]:
+            await media_server().ensure_started()  # this process's worker is placeable
+        self.going_live = _GoLive(
+            request_id=secrets.token_hex(8), content={"sdp": sdp, "denoise": denoise}
         )
-        self.broadcasting = session_id
-        await self._join(services.session_group(session_id))
-        await self._send({"type": "broadcast.answer", "session_id": session_id, "sdp": answer})
+        await self._broadcast_place()
+
+    async def _broadcast_place(self) -> None:
+        """Send the pending go-live to the least-loaded worker not tried yet.
+
+        Raises:
+            ProtocolError: ``server_full`` when every live worker is full (or refused),
+                ``unavailable`` when no media worker is running at all.
+        """
+        pending = self.going_live
+        assert pending is not None
+        candidates = await database_sync_to_async(selectors.media_worker_candidates)(
+            exclude=pending.tried
+        )
+        for worker in candidates:
+            if not await database_sync_to_async(media_worker_reserve)(worker_id=worker.id):
+                continue  # another page took its last slot meanwhile
+            pending.tried.append(worker.channel_name)
+            await self.channel_layer.send(
+                worker.channel_name,
+                {
+                    "type": "rtc.broadcast.start",
+                    "request_id": pending.request_id,
+                    "user_id": self.user.id,
+                    "reply_channel": self.channel_name,
+                    **pending.content,
+                },
+            )
+            if pending.deadline is None:
+                pending.deadline = asyncio.ensure_future(self._broadcast_reply_deadline(pending))
+            return
+        self._going_live_drop()
+        alive = await database_sync_to_async(selectors.media_workers_alive)()
+        if not alive:
+            raise ProtocolError(
+                "No media server is running right now; try again in a minute.",
+                code="unavailable",
+            )
+        raise ProtocolError(
+            "Every media server is full right now; try again in a few minutes.",
+            code="server_full",
+        )
+
+    def _going_live_drop(self) -> None:
+        pending, self.going_live = self.going_live, None
+        deadline = pending.deadline if pending is not None else None
+        if deadline is not None and deadline is not asyncio.current_task():
+            deadline.cancel()
+
+    async def _broadcast_reply_deadline(self, pending: _GoLive) -> None:
+        """Give up on a go-live no worker answered within ``BROADCAST_REPLY_TIMEOUT_S``."""
+        await asyncio.sleep(settings.HEARTH["BROADCAST_REPLY_TIMEOUT_S"])
+        if self.going_live is not pending:
+            return
+        self._going_live_drop()
+        logger.warning("no media worker answered a go-live in time")
+        await self._error(
+            "The media server is not answering; try again later.",
+            code="worker_unreachable",
+            ref="broadcast.start",
+        )
 
     async def on_broadcast_stop(self, content: dict[str, Any]) -> None:
-        """Stop this page's broadcast and report the finalised recording."""
+        """Stop this page's broadcast; ``broadcast.ended`` follows from its worker."""
         if self.broadcasting is None:
             raise ProtocolError("This page is not live.", code="not_live")
         session_id, self.broadcasting = self.broadcasting, None
-        recording_id = await media_server().broadcast_stop(session_id, reason="stopped")
-        await self._leave(services.session_group(session_id))
-        await self._send(
-            {"type": "broadcast.ended", "session_id": session_id, "recording_id": recording_id}
+        await self._broadcast_stop_send(session_id, self.broadcast_owner, "stopped")
+
+    async def _broadcast_stop_send(self, session_id: int, worker: str, reason: str) -> None:
+        """Ask ``worker`` to stop ``session_id``; it replies ``rtc.broadcast.ended``."""
+        await self.channel_layer.send(
+            worker,
+            {
+                "type": "rtc.broadcast.stop",
+                "session_id": session_id,
+                "reason": reason,
+                "reply_channel": self.channel_name,
+            },
         )
 
     async def on_listen_start(self, content: dict[str, Any]) -> None:
@@ -421,3 +515,48 @@ class HearthConsumer(AsyncWebsocketConsumer):
         if session_id != self.broadcasting and group in self.groups_joined:
             await self._leave(group)
         await self._error(event["message"], code=event["code"], ref="listen.start")
+
+    async def rtc_broadcast_answer(self, event: dict[str, Any]) -> None:
+        """A worker opened our go-live: this page is live. An answer to a go-live we
+        gave up on (deadline, page closing) is stopped at once."""
+        pending = self.going_live
+        session_id = int(event["session_id"])
+        worker = str(event["worker_channel"])
+        if pending is None or pending.request_id != event.get("request_id"):
+            await self._broadcast_stop_send(session_id, worker, "abandoned")
+            return
+        self._going_live_drop()
+        self.broadcasting, self.broadcast_owner = session_id, worker
+        await self._join(services.session_group(session_id))
+        await self._send(
+            {"type": "broadcast.answer", "session_id": session_id, "sdp": event["sdp"]}
+        )
+
+    async def rtc_broadcast_error(self, event: dict[str, Any]) -> None:
+        """A worker refused our go-live: try the next worker when it was full,
+        otherwise tell the page."""
+        pending = self.going_live
+        if pending is None or pending.request_id != event.get("request_id"):
+            return
+        if event.get("code") in ("worker_full", "unavailable"):
+            try:
+                await self._broadcast_place()
+            except ProtocolError as exc:
+                await self._error(str(exc), code=exc.code, ref="broadcast.start")
+            return
+        self._going_live_drop()
+        await self._error(str(event["message"]), code=str(event["code"]), ref="broadcast.start")
+
+    async def rtc_broadcast_ended(self, event: dict[str, Any]) -> None:
+        """Our worker stopped the broadcast we asked it to stop."""
+        session_id = event["session_id"]
+        group = services.session_group(session_id)
+        if group in self.groups_joined:
+            await self._leave(group)
+        await self._send(
+            {
+                "type": "broadcast.ended",
+                "session_id": session_id,
+                "recording_id": event.get("recording_id"),
+            }
+        )

@@ -81,3 +81,32 @@ class Recording(models.Model):
 
     def __str__(self) -> str:
         return self.title
+
+
+class MediaWorker(models.Model):
+    """A process that holds broadcasters' peer connections (a media worker).
+
+    Every media worker (``manage.py mediaworker``, or the one inside daphne when
+    ``HEARTH["MEDIA_IN_PROCESS"]``) keeps one row while it runs: ``channel_name`` is
+    its channel-layer name (go-lives and listens are routed there, and it becomes the
+    ``owner_channel`` of the sessions it holds); ``capacity`` is how many broadcasts
+    it takes; ``sessions`` how many it holds now (stamped with ``heartbeat_at`` every
+    ``HEARTH["WORKER_HEARTBEAT_S"]``, and raised by one by each placement in
+    between). A row not stamped for ``HEARTH["WORKER_STALE_S"]`` is a dead worker:
+    its sessions are ended and the row deleted by any process's housekeeping.
+    ``host``/``pid`` are for operators only.
+    """
+
+    channel_name = models.CharField(max_length=255, unique=True)
+    host = models.CharField(max_length=255, blank=True)
+    pid = models.PositiveIntegerField(default=0)
+    capacity = models.PositiveIntegerField()
+    sessions = models.PositiveIntegerField(default=0)
+    started_at = models.DateTimeField(auto_now_add=True)
+    heartbeat_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["id"]
+
+    def __str__(self) -> str:
+        return f"media worker {self.host}:{self.pid} ({self.sessions}/{self.capacity})"

@@ -1,12 +1,14 @@
-"""The aiortc media server of one daphne process.
+"""The aiortc media server: a media worker's broadcasts, or a web process's housekeeping.
 
-Each process has one :class:`MediaServer`. It owns the peer connections of the
-broadcasts whose broadcaster's WebSocket landed on this process, and listens on
-its own channel-layer channel (``MediaServer.channel_name``, stored on the
-``LiveSession`` row as ``owner_channel``). A listener's consumer, on whichever
-process, authorises the listener and forwards the SDP offer there; this process
-answers back to the consumer's channel. With Redis as the channel layer this
-routes signaling between daphne processes.
+A media worker (:class:`MediaServer` with ``worker=True``: ``manage.py mediaworker``,
+or inside daphne when ``HEARTH["MEDIA_IN_PROCESS"]``) owns the peer connections of
+the broadcasts placed on it, and listens on its own channel-layer channel
+(``MediaServer.channel_name``, its ``MediaWorker`` row, and the ``owner_channel`` of
+its ``LiveSession`` rows). A page's consumer, on whichever web process, places a
+go-live on the least-loaded worker (``rtc.broadcast.start``), and authorises a
+listener and forwards its SDP offer to the session's owner (``rtc.listen.start``);
+the worker answers back to the consumer's channel. With Redis as the channel layer
+this routes signaling between processes and machines.
 
 ICE: ``settings.ICE_SERVERS`` is always passed (default ``[]``): aiortc adds
 Google's public STUN server when given none. ``settings.ICE_HOST_ADDRESSES``
@@ -21,6 +23,8 @@ import collections
 import contextlib
 import functools
 import logging
+import os
+import socket
 import sys
 import time
 from dataclasses import dataclass
@@ -168,8 +172,10 @@ class BroadcastRoom:
         broadcaster_id: int,
         denoise: bool,
         recording_file: Path,
+        owner_page: str | None = None,
     ) -> None:
         self.server = server
+        self.owner_page = owner_page  # the broadcaster page's channel, when known
         self.session_id = session_id
         self.broadcaster_id = broadcaster_id
         self.denoise = denoise
@@ -574,12 +580,25 @@ class BroadcastRoom:
 
 
 class MediaServer:
-    """All broadcasts owned by this process, and the channel that reaches them."""
+    """A media worker: the broadcasts it holds, and the channel that reaches them.
 
-    def __init__(self) -> None:
+    With ``worker=True`` (``manage.py mediaworker``, or daphne when
+    ``HEARTH["MEDIA_IN_PROCESS"]``) it announces itself as a ``MediaWorker`` row
+    (capacity ``MEDIA_WORKER_CAPACITY``), takes go-lives placed on it
+    (``rtc.broadcast.start``/``rtc.broadcast.stop``) and listens routed to it
+    (``rtc.listen.start``/``rtc.listen.stop``) on its channel, and stamps itself and
+    its sessions alive. With ``worker=False`` (a daphne that carries no media) it
+    only runs housekeeping, including ending the sessions of dead workers.
+    """
+
+    def __init__(self, *, worker: bool = True) -> None:
         self.loop = asyncio.get_running_loop()
+        self.worker = worker  # False: a web process that only runs housekeeping
+        self.capacity = settings.HEARTH["MEDIA_WORKER_CAPACITY"]
         self.rooms: dict[int, BroadcastRoom] = {}
         self.channel_name: str | None = None
+        self.started = False
+        self._starting = 0  # go-lives being opened (count against capacity)
         self.workers = Workers(
             encode_threads=settings.HEARTH["MEDIA_THREADS"],
             processing_slots=settings.HEARTH["MEDIA_THREADS"],
@@ -594,16 +613,20 @@ class MediaServer:
         self.candidates_dropped = 0  # remote ICE candidates removed from offers
         self._pending_listens: collections.Counter[int] = collections.Counter()
 
-    async def ensure_started(self) -> str:
-        """Create this process's channel and background loops (idempotent).
+    async def ensure_started(self) -> str | None:
+        """Create this process's channel and background loops (idempotent); returns the
+        worker's channel name (None for a web process that is not a worker).
 
-        Called when the server starts (``project/asgi.py`` under daphne) and again by
-        every go-live, so housekeeping never waits for the first broadcast.
+        Called when the server starts (``project/asgi.py`` under daphne, or
+        ``manage.py mediaworker``) and again before every placement by an in-process
+        worker's pages, so housekeeping never waits for the first broadcast.
         """
         async with self._lock:
-            if self.channel_name is None:
-                ice_host_addresses_apply(settings.ICE_HOST_ADDRESSES)
-                layer = get_channel_layer()
+            if self.started:
+                return self.channel_name
+            ice_host_addresses_apply(settings.ICE_HOST_ADDRESSES)
+            layer = get_channel_layer()
+            if self.worker:
                 if isinstance(layer, InMemoryChannelLayer):
                     # One process only: sessions still "live" are a crash's leftovers.
                     await database_sync_to_async(services.live_session_end_orphaned)()
@@ -612,29 +635,64 @@ class MediaServer:
                 # lock; another prefix would hold that lock on its own list and starve
                 # the consumers' channels.
                 self.channel_name = await layer.new_channel()
-                self._tasks = [
+                await database_sync_to_async(services.media_worker_register)(
+                    **self._worker_identity()
+                )
+                self._tasks += [
                     asyncio.ensure_future(self._receive_loop()),
                     asyncio.ensure_future(self._heartbeat_loop()),
-                    asyncio.ensure_future(self._housekeeping_loop()),
                     asyncio.ensure_future(self._loop_lag_loop()),
                 ]
-                _install_shutdown_hook(self)
-                logger.info("media server listening on %s", self.channel_name)
+            self._tasks += [
+                asyncio.ensure_future(self._housekeeping_loop()),
+                asyncio.ensure_future(self._worker_loop()),
+            ]
+            _install_shutdown_hook(self)
+            self.started = True
+            if self.worker:
+                logger.info("media worker on %s (capacity %d)", self.channel_name, self.capacity)
         return self.channel_name
+
+    def _worker_identity(self) -> dict[str, Any]:
+        assert self.channel_name is not None
+        return {
+            "channel_name": self.channel_name,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "capacity": self.capacity,
+        }
 
     # -- broadcasts -----------------------------------------------------------
     async def broadcast_start(
-        self, *, user: User, offer_sdp: str, denoise: bool
+        self, *, user: User, offer_sdp: str, denoise: bool, owner_page: str | None = None
     ) -> tuple[int, str]:
         """Open a live session for ``user`` from their SDP offer; returns (session id, answer).
 
+        ``owner_page`` is the broadcaster page's channel: when that page is gone (its
+        presence row removed), the broadcast is stopped (``disconnected``).
+
         Raises:
-            SignalingError: the offer is unusable (the session is then ended).
+            SignalingError: the offer is unusable (the session is then ended), or
+                ``worker_full``/``unavailable`` when this worker takes no more.
             services.LiveSessionError: the user is already live elsewhere.
         """
         if self.shut_down:
             raise SignalingError("The server is shutting down.", code="unavailable")
+        if len(self.rooms) + self._starting >= self.capacity:
+            raise SignalingError("This media server is full.", code="worker_full")
+        self._starting += 1
+        try:
+            return await self._broadcast_open(
+                user=user, offer_sdp=offer_sdp, denoise=denoise, owner_page=owner_page
+            )
+        finally:
+            self._starting -= 1
+
+    async def _broadcast_open(
+        self, *, user: User, offer_sdp: str, denoise: bool, owner_page: str | None
+    ) -> tuple[int, str]:
         channel = await self.ensure_started()
+        assert channel is not None, "only a media worker holds broadcasts"
         # Everything that can be checked on the text is, before anything is created.
         offer_sdp = self.offer_prepare(sdp_validate(offer_sdp), role="broadcast")
         session, recording = await database_sync_to_async(services.live_session_start)(
@@ -646,6 +704,7 @@ class MediaServer:
             broadcaster_id=user.id,
             denoise=denoise,
             recording_file=services.recording_path(recording),
+            owner_page=owner_page,
         )
         self.rooms[session.id] = room
         try:
@@ -767,10 +826,24 @@ class MediaServer:
 
     async def _handle(self, message: dict[str, Any]) -> None:
         kind = message.get("type")
-        session_id = int(message.get("session_id", 0))
+        session_id = int(message.get("session_id") or 0)
         reply_channel = str(message.get("reply_channel", ""))
         room = self.rooms.get(session_id)
-        if kind == "rtc.listen.start":
+        if kind == "rtc.broadcast.start":
+            await self._broadcast_start_message(message, reply_channel)
+        elif kind == "rtc.broadcast.stop":
+            recording_id = await self.broadcast_stop(
+                session_id, reason=str(message.get("reason") or "stopped")[:40]
+            )
+            await self._reply(
+                reply_channel,
+                {
+                    "type": "rtc.broadcast.ended",
+                    "session_id": session_id,
+                    "recording_id": recording_id,
+                },
+            )
+        elif kind == "rtc.listen.start":
             if room is None or room.closing:
                 await self._reply(
                     reply_channel,
@@ -805,6 +878,52 @@ class MediaServer:
             await room.remove_listener(key=reply_channel)
         else:
             logger.warning("media server ignored message of type %r", kind)
+
+    async def _broadcast_start_message(self, message: dict[str, Any], reply_channel: str) -> None:
+        """Open a go-live placed on this worker and answer (or refuse) its page."""
+        request_id = str(message.get("request_id", ""))
+
+        def refusal(code: str, text: str) -> dict[str, Any]:
+            return {
+                "type": "rtc.broadcast.error",
+                "request_id": request_id,
+                "worker_channel": self.channel_name,
+                "code": code,
+                "message": text,
+            }
+
+        user = await database_sync_to_async(
+            User.objects.filter(id=int(message.get("user_id") or 0), is_active=True).first
+        )()
+        if user is None:
+            await self._reply(reply_channel, refusal("not_allowed", "Sign in to go live."))
+            return
+        try:
+            session_id, answer = await self.broadcast_start(
+                user=user,
+                offer_sdp=message.get("sdp"),  # type: ignore[arg-type]  # validated there
+                denoise=bool(message.get("denoise", True)),
+                owner_page=reply_channel or None,
+            )
+        except (SignalingError, services.LiveSessionError) as exc:
+            await self._reply(reply_channel, refusal(exc.code, str(exc)))
+            return
+        except Exception:
+            logger.exception("go-live failed on this worker")
+            await self._reply(
+                reply_channel, refusal("internal", "Something went wrong on the server.")
+            )
+            return
+        await self._reply(
+            reply_channel,
+            {
+                "type": "rtc.broadcast.answer",
+                "request_id": request_id,
+                "worker_channel": self.channel_name,
+                "session_id": session_id,
+                "sdp": answer,
+            },
+        )
 
     async def _receive_loop(self) -> None:
         layer = get_channel_layer()
@@ -878,6 +997,74 @@ class MediaServer:
                 logger.warning("session %s was ended elsewhere; stopping it", session_id)
                 self.broadcast_stop_soon(session_id, reason="lost")
 
+    async def _worker_loop(self) -> None:
+        """Every ``WORKER_HEARTBEAT_S``: stamp this worker (and its load), end the
+        sessions of workers that stopped stamping, and cut listeners who may no longer
+        receive their broadcast."""
+        while True:
+            try:
+                await self.worker_tick()
+            except Exception:
+                logger.exception("worker heartbeat failed")
+            await asyncio.sleep(settings.HEARTH["WORKER_HEARTBEAT_S"])
+
+    async def worker_tick(self) -> None:
+        """One pass of :meth:`_worker_loop` (tests call it directly)."""
+        if self.worker and self.channel_name is not None and not self.shut_down:
+            await database_sync_to_async(services.media_worker_heartbeat)(
+                sessions=len(self.rooms) + self._starting, **self._worker_identity()
+            )
+        await database_sync_to_async(services.media_worker_end_dead)(
+            exclude_channel=self.channel_name
+        )
+        if self.worker:
+            await self.access_check()
+
+    async def access_check(self) -> None:
+        """Cut, on the server, media that its receiver may no longer get.
+
+        A listener whose user is no longer an active friend of the broadcaster
+        (unfriended, account deactivated or deleted) or whose page is gone (closed,
+        logged out: its presence row is removed) loses its peer connection here,
+        whatever its own socket does. A broadcast whose page is gone is stopped
+        (``disconnected``). Only rooms and listeners present before the query are judged.
+        """
+        rooms = [room for room in self.rooms.values() if not room.closing]
+        for room in rooms:
+            listeners = {key: lsn.user_id for key, lsn in room.listeners.items()}
+            allowed = await database_sync_to_async(selectors.listeners_allowed)(
+                broadcaster_id=room.broadcaster_id, listeners=listeners
+            )
+            if room.owner_page:
+                gone = await database_sync_to_async(selectors.pages_gone)(
+                    channel_names=[room.owner_page]
+                )
+                if gone and not room.closing:
+                    logger.warning(
+                        "session %s: the broadcaster's page is gone; stopping", room.session_id
+                    )
+                    self.broadcast_stop_soon(room.session_id, reason="disconnected")
+                    continue
+            for key, user_id in listeners.items():
+                listener = room.listeners.get(key)
+                if key in allowed or listener is None or listener.user_id != user_id:
+                    continue
+                logger.warning(
+                    "session %s: listener %s may no longer receive it; cut",
+                    room.session_id,
+                    user_id,
+                )
+                await room.remove_listener(key=key, pc=listener.pc)
+                await self._reply(
+                    key,
+                    {
+                        "type": "rtc.listen.error",
+                        "session_id": room.session_id,
+                        "code": "not_allowed",
+                        "message": "You can no longer listen to this broadcast.",
+                    },
+                )
+
     async def _loop_lag_loop(self) -> None:
         """Measure how late the event loop wakes a 100 ms sleep (``loop_lag``): every
         signaling message, RTP packet and graph step of this process waits that long."""
@@ -911,6 +1098,13 @@ class MediaServer:
         )
         for task in self._tasks:
             task.cancel()
+        if self.worker and self.channel_name is not None:
+            try:
+                await database_sync_to_async(services.media_worker_unregister)(
+                    channel_name=self.channel_name
+                )
+            except Exception:
+                logger.exception("could not remove this media worker's row")
         self.workers.shutdown()
 
 
@@ -926,8 +1120,14 @@ def media_server() -> MediaServer:
     global _server
     loop = asyncio.get_running_loop()
     if _server is None or _server.loop is not loop:
-        _server = MediaServer()
+        _server = MediaServer(worker=settings.HEARTH["MEDIA_IN_PROCESS"])
     return _server
+
+
+def media_server_install(server: MediaServer) -> None:
+    """Make ``server`` this process's media server (``manage.py mediaworker``)."""
+    global _server
+    _server = server
 
 
 def media_server_start_with_daphne() -> None:

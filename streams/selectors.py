@@ -10,7 +10,7 @@ from django.conf import settings
 from django.db.models import Q, QuerySet, Sum
 from django.utils import timezone
 
-from streams.models import LiveSession, Recording
+from streams.models import LiveSession, MediaWorker, Recording
 from users.models import User
 from users.selectors import friend_ids, friendship_exists
 
@@ -114,3 +114,60 @@ def live_session_limit_exceeded(*, broadcaster_id: int, live_bytes: int) -> str 
     if media_free_bytes() < limits["MIN_FREE_DISK_BYTES"]:
         return "limit_disk"
     return None
+
+
+def media_worker_stale_cutoff() -> datetime:
+    """Worker stamps older than this (now − ``HEARTH["WORKER_STALE_S"]``) mean a dead worker."""
+    return timezone.now() - timedelta(seconds=settings.HEARTH["WORKER_STALE_S"])
+
+
+def media_worker_candidates(*, exclude: list[str] | None = None) -> list[MediaWorker]:
+    """Live media workers with room for a broadcast, least loaded first.
+
+    Load is ``sessions / capacity``; ties go to the emptier worker, then the older
+    row. Workers whose channel is in ``exclude`` (already tried) are left out.
+    """
+    workers = MediaWorker.objects.filter(heartbeat_at__gte=media_worker_stale_cutoff())
+    if exclude:
+        workers = workers.exclude(channel_name__in=exclude)
+    room = [w for w in workers if w.sessions < w.capacity]
+    return sorted(room, key=lambda w: (w.sessions / w.capacity, w.sessions, w.id))
+
+
+def media_workers_alive() -> int:
+    """How many media workers stamped themselves within ``WORKER_STALE_S``."""
+    return MediaWorker.objects.filter(heartbeat_at__gte=media_worker_stale_cutoff()).count()
+
+
+def listeners_allowed(*, broadcaster_id: int, listeners: dict[str, int]) -> set[str]:
+    """Which of a broadcast's listeners may still receive it.
+
+    ``listeners`` maps each listener's key (its page's channel name) to its user id.
+    A listener stays allowed while its user is an active friend of the broadcaster
+    and its page is still connected (its presence row exists: a page that logged
+    out or closed removed it). Returns the allowed keys.
+    """
+    from users.models import PresenceConnection
+
+    if not listeners:
+        return set()
+    friends = friend_ids(user=broadcaster_id)
+    active = set(User.objects.filter(id__in=friends, is_active=True).values_list("id", flat=True))
+    connected = set(
+        PresenceConnection.objects.filter(channel_name__in=list(listeners)).values_list(
+            "channel_name", flat=True
+        )
+    )
+    return {key for key, uid in listeners.items() if uid in active and key in connected}
+
+
+def pages_gone(*, channel_names: list[str]) -> set[str]:
+    """Which of these page channels have no presence row (the page closed or logged out)."""
+    from users.models import PresenceConnection
+
+    present = set(
+        PresenceConnection.objects.filter(channel_name__in=channel_names).values_list(
+            "channel_name", flat=True
+        )
+    )
+    return set(channel_names) - present

@@ -15,16 +15,18 @@ from pathlib import Path
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
+from django.db.models import F
 from django.utils import timezone
 
 from project.api import UNCLEAN_TEXT_MESSAGE, text_is_clean
-from streams.models import LiveSession, Recording
+from streams.models import LiveSession, MediaWorker, Recording
 from streams.processors.factory import audio_chain_settings
 from streams.recording import RecordingInfo, WavFileError, wav_info, wav_repair
 from streams.selectors import (
     live_session_stale_cutoff,
     live_session_stale_list,
     media_free_bytes,
+    media_worker_stale_cutoff,
     recording_bytes_used,
 )
 from users.events import group_send_from_sync, users_notify
@@ -484,3 +486,100 @@ def recording_delete_expired() -> int:
             _notify_recordings_changed(owner_id)
     logger.info("deleted %d recording(s) older than %s days", len(expired), days)
     return len(expired)
+
+
+# --- Media workers ----------------------------------------------------------------
+
+
+def media_worker_register(*, channel_name: str, host: str, pid: int, capacity: int) -> MediaWorker:
+    """Announce a media worker (or stamp it again after it was judged dead).
+
+    Raises:
+        ValueError: ``capacity`` is below 1.
+    """
+    if capacity < 1:
+        raise ValueError(f"A media worker needs a capacity of at least 1 ({capacity}).")
+    worker, _ = MediaWorker.objects.update_or_create(
+        channel_name=channel_name,
+        defaults={
+            "host": host[:255],
+            "pid": pid,
+            "capacity": capacity,
+            "heartbeat_at": timezone.now(),
+        },
+    )
+    return worker
+
+
+def media_worker_heartbeat(
+    *, channel_name: str, sessions: int, host: str, pid: int, capacity: int
+) -> None:
+    """Stamp a worker alive now with its current broadcast count ``sessions``.
+
+    Re-creates the row when another process deleted it (judged dead while the
+    database was slow): the worker is alive, so it must stay placeable.
+    """
+    now = timezone.now()
+    updated = MediaWorker.objects.filter(channel_name=channel_name).update(
+        sessions=max(sessions, 0), heartbeat_at=now, capacity=capacity
+    )
+    if not updated:
+        media_worker_register(channel_name=channel_name, host=host, pid=pid, capacity=capacity)
+        MediaWorker.objects.filter(channel_name=channel_name).update(sessions=max(sessions, 0))
+
+
+def media_worker_unregister(*, channel_name: str) -> None:
+    """Remove a worker that is shutting down (after its broadcasts were stopped)."""
+    MediaWorker.objects.filter(channel_name=channel_name).delete()
+
+
+def media_worker_reserve(*, worker_id: int) -> bool:
+    """Count one more broadcast on worker ``worker_id`` if it has room; True if it had.
+
+    One atomic ``UPDATE … WHERE sessions < capacity``, so two web processes placing
+    go-lives at once cannot both take a worker's last slot. The worker's next
+    heartbeat replaces the count with the broadcasts it really holds.
+    """
+    return bool(
+        MediaWorker.objects.filter(id=worker_id, sessions__lt=F("capacity")).update(
+            sessions=F("sessions") + 1
+        )
+    )
+
+
+def media_worker_end_dead(*, exclude_channel: str | None = None) -> int:
+    """End the sessions of workers that stopped stamping (killed); returns sessions ended.
+
+    A worker whose ``heartbeat_at`` is older than ``HEARTH["WORKER_STALE_S"]`` is
+    dead: each live session it owned is ended as ``worker_lost`` with its WAV
+    repaired (even if written to recently: its writer is gone), then the row is
+    deleted. ``exclude_channel`` (the caller's own worker) is never judged.
+    """
+    dead = MediaWorker.objects.filter(heartbeat_at__lt=media_worker_stale_cutoff())
+    if exclude_channel:
+        dead = dead.exclude(channel_name=exclude_channel)
+    ended = 0
+    for worker in list(dead):
+        session_ids = list(
+            LiveSession.objects.filter(
+                owner_channel=worker.channel_name, ended_at__isnull=True
+            ).values_list("id", flat=True)
+        )
+        logger.warning(
+            "media worker %s:%s stopped stamping; ending its %d session(s)",
+            worker.host,
+            worker.pid,
+            len(session_ids),
+        )
+        for session_id in session_ids:
+            try:
+                done, _ = _session_end(
+                    session_id=session_id, reason="worker_lost", info=None, repair_busy=True
+                )
+            except LiveSession.DoesNotExist:
+                continue
+            ended += done
+        MediaWorker.objects.filter(
+            id=worker.id, heartbeat_at__lt=media_worker_stale_cutoff()
+        ).delete()
+    return ended

@@ -275,6 +275,46 @@ class DaphneProcess:
         return f"----- {self.name} log tail ({self.log_path}) -----\n{tail}\n-----"
 
 
+class MediaWorkerProcess(DaphneProcess):
+    """One ``manage.py mediaworker`` subprocess; ready once it logs "media worker ready".
+
+    Shares :class:`DaphneProcess`'s life cycle (SIGTERM then SIGKILL in :meth:`stop`)
+    and logs; it serves no HTTP, so ``port`` is unused.
+    """
+
+    def start(self, *, wait: bool = True, timeout: float = 60.0) -> MediaWorkerProcess:
+        """Start the worker; with ``wait``, return once it is ready."""
+        assert self.proc is None, "already started"
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 (closed in stop())
+        self.proc = subprocess.Popen(
+            [sys.executable, "manage.py", "mediaworker"],
+            cwd=REPO_ROOT,
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        if wait:
+            self.wait_healthy(timeout=timeout)
+        return self
+
+    def wait_healthy(self, *, timeout: float = 60.0) -> None:
+        """Wait for the "media worker ready" line; fail (with the log) on exit or timeout."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.running:
+                raise RuntimeError(
+                    f"{self.name} exited with {self.returncode} before it was ready\n"
+                    + self.log_tail()
+                )
+            if "media worker ready" in self.log_text():
+                return
+            time.sleep(0.2)
+        raise RuntimeError(f"{self.name} not ready in {timeout} s\n" + self.log_tail())
+
+
 # -- sessions and WebSockets ---------------------------------------------------
 def session_cookie(user: Any) -> str:
     """A ``sessionid`` cookie value signed in as ``user`` (in the current database)."""
@@ -385,7 +425,8 @@ def daphne_factory(
 ) -> Iterator[Callable[..., DaphneProcess]]:
     """Start daphne processes on the test database; all are stopped at teardown.
 
-    ``daphne_factory(name, *, redis_url=None, extra_env=None, wait=True)``: the
+    ``daphne_factory(name, *, redis_url=None, extra_env=None, wait=True,
+    mediaworker=False)`` (``mediaworker=True`` runs ``manage.py mediaworker``): the
     processes share ``settings.MEDIA_ROOT`` with the test (so ``Recording.file.path``
     resolves the same). Depends on ``transactional_db`` so rows the test commits are
     visible to them, and so they are gone before the database is flushed.
@@ -400,11 +441,13 @@ def daphne_factory(
         extra_env: dict[str, str] | None = None,
         wait: bool = True,
         timeout: float = 60.0,
+        mediaworker: bool = False,
     ) -> DaphneProcess:
         env = subprocess_env(
             media_root=Path(settings.MEDIA_ROOT), redis_url=redis_url, extra=extra_env
         )
-        server = DaphneProcess(env=env, log_path=tmp_path / f"{name}.log", name=name)
+        kind = MediaWorkerProcess if mediaworker else DaphneProcess
+        server = kind(env=env, log_path=tmp_path / f"{name}.log", name=name)
         started.append(server)
         server.start(wait=wait, timeout=timeout)
         return server

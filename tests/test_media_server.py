@@ -270,7 +270,7 @@ async def test_daphne_ends_a_crashed_session_at_start_up_without_any_go_live(
     assert recording.ended_at is not None
     assert recording.duration_s == pytest.approx(frames / 48_000)  # header repaired
     assert recording.size_bytes == 44 + 2 * frames
-    assert "media server listening on" in daphne.log_text()
+    assert "media worker on" in daphne.log_text()
 
 
 # -- 6. unused tracks are not received ----------------------------------------------
