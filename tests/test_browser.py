@@ -22,7 +22,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import ConsoleMessage, Page, expect, sync_playwright
+from playwright.sync_api import (
+    Browser,
+    ConsoleMessage,
+    Page,
+    Playwright,
+    expect,
+    sync_playwright,
+)
 
 from tests.netns import inside, network_namespace
 
@@ -53,8 +60,11 @@ def _database_url_for_namespace() -> str:
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[tuple[str, str]]:
-    """daphne inside a fresh loopback-only namespace; yields (namespace, base URL)."""
+def server(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[tuple[str, str]]:
+    """daphne inside a fresh loopback-only namespace; yields (namespace, base URL).
+
+    Indirect parametrisation passes extra environment for daphne (a dict).
+    """
     port = _free_port()
     env = {
         **os.environ,
@@ -67,6 +77,7 @@ def server(tmp_path: Path) -> Iterator[tuple[str, str]]:
         "MEDIA_ROOT": str(tmp_path / "media"),
         "STATIC_ROOT": str(tmp_path / "static"),
         "PYTHONUNBUFFERED": "1",
+        **getattr(request, "param", {}),
     }
     env.pop("REDIS_URL", None)  # one process: the in-memory layer (Redis is outside the namespace)
     subprocess.run(
@@ -145,27 +156,33 @@ def _sign_up(page: Page, base: str, username: str) -> None:
     expect(page.locator("#ws-status")).to_have_attribute("data-state", "open", timeout=10_000)
 
 
+def _launch(audio: Path) -> tuple[Playwright, Browser]:
+    """Playwright and headless Debian Chromium whose fake microphone plays ``audio``."""
+    playwright = sync_playwright().start()
+    browser = playwright.chromium.launch(
+        executable_path=CHROMIUM,
+        args=[
+            "--no-sandbox",
+            "--use-fake-ui-for-media-stream",
+            "--use-fake-device-for-media-stream",
+            f"--use-file-for-fake-audio-capture={audio}",
+            "--allow-loopback-in-peer-connection",
+            "--autoplay-policy=no-user-gesture-required",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+        ],
+    )
+    return playwright, browser
+
+
 def test_sign_up_befriend_go_live_listen_and_replay(server, noisy_jfk_wav: Path) -> None:
     assert shutil.which(CHROMIUM) or Path(CHROMIUM).exists(), "install Debian chromium"
     ns, base = server
     errors: list[str] = []
     with inside(ns):  # Playwright's driver and Chromium start inside the namespace
-        playwright = sync_playwright().start()
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM,
-            args=[
-                "--no-sandbox",
-                "--use-fake-ui-for-media-stream",
-                "--use-fake-device-for-media-stream",
-                f"--use-file-for-fake-audio-capture={noisy_jfk_wav}",
-                "--allow-loopback-in-peer-connection",
-                "--autoplay-policy=no-user-gesture-required",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--no-first-run",
-            ],
-        )
+        playwright, browser = _launch(noisy_jfk_wav)
     try:
         alice_ctx = browser.new_context(viewport={"width": 1280, "height": 900})
         bob_ctx = browser.new_context(viewport={"width": 390, "height": 844})  # a phone
@@ -258,6 +275,36 @@ def test_sign_up_befriend_go_live_listen_and_replay(server, noisy_jfk_wav: Path)
         )
         assert played["duration"] > 3, played
         assert played["time"] > 2.3 and not played["paused"], played
+        assert errors == [], "console errors:\n" + "\n".join(errors)
+    finally:
+        browser.close()
+        playwright.stop()
+
+
+@pytest.mark.parametrize("server", [{"MAX_BROADCAST_S": "62"}], indirect=True)
+def test_the_broadcaster_is_told_before_the_length_limit_ends_the_broadcast(
+    server, noisy_jfk_wav: Path
+) -> None:
+    # Before: the server sent session.warning a minute before MAX_BROADCAST_S, but
+    # the go-live page ignored it, so the broadcast ended without notice.
+    ns, base = server
+    errors: list[str] = []
+    with inside(ns):
+        playwright, browser = _launch(noisy_jfk_wav)
+    try:
+        page = browser.new_context().new_page()
+        _watch_console(page, errors)
+        _sign_up(page, base, "alice")
+        page.goto(f"{base}/live/")
+        page.click("#go-live-start")
+        expect(page.locator("#live-status")).to_have_attribute("data-state", "live", timeout=20_000)
+        expect(page.locator("#live-message")).to_contain_text(
+            "reaching the maximum length", timeout=15_000
+        )
+        page.click("#go-live-stop")
+        expect(page.locator("#live-status")).to_have_attribute(
+            "data-state", "ended", timeout=20_000
+        )
         assert errors == [], "console errors:\n" + "\n".join(errors)
     finally:
         browser.close()

@@ -39,6 +39,7 @@ const END_REASONS = {
   disconnected: "The connection to the server was lost, so the broadcast ended.",
   server_shutdown: "The server restarted, so the broadcast ended.",
   lost: "The server lost track of this broadcast, so it ended. Your recording is saved.",
+  worker_lost: "The media server holding this broadcast stopped, so it ended. Your recording is saved.",
   failed: "The server could not start the broadcast.",
   limit_duration: "The broadcast reached the maximum length, so it ended. Your recording is saved.",
   limit_quota: "Your recordings reached your storage quota, so the broadcast ended.",
@@ -54,6 +55,7 @@ let sessionId = null;
 let signalled = false; // broadcast.start was sent: the server may hold a session for us
 let elsewhereSession = readJson("active-session");
 let attempt = 0; // bumps on every start/stop so stale async steps give up
+let limitWarning = ""; // the latest session.warning of this broadcast, kept while live
 
 // --- State and display -----------------------------------------------------------
 
@@ -229,8 +231,8 @@ function onConnectionState(peer) {
   if (peer !== pc) return;
   switch (peer.connectionState) {
     case "connected":
-      if (state === "connecting") setState("live");
-      else if (state === "live") els.message.textContent = "";
+      if (state === "connecting") setState("live", { message: limitWarning });
+      else if (state === "live") els.message.textContent = limitWarning;
       break;
     case "disconnected":
       if (state === "live") els.message.textContent = "Connection unstable — trying to recover…";
@@ -253,6 +255,7 @@ function fail(message) {
 
 async function start() {
   const mine = ++attempt;
+  limitWarning = "";
   setState("connecting", { message: "Opening the microphone…" });
   try {
     if (!stream || stream.getAudioTracks()[0]?.readyState !== "live") await openMic();
@@ -313,6 +316,17 @@ async function stop() {
 
 socket.on("session.stats", (msg) => {
   if (msg.session_id === sessionId) setListeners(msg.listeners);
+});
+
+// A limit will end the broadcast soon (today: the maximum length): say when, while live.
+socket.on("session.warning", (msg) => {
+  if (sessionId === null || msg.session_id !== sessionId) return;
+  const endsAt = new Date(Date.now() + Number(msg.seconds_left || 0) * 1000);
+  const clock = endsAt.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", second: "2-digit" });
+  limitWarning =
+    `This broadcast will end at ${clock} (in ${formatDuration(msg.seconds_left)}): ` +
+    "it is reaching the maximum length. Your recording is saved.";
+  if (state === "live") els.message.textContent = limitWarning;
 });
 
 socket.on("session.ended", (msg) => {
