@@ -18,8 +18,10 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 from playwright.sync_api import (
@@ -36,6 +38,7 @@ from tests.netns import inside, network_namespace
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
 REPO = Path(__file__).resolve().parents[1]
+T = TypeVar("T")
 CHROMIUM = "/usr/bin/chromium"
 
 
@@ -154,6 +157,48 @@ def _sign_up(page: Page, base: str, username: str) -> None:
     page.fill("#id_password2", "a-long-Passphrase-42")
     page.click("#signup-form button[type=submit]")
     expect(page.locator("#ws-status")).to_have_attribute("data-state", "open", timeout=10_000)
+
+
+# Lets a test cut the page's WebSocket like a network drop: networkCut(true) closes
+# the open sockets and makes new ones fail until networkCut(false). (Chromium's
+# offline emulation leaves open WebSockets alone.)
+CUTTABLE_WEBSOCKET = """
+(() => {
+  const Native = window.WebSocket;
+  const open = new Set();
+  let cut = false;
+  window.WebSocket = class extends Native {
+    constructor(...args) {
+      if (cut) throw new DOMException("network cut by the test", "NetworkError");
+      super(...args);
+      open.add(this);
+      this.addEventListener("close", () => open.delete(this));
+    }
+  };
+  window.networkCut = (on) => {
+    cut = on;
+    if (on) for (const ws of open) ws.close();
+  };
+})();
+"""
+
+
+def _orm(fn: Callable[[], T]) -> T:
+    """Run ``fn`` (ORM work) in a thread of its own, closing its connection after.
+
+    Playwright's sync API runs an event loop in the test's thread, where Django
+    refuses synchronous database access.
+    """
+    from django.db import connection
+
+    def run() -> T:
+        try:
+            return fn()
+        finally:
+            connection.close()
+
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(run).result()
 
 
 def _launch(audio: Path) -> tuple[Playwright, Browser]:
@@ -305,6 +350,73 @@ def test_the_broadcaster_is_told_before_the_length_limit_ends_the_broadcast(
         expect(page.locator("#live-status")).to_have_attribute(
             "data-state", "ended", timeout=20_000
         )
+        assert errors == [], "console errors:\n" + "\n".join(errors)
+    finally:
+        browser.close()
+        playwright.stop()
+
+
+def test_a_listener_resumes_after_a_network_drop_and_learns_of_a_missed_end(
+    server, noisy_jfk_wav: Path
+) -> None:
+    # Before: a dropped page socket put the listen page in "Lost the connection to
+    # the server." for good, and after a missed end it still said "alice is live"
+    # while Listen answered "You can only listen to friends who are live".
+    from streams.models import LiveSession
+    from users.models import Friendship, User
+
+    ns, base = server
+    errors: list[str] = []
+    with inside(ns):
+        playwright, browser = _launch(noisy_jfk_wav)
+    try:
+        alice_ctx, bob_ctx = browser.new_context(), browser.new_context()
+        bob_ctx.add_init_script(CUTTABLE_WEBSOCKET)
+        alice, bob = alice_ctx.new_page(), bob_ctx.new_page()
+        for page in (alice, bob):
+            _watch_console(page, errors)
+        _sign_up(alice, base, "alice")
+        _sign_up(bob, base, "bob")
+
+        def befriend() -> None:
+            pair = User.objects.filter(username__in=["alice", "bob"])
+            low, high = sorted(pair, key=lambda u: u.id)
+            Friendship.objects.create(user_low=low, user_high=high)
+
+        _orm(befriend)
+
+        alice.goto(f"{base}/live/")
+        alice.click("#go-live-start")
+        expect(alice.locator("#live-status")).to_have_attribute(
+            "data-state", "live", timeout=20_000
+        )
+        session = _orm(
+            lambda: LiveSession.objects.get(broadcaster__username="alice", ended_at__isnull=True)
+        )
+        bob.goto(f"{base}/listen/{session.id}/")
+        bob.click("#listen-start")
+        status = bob.locator("#listen-status")
+        expect(status).to_have_attribute("data-state", "live", timeout=20_000)
+        bob.evaluate("window.firstPc = window.hearthListener.pc")
+
+        # The network drops and comes back: Bob's page resumes by itself.
+        bob.evaluate("window.networkCut(true)")
+        expect(status).to_have_attribute("data-state", "reconnecting", timeout=15_000)
+        bob.evaluate("window.networkCut(false)")
+        expect(status).to_have_attribute("data-state", "live", timeout=30_000)
+        assert bob.evaluate("window.hearthListener.pc !== window.firstPc")
+        expect(alice.locator("#listener-count")).to_have_text("1", timeout=10_000)
+
+        # Offline again while Alice stops: Bob's page learns of the end once back.
+        bob.evaluate("window.networkCut(true)")
+        expect(status).to_have_attribute("data-state", "reconnecting", timeout=15_000)
+        alice.click("#go-live-stop")
+        expect(alice.locator("#live-status")).to_have_attribute(
+            "data-state", "ended", timeout=20_000
+        )
+        bob.evaluate("window.networkCut(false)")
+        expect(status).to_have_attribute("data-state", "ended", timeout=30_000)
+        expect(bob.locator("#listen-title-state")).to_have_text("was live")
         assert errors == [], "console errors:\n" + "\n".join(errors)
     finally:
         browser.close()

@@ -23,6 +23,7 @@ const STATUS_TEXT = {
   idle: "Ready",
   connecting: "Connecting…",
   live: "Listening",
+  reconnecting: "Reconnecting…",
   ended: "Ended",
   error: "Error",
 };
@@ -30,6 +31,8 @@ const STATUS_TEXT = {
 let state = "idle";
 let pc = null;
 let attempt = 0;
+let retries = 0; // automatic resumes since the last time audio flowed
+const MAX_RETRIES = 5;
 
 function setState(next, error = "") {
   state = next;
@@ -39,7 +42,7 @@ function setState(next, error = "") {
   showMessage(els.error, error);
   els.start.hidden = !(next === "idle" || next === "error");
   els.start.textContent = next === "error" ? "Try again" : "Listen";
-  els.stop.hidden = !(next === "connecting" || next === "live");
+  els.stop.hidden = !(next === "connecting" || next === "live" || next === "reconnecting");
   if (next !== "live") els.play.hidden = true;
   els.ended.hidden = next !== "ended";
   if (next === "ended") {
@@ -71,8 +74,47 @@ function play() {
 
 function onConnectionState(peer) {
   if (peer !== pc) return;
-  if (peer.connectionState === "connected" && state === "connecting") setState("live");
-  else if (peer.connectionState === "failed") fail("The audio connection failed.");
+  if (peer.connectionState === "connected" && state === "connecting") {
+    retries = 0;
+    setState("live");
+  } else if (peer.connectionState === "failed") {
+    if (socket.isOpen) socket.send({ type: "listen.stop", session_id: session.id });
+    reconnect();
+  }
+}
+
+/** Is this page's session still live (and visible to us)? null when we cannot tell. */
+async function stillLive() {
+  try {
+    const data = await api("/api/live");
+    return data.sessions.some((s) => s.id === session.id);
+  } catch {
+    return null;
+  }
+}
+
+/** The socket or the peer connection dropped while listening: resume by ourselves
+ * while the broadcast is live, say clearly when it has ended. */
+function reconnect() {
+  teardown();
+  if (retries >= MAX_RETRIES) {
+    setState("error", "Lost the connection to the broadcast. Try again.");
+    return;
+  }
+  setState("reconnecting");
+  if (socket.isOpen) resume();
+  // else: the socket's "open" state change calls resume()
+}
+
+async function resume() {
+  const mine = attempt;
+  retries += 1;
+  await new Promise((ok) => setTimeout(ok, Math.min(500 * 2 ** (retries - 1), 4000)));
+  if (mine !== attempt || state !== "reconnecting") return;
+  const live = await stillLive();
+  if (mine !== attempt || state !== "reconnecting") return;
+  if (live === false) ended();
+  else start();
 }
 
 function fail(message) {
@@ -82,6 +124,7 @@ function fail(message) {
 }
 
 async function start() {
+  if (state === "idle" || state === "error") retries = 0; // a click, not a resume
   teardown();
   const mine = attempt;
   setState("connecting");
@@ -107,6 +150,14 @@ async function start() {
     if (mine === attempt && peer.connectionState === "connected") setState("live");
   } catch (error) {
     if (mine !== attempt) return;
+    if (["not_allowed", "not_live"].includes(error?.code) && (await stillLive()) === false) {
+      ended(); // we missed its end (e.g. while offline): say so, not "not allowed"
+      return;
+    }
+    if (["disconnected", "offline", "timeout", "owner_unreachable"].includes(error?.code)) {
+      reconnect();
+      return;
+    }
     fail(`Couldn't start listening: ${errorMessage(error)}`);
   }
 }
@@ -150,11 +201,15 @@ socket.on("live", (msg) => {
   if (msg.user_id === session.broadcaster.id && (!msg.live || msg.session_id !== session.id)) ended();
 });
 
-// The server drops a page's listening when its socket closes.
-socket.onState((connState) => {
+// The server drops a page's listening when its socket closes: resume once it is back.
+// Events missed meanwhile (the broadcast's end) are caught up from /api/live.
+socket.onState(async (connState, { reconnected }) => {
   if (connState !== "open" && (state === "live" || state === "connecting")) {
-    teardown();
-    setState("error", "Lost the connection to the server.");
+    reconnect();
+  } else if (connState === "open" && state === "reconnecting") {
+    resume();
+  } else if (connState === "open" && reconnected && (state === "idle" || state === "error")) {
+    if ((await stillLive()) === false) ended();
   }
 });
 
