@@ -4,12 +4,15 @@ Thin by design: parse, authorise, call a service or the media server, reply.
 Protocol (JSON text frames; every reply to a bad frame is
 ``{"type": "error", "code", "message", "ref"}``):
 
-client → server: ``ping``; ``broadcast.start {sdp, denoise}``;
-``broadcast.stop``; ``listen.start {session_id, sdp}``; ``listen.stop {session_id}``.
+client → server: ``ping``; ``broadcast.start {sdp, denoise, title?}``;
+``broadcast.control {muted?, denoise?}``; ``broadcast.stop``;
+``listen.start {session_id, sdp}``; ``listen.stop {session_id}``.
 
 server → client: ``hello``, ``pong``, ``broadcast.answer``, ``broadcast.ended``,
 ``listen.answer``, and events ``presence``, ``live``, ``friends.changed``,
-``session.stats``, ``session.ended``, ``recordings.changed``.
+``session.stats``, ``session.state`` (muted, denoise), ``session.listeners`` (names,
+to the broadcaster's page), ``session.warning``, ``session.ended``,
+``recordings.changed``.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
+from project.api import UNCLEAN_TEXT_MESSAGE, text_is_clean
 from streams import selectors, services
 from streams.rtc import SignalingError, media_server, sdp_validate
 from streams.services import media_worker_reserve
@@ -39,6 +43,8 @@ from users.services import presence_connect, presence_disconnect, presence_touch
 logger = logging.getLogger("hearth.ws")
 
 Handler = Callable[[dict[str, Any]], Awaitable[None]]
+
+MAX_TITLE_CHARS = 120  # LiveSession.title / Recording.title max_length
 
 MAX_JSON_DEPTH = 32
 """Deepest nesting of arrays/objects a frame may have (every protocol frame is flat)."""
@@ -119,6 +125,22 @@ class _GoLive:
     content: dict[str, Any]  # the page's broadcast.start frame (sdp, denoise)
     tried: list[str] = field(default_factory=list)  # workers that refused (full)
     deadline: asyncio.Task[None] | None = None
+
+
+def _title_parse(value: object) -> str:
+    """A broadcast title from a frame: a string of at most 120 characters, trimmed.
+
+    Raises:
+        ProtocolError: not a string, too long, or with control/invalid characters.
+    """
+    if not isinstance(value, str):
+        raise ProtocolError("title must be a string.")
+    title = value.strip()
+    if len(title) > MAX_TITLE_CHARS:
+        raise ProtocolError(f"Keep the title to {MAX_TITLE_CHARS} characters.")
+    if not text_is_clean(title):
+        raise ProtocolError(UNCLEAN_TEXT_MESSAGE)
+    return title
 
 
 class HearthConsumer(AsyncWebsocketConsumer):
@@ -254,6 +276,7 @@ class HearthConsumer(AsyncWebsocketConsumer):
             "ping": self.on_ping,
             "broadcast.start": self.on_broadcast_start,
             "broadcast.stop": self.on_broadcast_stop,
+            "broadcast.control": self.on_broadcast_control,
             "listen.start": self.on_listen_start,
             "listen.stop": self.on_listen_stop,
         }
@@ -286,11 +309,13 @@ class HearthConsumer(AsyncWebsocketConsumer):
         denoise = content.get("denoise", True)
         if not isinstance(denoise, bool):
             raise ProtocolError("denoise must be true or false.")
+        title = _title_parse(content.get("title", ""))
         sdp = sdp_validate(content.get("sdp"))
         if settings.HEARTH["MEDIA_IN_PROCESS"]:
             await media_server().ensure_started()  # this process's worker is placeable
         self.going_live = _GoLive(
-            request_id=secrets.token_hex(8), content={"sdp": sdp, "denoise": denoise}
+            request_id=secrets.token_hex(8),
+            content={"sdp": sdp, "denoise": denoise, "title": title},
         )
         await self._broadcast_place()
 
@@ -352,6 +377,26 @@ class HearthConsumer(AsyncWebsocketConsumer):
             "The media server is not answering; try again later.",
             code="worker_unreachable",
             ref="broadcast.start",
+        )
+
+    async def on_broadcast_control(self, content: dict[str, Any]) -> None:
+        """Switch this page's live broadcast: ``muted`` and/or ``denoise`` (booleans).
+
+        The worker applies them and tells the session's pages (``session.state``).
+        """
+        if self.broadcasting is None:
+            raise ProtocolError("This page is not live.", code="not_live")
+        switches = {key: content[key] for key in ("muted", "denoise") if key in content}
+        if not switches or not all(isinstance(v, bool) for v in switches.values()):
+            raise ProtocolError("Send muted and/or denoise as true or false.")
+        await self.channel_layer.send(
+            self.broadcast_owner,
+            {
+                "type": "rtc.broadcast.control",
+                "session_id": self.broadcasting,
+                "reply_channel": self.channel_name,
+                **switches,
+            },
         )
 
     async def on_broadcast_stop(self, content: dict[str, Any]) -> None:

@@ -39,13 +39,14 @@ from django.conf import settings
 
 from streams import selectors, services
 from streams.ice import ice_host_addresses_apply
+from streams.media.controls import DenoiseSwitchStage, MuteStage
 from streams.media.graph import Graph, GraphRunner, TrackSource
 from streams.media.items import Event
 from streams.media.metrics import MediaMetrics, StageTimer
 from streams.media.relay import OpusEncoder, Relay, RelaySink, RelayTrack
 from streams.media.sinks import RecorderSink
-from streams.media.stage import ProcessorStage
 from streams.media.workers import Workers
+from streams.processors.denoise import ALGORITHMIC_DELAY_SAMPLES
 from streams.processors.factory import audio_chain_build
 from streams.recording import RecordingInfo, WavRecorder
 from streams.sdp import OfferError, Role, candidates_filter, deny_networks_parse, offer_check
@@ -182,7 +183,9 @@ class BroadcastRoom:
         self.recording_file = recording_file
         self.pc: RTCPeerConnection | None = None
         self.metrics = MediaMetrics()
-        self.stage: ProcessorStage | None = None
+        self.mute = MuteStage()
+        self.stage: DenoiseSwitchStage | None = None
+        self._published_names: tuple[int, ...] = ()  # listener ids last told to the page
         self.recorder_sink: RecorderSink | None = None
         self.relay: Relay | None = None
         self.runner: GraphRunner | None = None
@@ -203,10 +206,17 @@ class BroadcastRoom:
         """
         loop = asyncio.get_running_loop()
         workers = self.server.workers
-        chain = await loop.run_in_executor(
-            workers.load, functools.partial(audio_chain_build, denoise=self.denoise)
+        # The denoise stage always delays by DeepFilterNet3's latency, so it can be
+        # switched on and off live without moving the timeline; a broadcast that
+        # starts without denoise loads the model only when it is switched on.
+        self.stage = DenoiseSwitchStage(
+            None, latency=ALGORITHMIC_DELAY_SAMPLES, enabled=self.denoise
         )
-        self.stage = ProcessorStage(chain)
+        if self.denoise:
+            chain = await loop.run_in_executor(
+                workers.load, functools.partial(audio_chain_build, denoise=True)
+            )
+            self.stage.processor_set(chain)
         recorder = await loop.run_in_executor(workers.io, WavRecorder, self.recording_file)
         self.recorder_sink = RecorderSink(recorder, workers.io, on_failed=self._on_recorder_failed)
         self.relay = Relay(
@@ -336,7 +346,9 @@ class BroadcastRoom:
 
     def _start_graph(self, track: Any) -> None:
         assert self.stage is not None and self.recorder_sink is not None and self.relay
-        graph = Graph(stages=[self.stage], sinks=[self.recorder_sink, RelaySink(self.relay)])
+        graph = Graph(
+            stages=[self.mute, self.stage], sinks=[self.recorder_sink, RelaySink(self.relay)]
+        )
         self.runner = GraphRunner(
             graph,
             TrackSource(track),
@@ -476,6 +488,8 @@ class BroadcastRoom:
         data: dict[str, Any] = {
             "session_id": self.session_id,
             "listeners": self.listeners_connected(),
+            "muted": self.mute.muted,
+            "denoise": self.denoise_on,
         }
         if media:
             snapshot = self.metrics.snapshot()
@@ -489,9 +503,72 @@ class BroadcastRoom:
             data["media"] = snapshot
         return data
 
+    @property
+    def denoise_on(self) -> bool:
+        """Whether the broadcast's audio is being denoised (or about to be)."""
+        return self.stage is not None and self.stage.enabled
+
+    async def control(self, *, muted: bool | None = None, denoise: bool | None = None) -> None:
+        """Apply the broadcaster's live switches and tell the session's pages.
+
+        ``muted``: listeners and the recording get silence from the next block on.
+        ``denoise``: off passes the audio through (same delay); on resumes
+        DeepFilterNet3, loading it first (in the load pool) if the broadcast started
+        without it.
+
+        Raises:
+            ProcessorError, ModelIntegrityError: the denoiser could not be loaded.
+        """
+        if muted is not None:
+            self.mute.muted = muted
+        if denoise is not None and self.stage is not None:
+            if denoise and not self.stage.has_processor:
+                chain = await asyncio.get_running_loop().run_in_executor(
+                    self.server.workers.load, functools.partial(audio_chain_build, denoise=True)
+                )
+                if self.closing or self.stage.has_processor:
+                    chain.close()
+                else:
+                    self.stage.processor_set(chain)
+            self.stage.enabled = denoise
+        data = {"session_id": self.session_id, "muted": self.mute.muted, "denoise": self.denoise_on}
+        message = {"type": "hearth.event", "event": "session.state", "data": data}
+        try:
+            await get_channel_layer().group_send(services.session_group(self.session_id), message)
+        except Exception:
+            logger.exception("could not publish the state of session %s", self.session_id)
+
+    async def _publish_names(self) -> None:
+        """Tell the broadcaster's page who is listening (connected), when it changed.
+
+        Only the broadcaster's page gets names (``session.listeners``); listeners and
+        friends get the count alone.
+        """
+        ids = tuple(
+            sorted({lsn.user_id for lsn in self.listeners.values() if lsn.connected.is_set()})
+        )
+        if ids == self._published_names or self.owner_page is None:
+            return
+        self._published_names = ids
+        names = await database_sync_to_async(
+            lambda: dict(User.objects.filter(id__in=ids).values_list("id", "username"))
+        )()
+        data = {
+            "session_id": self.session_id,
+            "listeners": [{"id": uid, "username": names[uid]} for uid in ids if uid in names],
+        }
+        await self.server._reply(
+            self.owner_page, {"type": "hearth.event", "event": "session.listeners", "data": data}
+        )
+
     async def publish_stats(self) -> None:
         """Store the connected listener count and tell the session's pages and the
-        broadcaster's friends' dashboards; nothing when the count did not change."""
+        broadcaster's friends' dashboards (nothing when the count did not change), and
+        the broadcaster's page who is listening."""
+        try:
+            await self._publish_names()
+        except Exception:
+            logger.exception("could not publish the listeners of session %s", self.session_id)
         data = self.stats(media=False)
         if data["listeners"] == self._published_listeners:
             return
@@ -664,7 +741,13 @@ class MediaServer:
 
     # -- broadcasts -----------------------------------------------------------
     async def broadcast_start(
-        self, *, user: User, offer_sdp: str, denoise: bool, owner_page: str | None = None
+        self,
+        *,
+        user: User,
+        offer_sdp: str,
+        denoise: bool,
+        owner_page: str | None = None,
+        title: str = "",
     ) -> tuple[int, str]:
         """Open a live session for ``user`` from their SDP offer; returns (session id, answer).
 
@@ -683,20 +766,20 @@ class MediaServer:
         self._starting += 1
         try:
             return await self._broadcast_open(
-                user=user, offer_sdp=offer_sdp, denoise=denoise, owner_page=owner_page
+                user=user, offer_sdp=offer_sdp, denoise=denoise, owner_page=owner_page, title=title
             )
         finally:
             self._starting -= 1
 
     async def _broadcast_open(
-        self, *, user: User, offer_sdp: str, denoise: bool, owner_page: str | None
+        self, *, user: User, offer_sdp: str, denoise: bool, owner_page: str | None, title: str
     ) -> tuple[int, str]:
         channel = await self.ensure_started()
         assert channel is not None, "only a media worker holds broadcasts"
         # Everything that can be checked on the text is, before anything is created.
         offer_sdp = self.offer_prepare(sdp_validate(offer_sdp), role="broadcast")
         session, recording = await database_sync_to_async(services.live_session_start)(
-            broadcaster=user, denoise=denoise, owner_channel=channel
+            broadcaster=user, denoise=denoise, owner_channel=channel, title=title
         )
         room = BroadcastRoom(
             server=self,
@@ -843,6 +926,24 @@ class MediaServer:
                     "recording_id": recording_id,
                 },
             )
+        elif kind == "rtc.broadcast.control":
+            if room is not None and not room.closing and room.owner_page == reply_channel:
+                try:
+                    await room.control(muted=message.get("muted"), denoise=message.get("denoise"))
+                except Exception:
+                    logger.exception("session %s: a live switch failed", session_id)
+                    await self._reply(
+                        reply_channel,
+                        {
+                            "type": "hearth.event",
+                            "event": "session.warning",
+                            "data": {
+                                "session_id": session_id,
+                                "reason": "control_failed",
+                                "message": "The server could not switch denoise on.",
+                            },
+                        },
+                    )
         elif kind == "rtc.listen.start":
             if room is None or room.closing:
                 await self._reply(
@@ -904,6 +1005,7 @@ class MediaServer:
                 offer_sdp=message.get("sdp"),  # type: ignore[arg-type]  # validated there
                 denoise=bool(message.get("denoise", True)),
                 owner_page=reply_channel or None,
+                title=str(message.get("title") or ""),
             )
         except (SignalingError, services.LiveSessionError) as exc:
             await self._reply(reply_channel, refusal(exc.code, str(exc)))

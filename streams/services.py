@@ -92,6 +92,7 @@ def _notify_live(session: LiveSession, *, live: bool) -> None:
             "live": live,
             "session_id": session.id,
             "started_at": session.started_at.isoformat(),
+            "title": session.title,
         },
     )
 

@@ -24,6 +24,7 @@ from django.utils import timezone
 from streams import rtc, services
 from streams.models import LiveSession, Recording
 from streams.processors.base import PassThrough
+from streams.processors.denoise import ALGORITHMIC_DELAY_SAMPLES
 from tests import live_server
 from tests.factories import make_recording, make_user
 from tests.rtc_helpers import (
@@ -355,11 +356,16 @@ async def test_listener_answer_does_not_wait_for_publishing_the_listener_count(
 
 # -- 11. a failed open does not leak the processor ------------------------------------
 class _ClosingPassThrough(PassThrough):
-    """A pass-through processor that records whether it was closed."""
+    """A pass-through processor that records whether it was closed; it declares the
+    denoiser's latency, as the live denoise stage requires of its processor."""
 
     def __init__(self) -> None:
         super().__init__()
         self.closed = False
+
+    @property
+    def latency_samples(self) -> int:
+        return ALGORITHMIC_DELAY_SAMPLES
 
     def close(self) -> None:
         self.closed = True
@@ -390,7 +396,7 @@ async def test_failed_open_closes_the_processor_it_already_built(monkeypatch) ->
     try:
         pc.addTransceiver(AudioStreamTrack(), direction="sendonly")
         await a.send_json_to(
-            {"type": "broadcast.start", "sdp": await offer_sdp(pc), "denoise": False}
+            {"type": "broadcast.start", "sdp": await offer_sdp(pc), "denoise": True}
         )
         error = await expect(a, "error", timeout=WAIT_S)
         assert error["ref"] == "broadcast.start" and error["code"] == "internal"
