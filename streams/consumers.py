@@ -121,10 +121,11 @@ def _session_id(content: dict[str, Any]) -> int:
 class _GoLive:
     """A go-live sent to a media worker and not answered yet."""
 
-    request_id: str
-    content: dict[str, Any]  # the page's broadcast.start frame (sdp, denoise)
-    tried: list[str] = field(default_factory=list)  # workers that refused (full)
+    request_id: str  # of the current attempt (one per worker asked)
+    content: dict[str, Any]  # the page's broadcast.start frame (sdp, denoise, title)
+    tried: list[str] = field(default_factory=list)  # workers asked already
     deadline: asyncio.Task[None] | None = None
+    timed_out: bool = False  # a worker asked did not answer in time
 
 
 def _title_parse(value: object) -> str:
@@ -176,6 +177,7 @@ class HearthConsumer(AsyncWebsocketConsumer):
         self.user = user
         self.listening = {}
         self.listen_replies = {}
+        self.stops_asked: set[int] = set()
         self.groups_joined: set[str] = set()
         await self.accept()
         await self._join(user_group(user.id))
@@ -314,20 +316,32 @@ class HearthConsumer(AsyncWebsocketConsumer):
         if settings.HEARTH["MEDIA_IN_PROCESS"]:
             await media_server().ensure_started()  # this process's worker is placeable
         self.going_live = _GoLive(
-            request_id=secrets.token_hex(8),
-            content={"sdp": sdp, "denoise": denoise, "title": title},
+            request_id="", content={"sdp": sdp, "denoise": denoise, "title": title}
         )
-        await self._broadcast_place()
+        try:
+            await self._broadcast_place()
+        except BaseException:
+            self._going_live_drop()  # whatever failed, the page may try again
+            raise
 
     async def _broadcast_place(self) -> None:
         """Send the pending go-live to the least-loaded worker not tried yet.
 
+        Each attempt has its own ``request_id`` and deadline
+        (``BROADCAST_REPLY_TIMEOUT_S``): a worker that is full, shutting down or
+        silent is added to ``tried`` and the next one is asked; an answer to an
+        older attempt is stopped on its worker.
+
         Raises:
             ProtocolError: ``server_full`` when every live worker is full (or refused),
-                ``unavailable`` when no media worker is running at all.
+                ``unavailable`` when no media worker is running at all,
+                ``worker_unreachable`` when the workers tried did not answer.
         """
         pending = self.going_live
         assert pending is not None
+        if pending.deadline is not None and pending.deadline is not asyncio.current_task():
+            pending.deadline.cancel()
+        pending.deadline = None
         candidates = await database_sync_to_async(selectors.media_worker_candidates)(
             exclude=pending.tried
         )
@@ -335,6 +349,8 @@ class HearthConsumer(AsyncWebsocketConsumer):
             if not await database_sync_to_async(media_worker_reserve)(worker_id=worker.id):
                 continue  # another page took its last slot meanwhile
             pending.tried.append(worker.channel_name)
+            pending.request_id = secrets.token_hex(8)
+            pending.deadline = asyncio.ensure_future(self._broadcast_reply_deadline(pending))
             await self.channel_layer.send(
                 worker.channel_name,
                 {
@@ -345,10 +361,12 @@ class HearthConsumer(AsyncWebsocketConsumer):
                     **pending.content,
                 },
             )
-            if pending.deadline is None:
-                pending.deadline = asyncio.ensure_future(self._broadcast_reply_deadline(pending))
             return
         self._going_live_drop()
+        if pending.timed_out:
+            raise ProtocolError(
+                "The media server is not answering; try again later.", code="worker_unreachable"
+            )
         alive = await database_sync_to_async(selectors.media_workers_alive)()
         if not alive:
             raise ProtocolError(
@@ -367,17 +385,27 @@ class HearthConsumer(AsyncWebsocketConsumer):
             deadline.cancel()
 
     async def _broadcast_reply_deadline(self, pending: _GoLive) -> None:
-        """Give up on a go-live no worker answered within ``BROADCAST_REPLY_TIMEOUT_S``."""
+        """A worker did not answer this attempt within ``BROADCAST_REPLY_TIMEOUT_S``:
+        ask the next one (its late answer, if any, is stopped)."""
         await asyncio.sleep(settings.HEARTH["BROADCAST_REPLY_TIMEOUT_S"])
         if self.going_live is not pending:
             return
-        self._going_live_drop()
-        logger.warning("no media worker answered a go-live in time")
-        await self._error(
-            "The media server is not answering; try again later.",
-            code="worker_unreachable",
-            ref="broadcast.start",
-        )
+        logger.warning("a media worker did not answer a go-live in time; trying another")
+        pending.timed_out = True
+        await self._broadcast_retry()
+
+    async def _broadcast_retry(self) -> None:
+        """Place the pending go-live again; a failure becomes an error frame."""
+        try:
+            await self._broadcast_place()
+        except ProtocolError as exc:
+            await self._error(str(exc), code=exc.code, ref="broadcast.start")
+        except Exception:
+            self._going_live_drop()
+            logger.exception("placing a go-live failed")
+            await self._error(
+                "Something went wrong on the server.", code="internal", ref="broadcast.start"
+            )
 
     async def on_broadcast_control(self, content: dict[str, Any]) -> None:
         """Switch this page's live broadcast: ``muted`` and/or ``denoise`` (booleans).
@@ -400,7 +428,15 @@ class HearthConsumer(AsyncWebsocketConsumer):
         )
 
     async def on_broadcast_stop(self, content: dict[str, Any]) -> None:
-        """Stop this page's broadcast; ``broadcast.ended`` follows from its worker."""
+        """Stop this page's broadcast; ``broadcast.ended`` follows from its worker.
+
+        A go-live still waiting for its worker is given up at once (``broadcast.ended``
+        with no session); its late answer is stopped on the worker.
+        """
+        if self.going_live is not None:
+            self._going_live_drop()
+            await self._send({"type": "broadcast.ended", "session_id": None, "recording_id": None})
+            return
         if self.broadcasting is None:
             raise ProtocolError("This page is not live.", code="not_live")
         session_id, self.broadcasting = self.broadcasting, None
@@ -408,6 +444,7 @@ class HearthConsumer(AsyncWebsocketConsumer):
 
     async def _broadcast_stop_send(self, session_id: int, worker: str, reason: str) -> None:
         """Ask ``worker`` to stop ``session_id``; it replies ``rtc.broadcast.ended``."""
+        self.stops_asked.add(session_id)
         await self.channel_layer.send(
             worker,
             {
@@ -569,10 +606,18 @@ class HearthConsumer(AsyncWebsocketConsumer):
         worker = str(event["worker_channel"])
         if pending is None or pending.request_id != event.get("request_id"):
             await self._broadcast_stop_send(session_id, worker, "abandoned")
+            self.stops_asked.discard(session_id)  # the page never knew this session
             return
         self._going_live_drop()
         self.broadcasting, self.broadcast_owner = session_id, worker
         await self._join(services.session_group(session_id))
+        if not await database_sync_to_async(selectors.live_session_is_live)(session_id=session_id):
+            # Ended before we joined its group (we would never hear session.ended).
+            await self._session_forget(session_id)
+            await self._error(
+                "The broadcast ended as it started.", code="not_live", ref="broadcast.start"
+            )
+            return
         await self._send(
             {"type": "broadcast.answer", "session_id": session_id, "sdp": event["sdp"]}
         )
@@ -584,17 +629,18 @@ class HearthConsumer(AsyncWebsocketConsumer):
         if pending is None or pending.request_id != event.get("request_id"):
             return
         if event.get("code") in ("worker_full", "unavailable"):
-            try:
-                await self._broadcast_place()
-            except ProtocolError as exc:
-                await self._error(str(exc), code=exc.code, ref="broadcast.start")
+            await self._broadcast_retry()
             return
         self._going_live_drop()
         await self._error(str(event["message"]), code=str(event["code"]), ref="broadcast.start")
 
     async def rtc_broadcast_ended(self, event: dict[str, Any]) -> None:
-        """Our worker stopped the broadcast we asked it to stop."""
+        """Our worker stopped the broadcast we asked it to stop (answers to stops we
+        did not ask for, e.g. of abandoned go-lives, are not the page's business)."""
         session_id = event["session_id"]
+        if session_id not in self.stops_asked:
+            return
+        self.stops_asked.discard(session_id)
         group = services.session_group(session_id)
         if group in self.groups_joined:
             await self._leave(group)

@@ -196,14 +196,31 @@ class BroadcastRoom:
         self._limits_task: asyncio.Task[None] | None = None
         self._published_listeners = 0  # the count last stored and sent
         self.closing = False
+        self._open_done = asyncio.Event()  # cleared while open() runs
+        self._open_done.set()
 
     async def open(self, offer_sdp: str) -> str:
         """Answer the broadcaster's SDP offer and start the graph on its audio track.
 
+        A :meth:`close` that starts meanwhile waits for this to return; this gives up
+        (``not_live``) at its next step instead of creating more.
+
         Raises:
-            SignalingError: unusable offer, or no audio track in it.
+            SignalingError: unusable offer, no audio track in it, or ``not_live`` when
+                the broadcast was stopped while opening.
             ProcessorError, OSError: the denoiser or the recording file cannot be made.
         """
+        self._open_done.clear()
+        try:
+            return await self._open(offer_sdp)
+        finally:
+            self._open_done.set()
+
+    def _still_opening(self) -> None:
+        if self.closing:
+            raise SignalingError("This broadcast was stopped.", code="not_live")
+
+    async def _open(self, offer_sdp: str) -> str:
         loop = asyncio.get_running_loop()
         workers = self.server.workers
         # The denoise stage always delays by DeepFilterNet3's latency, so it can be
@@ -217,8 +234,10 @@ class BroadcastRoom:
                 workers.load, functools.partial(audio_chain_build, denoise=True)
             )
             self.stage.processor_set(chain)
+        self._still_opening()
         recorder = await loop.run_in_executor(workers.io, WavRecorder, self.recording_file)
         self.recorder_sink = RecorderSink(recorder, workers.io, on_failed=self._on_recorder_failed)
+        self._still_opening()
         self.relay = Relay(
             encoder=OpusEncoder(),
             executor=workers.encode,
@@ -242,6 +261,7 @@ class BroadcastRoom:
         except Exception as exc:  # aiortc raises ValueError/KeyError/... on malformed SDP
             logger.info("unusable SDP offer: %r", exc)
             raise SignalingError("The SDP offer could not be used.") from exc
+        self._still_opening()
         receiver = next(
             (
                 t.receiver
@@ -257,6 +277,7 @@ class BroadcastRoom:
         receiver_reorder_window_set(receiver, frames=settings.HEARTH["RECEIVE_REORDER_FRAMES"])
         answer = await pc.createAnswer()
         await pc.setLocalDescription(answer)
+        self._still_opening()
         self._start_graph(audio)
         self._connect_task = asyncio.ensure_future(self._connect_deadline(connected))
         return pc.localDescription.sdp
@@ -610,6 +631,7 @@ class BroadcastRoom:
         under its abandoned thread.
         """
         self.closing = True
+        await self._open_done.wait()  # an open() in flight gives up at its next step
         loop = asyncio.get_running_loop()
         for key in list(self.listeners):
             with contextlib.suppress(Exception):
@@ -675,7 +697,8 @@ class MediaServer:
         self.rooms: dict[int, BroadcastRoom] = {}
         self.channel_name: str | None = None
         self.started = False
-        self._starting = 0  # go-lives being opened (count against capacity)
+        self.draining = False  # shutting down: takes no go-lives, advertises capacity 0
+        self._starting = 0  # go-lives accepted whose room is not in self.rooms yet
         self.workers = Workers(
             encode_threads=settings.HEARTH["MEDIA_THREADS"],
             processing_slots=settings.HEARTH["MEDIA_THREADS"],
@@ -705,8 +728,10 @@ class MediaServer:
             layer = get_channel_layer()
             if self.worker:
                 if isinstance(layer, InMemoryChannelLayer):
-                    # One process only: sessions still "live" are a crash's leftovers.
+                    # One process only: sessions still "live" and worker rows are a
+                    # crash's leftovers (and unreachable without a shared layer).
                     await database_sync_to_async(services.live_session_end_orphaned)()
+                    await database_sync_to_async(services.media_workers_forget)()
                 # The default "specific" prefix matters: channels_redis receives every
                 # "specific.<client>!" channel of a process through one shared list and
                 # lock; another prefix would hold that lock on its own list and starve
@@ -736,7 +761,7 @@ class MediaServer:
             "channel_name": self.channel_name,
             "host": socket.gethostname(),
             "pid": os.getpid(),
-            "capacity": self.capacity,
+            "capacity": 0 if self.draining else self.capacity,
         }
 
     # -- broadcasts -----------------------------------------------------------
@@ -761,18 +786,35 @@ class MediaServer:
         """
         if self.shut_down:
             raise SignalingError("The server is shutting down.", code="unavailable")
+        if self.draining:
+            raise SignalingError("This media server is shutting down.", code="unavailable")
         if len(self.rooms) + self._starting >= self.capacity:
             raise SignalingError("This media server is full.", code="worker_full")
+        # Counted in _starting until its room joins self.rooms, never in both.
         self._starting += 1
+        counted = [True]
         try:
             return await self._broadcast_open(
-                user=user, offer_sdp=offer_sdp, denoise=denoise, owner_page=owner_page, title=title
+                user=user,
+                offer_sdp=offer_sdp,
+                denoise=denoise,
+                owner_page=owner_page,
+                title=title,
+                counted=counted,
             )
         finally:
-            self._starting -= 1
+            if counted[0]:
+                self._starting -= 1
 
     async def _broadcast_open(
-        self, *, user: User, offer_sdp: str, denoise: bool, owner_page: str | None, title: str
+        self,
+        *,
+        user: User,
+        offer_sdp: str,
+        denoise: bool,
+        owner_page: str | None,
+        title: str,
+        counted: list[bool],
     ) -> tuple[int, str]:
         channel = await self.ensure_started()
         assert channel is not None, "only a media worker holds broadcasts"
@@ -790,6 +832,8 @@ class MediaServer:
             owner_page=owner_page,
         )
         self.rooms[session.id] = room
+        self._starting -= 1
+        counted[0] = False
         try:
             answer = await room.open(offer_sdp)
         except Exception:
@@ -915,9 +959,14 @@ class MediaServer:
         if kind == "rtc.broadcast.start":
             await self._broadcast_start_message(message, reply_channel)
         elif kind == "rtc.broadcast.stop":
-            recording_id = await self.broadcast_stop(
-                session_id, reason=str(message.get("reason") or "stopped")[:40]
-            )
+            if room is None:  # not ours (any more): report, never end another's session
+                recording_id = await database_sync_to_async(selectors.recording_id_of_session)(
+                    session_id=session_id
+                )
+            else:
+                recording_id = await self.broadcast_stop(
+                    session_id, reason=str(message.get("reason") or "stopped")[:40]
+                )
             await self._reply(
                 reply_channel,
                 {
@@ -1112,7 +1161,7 @@ class MediaServer:
 
     async def worker_tick(self) -> None:
         """One pass of :meth:`_worker_loop` (tests call it directly)."""
-        if self.worker and self.channel_name is not None and not self.shut_down:
+        if self.worker and self.channel_name is not None:
             await database_sync_to_async(services.media_worker_heartbeat)(
                 sessions=len(self.rooms) + self._starting, **self._worker_identity()
             )
@@ -1193,7 +1242,15 @@ class MediaServer:
         if self.shut_down:
             return
         self.shut_down = True
+        self.draining = True
         logger.info("media server shutting down: %d live session(s)", len(self.rooms))
+        if self.worker and self.channel_name is not None:
+            # Advertise capacity 0 at once (no more placements here) and keep stamping
+            # while the broadcasts finalise, so nobody judges this worker dead meanwhile.
+            with contextlib.suppress(Exception):
+                await database_sync_to_async(services.media_worker_heartbeat)(
+                    sessions=len(self.rooms), **self._worker_identity()
+                )
         await asyncio.gather(
             *(self.broadcast_stop(sid, reason="server_shutdown") for sid in list(self.rooms)),
             return_exceptions=True,

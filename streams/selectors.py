@@ -124,14 +124,18 @@ def media_worker_stale_cutoff() -> datetime:
 def media_worker_candidates(*, exclude: list[str] | None = None) -> list[MediaWorker]:
     """Live media workers with room for a broadcast, least loaded first.
 
-    Load is ``sessions / capacity``; ties go to the emptier worker, then the older
-    row. Workers whose channel is in ``exclude`` (already tried) are left out.
+    Load is ``sessions / capacity``; ties go to the emptier worker, then the one
+    stamped last. Workers whose channel is in ``exclude`` (already tried) are left out.
     """
     workers = MediaWorker.objects.filter(heartbeat_at__gte=media_worker_stale_cutoff())
     if exclude:
         workers = workers.exclude(channel_name__in=exclude)
     room = [w for w in workers if w.sessions < w.capacity]
-    return sorted(room, key=lambda w: (w.sessions / w.capacity, w.sessions, w.id))
+    # Ties go to the freshest stamp: after a crash and a quick restart, the dead
+    # worker's row (still within WORKER_STALE_S) loses to its successor's.
+    return sorted(
+        room, key=lambda w: (w.sessions / w.capacity, w.sessions, -w.heartbeat_at.timestamp())
+    )
 
 
 def media_workers_alive() -> int:
@@ -171,3 +175,13 @@ def pages_gone(*, channel_names: list[str]) -> set[str]:
         )
     )
     return set(channel_names) - present
+
+
+def live_session_is_live(*, session_id: int) -> bool:
+    """Whether session ``session_id`` exists and has not ended."""
+    return LiveSession.objects.filter(id=session_id, ended_at__isnull=True).exists()
+
+
+def recording_id_of_session(*, session_id: int) -> int | None:
+    """The id of session ``session_id``'s recording, if it has one."""
+    return Recording.objects.filter(session_id=session_id).values_list("id", flat=True).first()

@@ -220,13 +220,15 @@ class _FileFigures:
     disposable: bool
 
 
-def _recording_file_busy(path: Path) -> bool:
-    """True if ``path`` was modified within ``SESSION_STALE_S``: its writer may be alive."""
+def _recording_file_busy(path: Path, *, within_s: float | None = None) -> bool:
+    """True if ``path`` was modified within ``within_s`` (default ``SESSION_STALE_S``)
+    seconds: its writer may be alive."""
     try:
         modified = path.stat().st_mtime
     except OSError:
         return False
-    return time.time() - modified < settings.HEARTH["SESSION_STALE_S"]
+    window = settings.HEARTH["SESSION_STALE_S"] if within_s is None else within_s
+    return time.time() - modified < window
 
 
 def _recording_file_measure(path: Path, *, repair_busy: bool) -> _FileFigures:
@@ -524,9 +526,15 @@ def media_worker_heartbeat(
     updated = MediaWorker.objects.filter(channel_name=channel_name).update(
         sessions=max(sessions, 0), heartbeat_at=now, capacity=capacity
     )
-    if not updated:
+    if not updated and capacity >= 1:  # a draining worker need not come back
         media_worker_register(channel_name=channel_name, host=host, pid=pid, capacity=capacity)
         MediaWorker.objects.filter(channel_name=channel_name).update(sessions=max(sessions, 0))
+
+
+def media_workers_forget() -> int:
+    """Delete every media worker row; returns how many (single-process start-up only)."""
+    deleted, _ = MediaWorker.objects.all().delete()
+    return deleted
 
 
 def media_worker_unregister(*, channel_name: str) -> None:
@@ -551,35 +559,53 @@ def media_worker_reserve(*, worker_id: int) -> bool:
 def media_worker_end_dead(*, exclude_channel: str | None = None) -> int:
     """End the sessions of workers that stopped stamping (killed); returns sessions ended.
 
-    A worker whose ``heartbeat_at`` is older than ``HEARTH["WORKER_STALE_S"]`` is
-    dead: each live session it owned is ended as ``worker_lost`` with its WAV
-    repaired (even if written to recently: its writer is gone), then the row is
-    deleted. ``exclude_channel`` (the caller's own worker) is never judged.
+    A worker whose ``heartbeat_at`` is older than ``HEARTH["WORKER_STALE_S"]`` looks
+    dead. A stamp alone is weak evidence (a database stall or outage delays every
+    stamp), so each of its live sessions is ended as ``worker_lost``, its WAV
+    repaired, only if that recording was not written to within ``WORKER_STALE_S``
+    either: a worker killed with SIGKILL stops writing at once, a live one writes
+    every 100 ms while audio flows. The row is deleted once none of its sessions
+    shows signs of life. ``exclude_channel`` (the caller's own worker) is never judged.
     """
+    window = settings.HEARTH["WORKER_STALE_S"]
     dead = MediaWorker.objects.filter(heartbeat_at__lt=media_worker_stale_cutoff())
     if exclude_channel:
         dead = dead.exclude(channel_name=exclude_channel)
     ended = 0
     for worker in list(dead):
-        session_ids = list(
-            LiveSession.objects.filter(
-                owner_channel=worker.channel_name, ended_at__isnull=True
-            ).values_list("id", flat=True)
+        sessions = list(
+            LiveSession.objects.filter(owner_channel=worker.channel_name, ended_at__isnull=True)
         )
-        logger.warning(
-            "media worker %s:%s stopped stamping; ending its %d session(s)",
-            worker.host,
-            worker.pid,
-            len(session_ids),
-        )
-        for session_id in session_ids:
+        alive = False
+        for session in sessions:
+            recording = Recording.objects.filter(session=session).first()
+            if recording is not None and _recording_file_busy(
+                recording_path(recording), within_s=window
+            ):
+                alive = True  # still being written: the worker lives, only its stamp lags
+                continue
             try:
                 done, _ = _session_end(
-                    session_id=session_id, reason="worker_lost", info=None, repair_busy=True
+                    session_id=session.id, reason="worker_lost", info=None, repair_busy=True
                 )
             except LiveSession.DoesNotExist:
                 continue
             ended += done
+        if alive:
+            logger.warning(
+                "media worker %s:%s has not stamped for %.0f s but still writes; left alone",
+                worker.host,
+                worker.pid,
+                window,
+            )
+            continue
+        if sessions:
+            logger.warning(
+                "media worker %s:%s stopped stamping; ended %d session(s)",
+                worker.host,
+                worker.pid,
+                len(sessions),
+            )
         MediaWorker.objects.filter(
             id=worker.id, heartbeat_at__lt=media_worker_stale_cutoff()
         ).delete()

@@ -8,6 +8,8 @@ reads on the in-memory layer), so the routing itself is what is checked.
 from __future__ import annotations
 
 import asyncio
+import os
+import time
 import wave
 from datetime import timedelta
 from pathlib import Path
@@ -102,7 +104,9 @@ def test_dead_worker_sessions_end_as_worker_lost_with_repaired_recordings(settin
     lost, _ = services.live_session_start(broadcaster=alice, denoise=False, owner_channel="w-dead")
     kept, _ = services.live_session_start(broadcaster=bob, denoise=False, owner_channel="w-live")
     recording = Recording.objects.get(session=lost)
-    _half_written_wav(Path(recording.file.path), frames=48_000)  # written just now: "busy"
+    _half_written_wav(Path(recording.file.path), frames=48_000)
+    old = time.time() - 30
+    os.utime(recording.file.path, (old, old))  # its writer stopped with the worker
 
     assert services.media_worker_end_dead(exclude_channel="w-self") == 1
 
@@ -110,7 +114,7 @@ def test_dead_worker_sessions_end_as_worker_lost_with_repaired_recordings(settin
     kept.refresh_from_db()
     recording.refresh_from_db()
     assert lost.end_reason == "worker_lost" and kept.ended_at is None
-    assert recording.duration_s == pytest.approx(1.0)  # header repaired despite the fresh file
+    assert recording.duration_s == pytest.approx(1.0)  # header repaired
     assert set(MediaWorker.objects.values_list("channel_name", flat=True)) == {"w-self", "w-live"}
 
 
@@ -188,27 +192,31 @@ async def test_go_live_goes_to_the_least_loaded_worker_and_on_when_one_is_full(
             },
         )
         second = await asyncio.wait_for(layer.receive(busy), WAIT_S)
-        assert second["request_id"] == first["request_id"]
+        assert second["request_id"] != first["request_id"]  # one id per attempt
+        assert second["sdp"] == sdp and second["user_id"] == alice.id
+        session, _ = await database_sync_to_async(services.live_session_start)(
+            broadcaster=alice, denoise=False, owner_channel=busy
+        )
         await layer.send(
             second["reply_channel"],
             {
                 "type": "rtc.broadcast.answer",
                 "request_id": second["request_id"],
                 "worker_channel": busy,
-                "session_id": 41,
+                "session_id": session.id,
                 "sdp": "v=0 answer",
             },
         )
         answer = await expect(page, "broadcast.answer")
-        assert answer["session_id"] == 41
+        assert answer["session_id"] == session.id
 
         # Stopping goes to the worker that holds it, and its reply ends it on the page.
         await page.send_json_to({"type": "broadcast.stop"})
         stop = await asyncio.wait_for(layer.receive(busy), WAIT_S)
-        assert stop["type"] == "rtc.broadcast.stop" and stop["session_id"] == 41
+        assert stop["type"] == "rtc.broadcast.stop" and stop["session_id"] == session.id
         await layer.send(
             stop["reply_channel"],
-            {"type": "rtc.broadcast.ended", "session_id": 41, "recording_id": 7},
+            {"type": "rtc.broadcast.ended", "session_id": session.id, "recording_id": 7},
         )
         ended = await expect(page, "broadcast.ended")
         assert ended["recording_id"] == 7

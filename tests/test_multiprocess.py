@@ -1,8 +1,9 @@
 """Two daphne processes sharing one database and one Redis channel layer.
 
-The broadcaster's WebSocket lands on daphne A (which owns its peer connection);
-the listener's lands on daphne B, whose consumer routes the SDP offer through
-Redis to A's media server. All traffic is on 127.0.0.1.
+The broadcaster's WebSocket lands on daphne A; each daphne also runs a media worker
+(the default), and the go-live is placed on the least-loaded of the two. The
+listener's WebSocket lands on daphne B, whose consumer routes the SDP offer through
+Redis to whichever worker owns the session. All traffic is on 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -76,7 +77,7 @@ async def test_listener_on_other_process_hears_broadcast(
         await accept_answer(pc_a, answer["sdp"])
         session_id = answer["session_id"]
         session = await database_sync_to_async(LiveSession.objects.get)(id=session_id)
-        assert "!" in session.owner_channel  # a process-specific channel of daphne A
+        assert "!" in session.owner_channel  # a process-specific channel of a worker
 
         # Bob, on B, hears she went live (event through Redis) and listens via B.
         live = await b.expect("live", match=lambda f: f.get("session_id") == session_id)
