@@ -1244,6 +1244,12 @@ class MediaServer:
         self.shut_down = True
         self.draining = True
         logger.info("media server shutting down: %d live session(s)", len(self.rooms))
+        # Every stop starts now, before any await, so a page whose socket closes
+        # meanwhile finds its broadcast already stopping as "server_shutdown".
+        stops = [
+            asyncio.ensure_future(self.broadcast_stop(sid, reason="server_shutdown"))
+            for sid in list(self.rooms)
+        ]
         if self.worker and self.channel_name is not None:
             # Advertise capacity 0 at once (no more placements here) and keep stamping
             # while the broadcasts finalise, so nobody judges this worker dead meanwhile.
@@ -1251,10 +1257,7 @@ class MediaServer:
                 await database_sync_to_async(services.media_worker_heartbeat)(
                     sessions=len(self.rooms), **self._worker_identity()
                 )
-        await asyncio.gather(
-            *(self.broadcast_stop(sid, reason="server_shutdown") for sid in list(self.rooms)),
-            return_exceptions=True,
-        )
+        await asyncio.gather(*stops, return_exceptions=True)
         for task in self._tasks:
             task.cancel()
         if self.worker and self.channel_name is not None:

@@ -262,6 +262,8 @@ def test_sign_up_befriend_go_live_listen_and_replay(server, noisy_jfk_wav: Path)
         # Bob listens: the unmuted audio element plays non-silent remote audio.
         live_item.locator(".listen-link").click()
         expect(bob.locator("#broadcaster-name")).to_contain_text("alice")
+        bob.wait_for_url("**/listen/**")
+        expect(bob.locator("#ws-status")).to_have_attribute("data-state", "open", timeout=10_000)
         bob.click("#listen-start")
         expect(bob.locator("#listen-status")).to_have_attribute(
             "data-state", "live", timeout=20_000
@@ -417,6 +419,100 @@ def test_a_listener_resumes_after_a_network_drop_and_learns_of_a_missed_end(
         bob.evaluate("window.networkCut(false)")
         expect(status).to_have_attribute("data-state", "ended", timeout=30_000)
         expect(bob.locator("#listen-title-state")).to_have_text("was live")
+        assert errors == [], "console errors:\n" + "\n".join(errors)
+    finally:
+        browser.close()
+        playwright.stop()
+
+
+def test_broadcaster_titles_mutes_switches_denoise_and_sees_who_listens(
+    server, noisy_jfk_wav: Path
+) -> None:
+    from users.models import Friendship, User
+
+    ns, base = server
+    errors: list[str] = []
+    with inside(ns):
+        playwright, browser = _launch(noisy_jfk_wav)
+    try:
+        alice, bob = browser.new_context().new_page(), browser.new_context().new_page()
+        for page in (alice, bob):
+            _watch_console(page, errors)
+        _sign_up(alice, base, "alice")
+        _sign_up(bob, base, "bob")
+
+        def befriend() -> None:
+            low, high = sorted(
+                User.objects.filter(username__in=["alice", "bob"]), key=lambda u: u.id
+            )
+            Friendship.objects.create(user_low=low, user_high=high)
+
+        _orm(befriend)
+        alice.goto(f"{base}/live/")
+        alice.fill("#live-title", "Friday jam")
+        alice.click("#go-live-start")
+        status = alice.locator("#live-status")
+        expect(status).to_have_attribute("data-state", "live", timeout=20_000)
+        expect(alice.locator("#listener-names-empty")).to_be_visible()
+        expect(alice.locator("#live-title")).to_be_disabled()
+
+        bob.goto(f"{base}/")
+        live_item = bob.locator(".live-now-item")
+        expect(live_item).to_have_count(1, timeout=10_000)
+        live_item.locator(".listen-link").click()
+        bob.wait_for_url("**/listen/**")
+        expect(bob.locator("#ws-status")).to_have_attribute("data-state", "open", timeout=10_000)
+        bob.click("#listen-start")
+        expect(bob.locator("#listen-status")).to_have_attribute(
+            "data-state", "live", timeout=20_000
+        )
+        expect(alice.locator("#listener-names li")).to_have_text(["bob"], timeout=10_000)
+
+        def bob_level() -> float:
+            return bob.evaluate(
+                """async () => {
+                    let level = 0;
+                    (await window.hearthListener.pc.getStats()).forEach((s) => {
+                        const inbound = s.type === "inbound-rtp" && s.kind === "audio";
+                        if (inbound) level = s.audioLevel || 0;
+                    });
+                    return level;
+                }"""
+            )
+
+        def wait_level(check) -> float:
+            level = bob_level()
+            for _ in range(60):
+                if check(level):
+                    break
+                bob.wait_for_timeout(250)
+                level = bob_level()
+            return level
+
+        assert wait_level(lambda v: v > 0.01) > 0.01
+        alice.click("#live-mute")
+        expect(alice.locator("#live-mute")).to_have_attribute("aria-pressed", "true")
+        expect(status).to_have_text("Live · muted")
+        assert wait_level(lambda v: v < 0.001) < 0.001, "listener still hears a muted broadcast"
+        alice.click("#live-mute")
+        expect(alice.locator("#live-mute")).to_have_text("Mute")
+        assert wait_level(lambda v: v > 0.01) > 0.01
+
+        alice.uncheck("#denoise")  # switched off live: audio keeps flowing
+        alice.wait_for_timeout(1000)
+        expect(alice.locator("#denoise")).not_to_be_checked()
+        assert wait_level(lambda v: v > 0.01) > 0.01
+
+        bob.click("#listen-stop")
+        expect(alice.locator("#listener-names-empty")).to_be_visible(timeout=10_000)
+        alice.click("#go-live-stop")
+        expect(status).to_have_attribute("data-state", "ended", timeout=20_000)
+        titles = _orm(
+            lambda: list(
+                User.objects.get(username="alice").recordings.values_list("title", flat=True)
+            )
+        )
+        assert titles == ["Friday jam"]
         assert errors == [], "console errors:\n" + "\n".join(errors)
     finally:
         browser.close()

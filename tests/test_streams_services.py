@@ -542,6 +542,7 @@ def test_live_events_on_start_and_end(alice, bob, carol, layer, django_capture_o
         "live": True,
         "session_id": session.id,
         "started_at": session.started_at.isoformat(),
+        "title": "",
     }
     assert bob_inbox.events() == [("live", live)]
     assert alice_inbox.events() == [("live", live)]

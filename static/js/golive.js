@@ -20,6 +20,11 @@ const els = {
   meter: $("mic-level"),
   meterBar: $("mic-level-bar"),
   denoise: $("denoise"),
+  title: $("live-title"),
+  mute: $("live-mute"),
+  listenersPanel: $("listeners-panel"),
+  listenerNames: $("listener-names"),
+  listenerNamesEmpty: $("listener-names-empty"),
   start: $("go-live-start"),
   stop: $("go-live-stop"),
   ended: $("live-ended"),
@@ -56,6 +61,7 @@ let signalled = false; // broadcast.start was sent: the server may hold a sessio
 let elsewhereSession = readJson("active-session");
 let attempt = 0; // bumps on every start/stop so stale async steps give up
 let limitWarning = ""; // the latest session.warning of this broadcast, kept while live
+let muted = false; // as the server last confirmed (session.state)
 
 // --- State and display -----------------------------------------------------------
 
@@ -74,7 +80,16 @@ function setState(next, { message = "", error = "" } = {}) {
     next === "ended" || next === "error" ? "Start again" : "Start broadcast";
   els.stop.hidden = !(next === "connecting" || next === "live");
   els.stop.disabled = false;
-  els.denoise.disabled = broadcasting;
+  // Denoise can be switched while live (the server applies it), not mid-transition.
+  els.denoise.disabled = next === "connecting" || next === "stopping";
+  els.title.disabled = broadcasting;
+  els.mute.hidden = next !== "live";
+  els.listenersPanel.hidden = next !== "live";
+  if (next !== "live") {
+    muted = false;
+    showMuted();
+    showListenerNames([]);
+  }
   els.ended.hidden = next !== "ended";
 
   if (next === "live") {
@@ -270,7 +285,7 @@ async function start() {
     if (mine !== attempt) return;
     signalled = true;
     const reply = await socket.request(
-      { type: "broadcast.start", sdp, denoise: els.denoise.checked },
+      { type: "broadcast.start", sdp, denoise: els.denoise.checked, title: els.title.value.trim() },
       "broadcast.answer",
       { timeout: 20_000 },
     );
@@ -316,6 +331,46 @@ async function stop() {
 
 socket.on("session.stats", (msg) => {
   if (msg.session_id === sessionId) setListeners(msg.listeners);
+});
+
+// --- Live switches and who is listening ---------------------------------------------
+
+function showMuted() {
+  els.mute.textContent = muted ? "Unmute" : "Mute";
+  els.mute.setAttribute("aria-pressed", String(muted));
+  els.status.textContent = state === "live" && muted ? "Live · muted" : STATUS_TEXT[state] ?? state;
+}
+
+function showListenerNames(listeners) {
+  els.listenerNames.replaceChildren(
+    ...listeners.map((person) => {
+      const item = document.createElement("li");
+      item.textContent = person.username;
+      item.dataset.userId = String(person.id);
+      return item;
+    }),
+  );
+  els.listenerNamesEmpty.hidden = listeners.length > 0;
+}
+
+els.mute.addEventListener("click", () => {
+  if (state !== "live") return;
+  socket.send({ type: "broadcast.control", muted: !muted });
+});
+
+els.denoise.addEventListener("change", () => {
+  if (state === "live") socket.send({ type: "broadcast.control", denoise: els.denoise.checked });
+});
+
+socket.on("session.state", (msg) => {
+  if (sessionId === null || msg.session_id !== sessionId) return;
+  muted = Boolean(msg.muted);
+  els.denoise.checked = Boolean(msg.denoise);
+  showMuted();
+});
+
+socket.on("session.listeners", (msg) => {
+  if (sessionId !== null && msg.session_id === sessionId) showListenerNames(msg.listeners || []);
 });
 
 // A limit will end the broadcast soon (today: the maximum length): say when, while live.
