@@ -20,6 +20,9 @@ Everything that differs between machines comes from the environment:
 ``DEBUG``, ``SECRET_KEY``, ``ALLOWED_HOSTS`` (comma-separated), ``MEDIA_ROOT``,
 ``CSRF_TRUSTED_ORIGINS`` (comma-separated), ``STATIC_ROOT``, ``SECURE`` (``1`` turns on HTTPS-only
 cookies, HSTS and the SSL redirect, for deployment behind TLS).
+``LOG_FORMAT``
+    ``text`` (default: one readable line per record) or ``json`` (one JSON object per
+    line, with ``session_id`` and ``user_id``). See ``project.logs``.
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ from pathlib import Path
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
+
+from project.logs import LOG_FORMATS, logging_config
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -81,6 +86,7 @@ MIDDLEWARE = [
     "csp.middleware.CSPMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
+    "project.logs.LogContextMiddleware",  # the signed-in user's id on the request's logs
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
@@ -346,6 +352,8 @@ AXES_RESET_ON_SUCCESS = True
 AXES_HTTP_RESPONSE_CODE = 429
 AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
 AXES_VERBOSE = False
+# Axes' log lines name a client by a keyed pseudonym, not its username and address.
+AXES_CLIENT_STR_CALLABLE = "project.logs.axes_client_str"
 
 for _network in HEARTH["ICE_DENY_NETWORKS"]:
     try:
@@ -353,15 +361,8 @@ for _network in HEARTH["ICE_DENY_NETWORKS"]:
     except ValueError as _exc:
         raise ImproperlyConfigured(f"HEARTH['ICE_DENY_NETWORKS']: {_exc}") from _exc
 
-LOGGING = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {"handlers": ["console"], "level": "WARNING"},
-    "loggers": {
-        "hearth": {"level": os.environ.get("HEARTH_LOG_LEVEL", "INFO")},
-        "aioice": {"level": "WARNING"},
-        "aiortc": {"level": "WARNING"},
-    },
-}
+# --- Logs (see project/logs.py) -------------------------------------------------------
+LOG_FORMAT = os.environ.get("LOG_FORMAT", "text").strip().lower()
+if LOG_FORMAT not in LOG_FORMATS:
+    raise ImproperlyConfigured("LOG_FORMAT must be 'text' or 'json'.")
+LOGGING = logging_config(LOG_FORMAT, hearth_level=os.environ.get("HEARTH_LOG_LEVEL", "INFO"))

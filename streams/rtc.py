@@ -224,7 +224,7 @@ class BroadcastRoom:
         try:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
         except Exception as exc:  # aiortc raises ValueError/KeyError/... on malformed SDP
-            logger.info("unusable SDP offer: %r", exc)
+            logger.info("unusable SDP offer (%s)", type(exc).__name__)  # no SDP in logs
             raise SignalingError("The SDP offer could not be used.") from exc
         receiver = next(
             (
@@ -380,7 +380,7 @@ class BroadcastRoom:
             await pc.setLocalDescription(answer)
         except Exception as exc:
             await self._listen_undo(user_id=user_id, pc=pc, track=track)
-            logger.info("unusable listener SDP offer: %r", exc)
+            logger.info("unusable listener SDP offer (%s)", type(exc).__name__)  # no SDP in logs
             raise SignalingError("The SDP offer could not be used.") from exc
         if self.closing:  # the broadcast ended while we answered
             await self._listen_undo(user_id=user_id, pc=pc, track=track)
