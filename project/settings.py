@@ -20,6 +20,9 @@ Everything that differs between machines comes from the environment:
 ``DEBUG``, ``SECRET_KEY``, ``ALLOWED_HOSTS`` (comma-separated), ``MEDIA_ROOT``,
 ``CSRF_TRUSTED_ORIGINS`` (comma-separated), ``STATIC_ROOT``, ``SECURE`` (``1`` turns on HTTPS-only
 cookies, HSTS and the SSL redirect, for deployment behind TLS).
+``METRICS_TOKEN``
+    The bearer token ``/metrics`` asks for (at least 32 characters); unset, ``/metrics``
+    answers 404. See ``project.metrics``.
 ``LOG_FORMAT``
     ``text`` (default: one readable line per record) or ``json`` (one JSON object per
     line, with ``session_id`` and ``user_id``). See ``project.logs``.
@@ -82,6 +85,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # First, so it counts and times every request, redirects and refusals included.
+    "project.metrics.MetricsMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "csp.middleware.CSPMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
@@ -361,7 +366,16 @@ for _network in HEARTH["ICE_DENY_NETWORKS"]:
     except ValueError as _exc:
         raise ImproperlyConfigured(f"HEARTH['ICE_DENY_NETWORKS']: {_exc}") from _exc
 
-# --- Logs (see project/logs.py) -------------------------------------------------------
+# --- Metrics and logs (see project/metrics.py and project/logs.py) -------------------
+METRICS_TOKEN = os.environ.get("METRICS_TOKEN", "")
+if METRICS_TOKEN and (
+    len(METRICS_TOKEN) < 32 or any(ch.isspace() or not ch.isprintable() for ch in METRICS_TOKEN)
+):
+    raise ImproperlyConfigured(
+        "METRICS_TOKEN must be at least 32 printable characters without spaces "
+        '(python -c "import secrets; print(secrets.token_urlsafe(32))").'
+    )
+
 LOG_FORMAT = os.environ.get("LOG_FORMAT", "text").strip().lower()
 if LOG_FORMAT not in LOG_FORMATS:
     raise ImproperlyConfigured("LOG_FORMAT must be 'text' or 'json'.")

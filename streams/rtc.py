@@ -33,6 +33,8 @@ from channels.db import database_sync_to_async
 from channels.layers import InMemoryChannelLayer, get_channel_layer
 from django.conf import settings
 
+from project.logs import log_context_set
+from project.metrics import broadcast_ended_count, broadcast_started_count
 from streams import selectors, services
 from streams.ice import ice_host_addresses_apply
 from streams.media.graph import Graph, GraphRunner, TrackSource
@@ -612,6 +614,7 @@ class MediaServer:
                 # lock; another prefix would hold that lock on its own list and starve
                 # the consumers' channels.
                 self.channel_name = await layer.new_channel()
+                log_context_set(session_id=None, user_id=None)  # loops below: no one's ids
                 self._tasks = [
                     asyncio.ensure_future(self._receive_loop()),
                     asyncio.ensure_future(self._heartbeat_loop()),
@@ -648,11 +651,13 @@ class MediaServer:
             recording_file=services.recording_path(recording),
         )
         self.rooms[session.id] = room
+        log_context_set(session_id=session.id, user_id=user.id)  # the room's tasks inherit it
         try:
             answer = await room.open(offer_sdp)
         except Exception:
             await self.broadcast_stop(session.id, reason="failed")
             raise
+        broadcast_started_count()
         return session.id, answer
 
     def offer_prepare(self, offer_sdp: str, *, role: Role) -> str:
@@ -746,6 +751,7 @@ class MediaServer:
             info = await room.close()
         except Exception:
             logger.exception("closing session %s failed; repairing its recording", room.session_id)
+        broadcast_ended_count(room, reason)
         recording = await database_sync_to_async(services.live_session_end)(
             session_id=room.session_id, reason=reason, info=info
         )
@@ -770,6 +776,7 @@ class MediaServer:
         session_id = int(message.get("session_id", 0))
         reply_channel = str(message.get("reply_channel", ""))
         room = self.rooms.get(session_id)
+        log_context_set(session_id=session_id, user_id=message.get("user_id"))  # this task only
         if kind == "rtc.listen.start":
             if room is None or room.closing:
                 await self._reply(

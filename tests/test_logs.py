@@ -186,6 +186,63 @@ def test_failed_logins_log_no_username_or_address(client, json_log):
     assert all("request" not in record for record in records)
 
 
+# --- A real go-live and listen ----------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+async def test_a_live_broadcast_logs_ids_but_no_sdp_or_names(json_log, noisy_jfk_speech_level_wav):
+    from channels.db import database_sync_to_async
+
+    from streams.models import Recording
+    from streams.rtc import media_server
+    from tests.factories import befriend, make_user
+    from tests.live_flow import go_live, listen, until
+    from tests.rtc_helpers import close_all, connected, expect
+
+    def make():
+        zoe, yann = make_user("zoe_private_name"), make_user("yann_private_name")
+        befriend(zoe, yann)
+        return zoe, yann
+
+    zoe, yann = await database_sync_to_async(make)()
+    z, y = await connected(zoe), await connected(yann)
+    pc_z, player, session_id = await go_live(z, noisy_jfk_speech_level_wav)
+    pc_y, sink = await listen(y, session_id)
+    room = media_server().rooms[session_id]
+    await until(lambda: room.listeners_connected() == 1 and room.metrics.blocks_in >= 25)
+    # A listen.start the media server refuses: its reply path logs too.
+    await y.send_json_to({"type": "listen.start", "session_id": session_id, "sdp": "v=0 nope"})
+    assert (await expect(y, "error"))["code"] == "bad_sdp"
+    await z.send_json_to({"type": "broadcast.stop"})
+    ended = await expect(z, "broadcast.ended")
+    await sink.stop()
+    player.audio.stop()
+    await close_all([pc_z, pc_y], [z, y])
+
+    recording = await database_sync_to_async(Recording.objects.get)(id=ended["recording_id"])
+    records = json_log.records()  # every line is one JSON object
+    assert records, "the flow logged nothing"
+    for record in records:
+        assert {"session_id", "user_id", "level", "logger", "message"} <= record.keys()
+    # The broadcast's own lines carry its session and its broadcaster.
+    ended_lines = [r for r in records if f"session {session_id} ended" in r["message"]]
+    assert ended_lines and all(
+        r["session_id"] == session_id and r["user_id"] == zoe.id for r in ended_lines
+    )
+    for secret in (
+        "v=0",
+        "a=candidate",
+        "a=fingerprint",
+        "ice-pwd",
+        "zoe_private_name",
+        "yann_private_name",
+        recording.title,
+        "127.0.0.1",
+    ):
+        assert secret not in json_log.text, secret
+
+
 @pytest.mark.django_db
 def test_http_requests_log_with_the_signed_in_user_id(client, json_log):
     from django.urls import path
