@@ -361,3 +361,10 @@ async def test_a_live_broadcast_shows_in_metrics_and_its_counts_outlive_it(
     assert after[("hearth_recording_bytes_written_total", ())] >= bytes_live
     recording_bytes = after[("hearth_recording_bytes_written_total", ())] - bytes_before
     assert recording_bytes % 2 == 0  # whole 16-bit samples
+
+
+def test_metrics_is_exempt_from_the_https_redirect(client, token, settings):
+    settings.SECURE_SSL_REDIRECT = True
+    assert client.get(reverse("login")).status_code == 301
+    response = client.get("/metrics", HTTP_AUTHORIZATION=f"Bearer {TOKEN}")
+    assert response.status_code == 200
