@@ -746,6 +746,7 @@ class MediaServer:
             self._stopping.pop(session_id, None)
 
     async def _stop_room(self, room: BroadcastRoom, reason: str) -> int | None:
+        log_context_set(session_id=room.session_id, user_id=room.broadcaster_id)  # own task
         info: RecordingInfo | None = None
         try:
             info = await room.close()
