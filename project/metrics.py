@@ -154,7 +154,12 @@ _HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPT
 def _http_observe(request: HttpRequest, response: HttpResponse, seconds: float) -> None:
     method = request.method if request.method in _HTTP_METHODS else "other"
     match = getattr(request, "resolver_match", None)
-    route = (match.view_name or "unnamed") if match is not None else "unmatched"
+    if match is not None:
+        route = match.view_name or "unnamed"
+    elif settings.STATIC_URL and request.path.startswith(settings.STATIC_URL):
+        route = "static"  # served by WhiteNoise before any URL pattern is tried
+    else:
+        route = "unmatched"
     HTTP_REQUESTS.labels(method, route, str(response.status_code)).inc()
     HTTP_DURATION.labels(method, route).observe(seconds)
 
@@ -163,8 +168,8 @@ class MetricsMiddleware:
     """Counts and times every HTTP request (``hearth_http_*``), sync or async.
 
     Labels stay few: the method (``other`` for unusual ones), the URL pattern's name
-    (``unmatched`` when no pattern matched, so a scan of random paths adds no
-    series) and the status code.
+    (``static`` for static files, ``unmatched`` when no pattern matched, so a scan of
+    random paths adds no series) and the status code.
     """
 
     sync_capable = True

@@ -137,6 +137,16 @@ def test_http_requests_are_counted_by_route_and_status(client, token):
     assert "abc123" not in text
 
 
+def test_static_files_are_one_route(settings):
+    from django.test import Client
+
+    settings.WHITENOISE_USE_FINDERS = True  # read when a new client builds its handler
+    before = value("hearth_http_requests_total", method="GET", route="static", status="200")
+    assert Client().get("/static/css/hearth.css").status_code == 200
+    after = value("hearth_http_requests_total", method="GET", route="static", status="200")
+    assert after == before + 1
+
+
 def test_short_metrics_token_is_refused_at_start_up():
     import os
     import subprocess
