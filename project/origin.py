@@ -20,6 +20,8 @@ from urllib.parse import urlsplit
 from django.conf import settings
 from django.http.request import is_same_domain, split_domain_port, validate_host
 
+from project.metrics import ws_refused_count
+
 logger = logging.getLogger("hearth.ws")
 
 Origin = tuple[str, str, int]
@@ -126,6 +128,7 @@ class SiteOriginValidator:
             raise ValueError("SiteOriginValidator serves WebSocket connections only.")
         if origin_allowed(scope):
             return await self.application(scope, receive, send)
+        ws_refused_count("origin")
         logger.info(
             "WebSocket Origin %r refused for Host %r",
             _headers(scope, b"origin"),

@@ -20,6 +20,12 @@ Everything that differs between machines comes from the environment:
 ``DEBUG``, ``SECRET_KEY``, ``ALLOWED_HOSTS`` (comma-separated), ``MEDIA_ROOT``,
 ``CSRF_TRUSTED_ORIGINS`` (comma-separated), ``STATIC_ROOT``, ``SECURE`` (``1`` turns on HTTPS-only
 cookies, HSTS and the SSL redirect, for deployment behind TLS).
+``METRICS_TOKEN``
+    The bearer token ``/metrics`` asks for (at least 32 characters); unset, ``/metrics``
+    answers 404. See ``project.metrics``.
+``LOG_FORMAT``
+    ``text`` (default: one readable line per record) or ``json`` (one JSON object per
+    line, with ``session_id`` and ``user_id``). See ``project.logs``.
 """
 
 from __future__ import annotations
@@ -33,6 +39,8 @@ from pathlib import Path
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
+
+from project.logs import LOG_FORMATS, logging_config
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -77,10 +85,13 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # First, so it counts and times every request, redirects and refusals included.
+    "project.metrics.MetricsMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "csp.middleware.CSPMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
+    "project.logs.LogContextMiddleware",  # the signed-in user's id on the request's logs
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
@@ -213,6 +224,9 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 SESSION_COOKIE_SECURE = SECURE
 CSRF_COOKIE_SECURE = SECURE
 SECURE_SSL_REDIRECT = SECURE
+# Prometheus scrapes each daphne process directly on the private network, not through
+# the TLS proxy; /metrics still needs its bearer token.
+SECURE_REDIRECT_EXEMPT = [r"^metrics$"]
 SECURE_HSTS_SECONDS = 31_536_000 if SECURE else 0
 SECURE_HSTS_INCLUDE_SUBDOMAINS = SECURE
 SECURE_HSTS_PRELOAD = SECURE
@@ -364,6 +378,8 @@ AXES_RESET_ON_SUCCESS = True
 AXES_HTTP_RESPONSE_CODE = 429
 AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
 AXES_VERBOSE = False
+# Axes' log lines name a client by a keyed pseudonym, not its username and address.
+AXES_CLIENT_STR_CALLABLE = "project.logs.axes_client_str"
 
 for _network in HEARTH["ICE_DENY_NETWORKS"]:
     try:
@@ -371,15 +387,17 @@ for _network in HEARTH["ICE_DENY_NETWORKS"]:
     except ValueError as _exc:
         raise ImproperlyConfigured(f"HEARTH['ICE_DENY_NETWORKS']: {_exc}") from _exc
 
-LOGGING = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {"handlers": ["console"], "level": "WARNING"},
-    "loggers": {
-        "hearth": {"level": os.environ.get("HEARTH_LOG_LEVEL", "INFO")},
-        "aioice": {"level": "WARNING"},
-        "aiortc": {"level": "WARNING"},
-    },
-}
+# --- Metrics and logs (see project/metrics.py and project/logs.py) -------------------
+METRICS_TOKEN = os.environ.get("METRICS_TOKEN", "")
+if METRICS_TOKEN and (
+    len(METRICS_TOKEN) < 32 or any(ch.isspace() or not ch.isprintable() for ch in METRICS_TOKEN)
+):
+    raise ImproperlyConfigured(
+        "METRICS_TOKEN must be at least 32 printable characters without spaces "
+        '(python -c "import secrets; print(secrets.token_urlsafe(32))").'
+    )
+
+LOG_FORMAT = os.environ.get("LOG_FORMAT", "text").strip().lower()
+if LOG_FORMAT not in LOG_FORMATS:
+    raise ImproperlyConfigured("LOG_FORMAT must be 'text' or 'json'.")
+LOGGING = logging_config(LOG_FORMAT, hearth_level=os.environ.get("HEARTH_LOG_LEVEL", "INFO"))

@@ -6,3 +6,8 @@ class StreamsConfig(AppConfig):
 
     default_auto_field = "django.db.models.BigAutoField"
     name = "streams"
+
+    def ready(self) -> None:
+        from project.metrics import install
+
+        install()  # the media engine's metrics (collector, stage histogram), once

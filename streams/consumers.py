@@ -32,6 +32,7 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
 from project.api import UNCLEAN_TEXT_MESSAGE, text_is_clean
+from project.metrics import ConsumerMetricsMixin, ws_error_frame_count
 from streams import selectors, services
 from streams.rtc import SignalingError, media_server, sdp_validate
 from streams.services import media_worker_reserve
@@ -144,7 +145,7 @@ def _title_parse(value: object) -> str:
     return title
 
 
-class HearthConsumer(AsyncWebsocketConsumer):
+class HearthConsumer(ConsumerMetricsMixin, AsyncWebsocketConsumer):
     """Per-page socket. Joins ``user.<id>`` for events; may broadcast or listen."""
 
     user: User
@@ -240,6 +241,7 @@ class HearthConsumer(AsyncWebsocketConsumer):
             logger.info("page socket gone; %s not sent (%s)", payload.get("type"), exc)
 
     async def _error(self, message: str, *, code: str, ref: object = None) -> None:
+        ws_error_frame_count(code)
         await self._send({"type": "error", "code": code, "message": message, "ref": ref})
 
     async def _join(self, group: str) -> None:
@@ -265,6 +267,7 @@ class HearthConsumer(AsyncWebsocketConsumer):
         if handler is None:
             await self._error(f"Unknown message type {kind!r}.", code="unknown_type", ref=kind)
             return
+        self.frame_type = kind  # metrics label (ConsumerMetricsMixin)
         try:
             await handler(content)
         except (ProtocolError, SignalingError, services.LiveSessionError) as exc:

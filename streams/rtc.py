@@ -37,6 +37,8 @@ from channels.db import database_sync_to_async
 from channels.layers import InMemoryChannelLayer, get_channel_layer
 from django.conf import settings
 
+from project.logs import log_context_set
+from project.metrics import broadcast_ended_count, broadcast_started_count
 from streams import selectors, services
 from streams.ice import ice_host_addresses_apply
 from streams.media.controls import DenoiseSwitchStage, MuteStage
@@ -259,7 +261,7 @@ class BroadcastRoom:
         try:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
         except Exception as exc:  # aiortc raises ValueError/KeyError/... on malformed SDP
-            logger.info("unusable SDP offer: %r", exc)
+            logger.info("unusable SDP offer (%s)", type(exc).__name__)  # no SDP in logs
             raise SignalingError("The SDP offer could not be used.") from exc
         self._still_opening()
         receiver = next(
@@ -419,7 +421,7 @@ class BroadcastRoom:
             await pc.setLocalDescription(answer)
         except Exception as exc:
             await self._listen_undo(user_id=user_id, pc=pc, track=track)
-            logger.info("unusable listener SDP offer: %r", exc)
+            logger.info("unusable listener SDP offer (%s)", type(exc).__name__)  # no SDP in logs
             raise SignalingError("The SDP offer could not be used.") from exc
         if self.closing:  # the broadcast ended while we answered
             await self._listen_undo(user_id=user_id, pc=pc, track=track)
@@ -740,6 +742,7 @@ class MediaServer:
                 await database_sync_to_async(services.media_worker_register)(
                     **self._worker_identity()
                 )
+                log_context_set(session_id=None, user_id=None)  # loops below: no one's ids
                 self._tasks += [
                     asyncio.ensure_future(self._receive_loop()),
                     asyncio.ensure_future(self._heartbeat_loop()),
@@ -834,11 +837,13 @@ class MediaServer:
         self.rooms[session.id] = room
         self._starting -= 1
         counted[0] = False
+        log_context_set(session_id=session.id, user_id=user.id)  # the room's tasks inherit it
         try:
             answer = await room.open(offer_sdp)
         except Exception:
             await self.broadcast_stop(session.id, reason="failed")
             raise
+        broadcast_started_count()
         return session.id, answer
 
     def offer_prepare(self, offer_sdp: str, *, role: Role) -> str:
@@ -927,11 +932,13 @@ class MediaServer:
             self._stopping.pop(session_id, None)
 
     async def _stop_room(self, room: BroadcastRoom, reason: str) -> int | None:
+        log_context_set(session_id=room.session_id, user_id=room.broadcaster_id)  # own task
         info: RecordingInfo | None = None
         try:
             info = await room.close()
         except Exception:
             logger.exception("closing session %s failed; repairing its recording", room.session_id)
+        broadcast_ended_count(room, reason)
         recording = await database_sync_to_async(services.live_session_end)(
             session_id=room.session_id, reason=reason, info=info
         )
@@ -956,6 +963,7 @@ class MediaServer:
         session_id = int(message.get("session_id") or 0)
         reply_channel = str(message.get("reply_channel", ""))
         room = self.rooms.get(session_id)
+        log_context_set(session_id=session_id, user_id=message.get("user_id"))  # this task only
         if kind == "rtc.broadcast.start":
             await self._broadcast_start_message(message, reply_channel)
         elif kind == "rtc.broadcast.stop":

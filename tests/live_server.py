@@ -279,8 +279,11 @@ class MediaWorkerProcess(DaphneProcess):
     """One ``manage.py mediaworker`` subprocess; ready once it logs "media worker ready".
 
     Shares :class:`DaphneProcess`'s life cycle (SIGTERM then SIGKILL in :meth:`stop`)
-    and logs; it serves no HTTP, so ``port`` is unused.
+    and logs; it serves no HTTP, so ``port`` is unused. ``args`` are added to the
+    command line (e.g. ``--metrics-port``).
     """
+
+    args: tuple[str, ...] = ()
 
     def start(self, *, wait: bool = True, timeout: float = 60.0) -> MediaWorkerProcess:
         """Start the worker; with ``wait``, return once it is ready."""
@@ -288,7 +291,7 @@ class MediaWorkerProcess(DaphneProcess):
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(self.log_path, "wb")  # noqa: SIM115 (closed in stop())
         self.proc = subprocess.Popen(
-            [sys.executable, "manage.py", "mediaworker"],
+            [sys.executable, "manage.py", "mediaworker", *self.args],
             cwd=REPO_ROOT,
             env=self.env,
             stdin=subprocess.DEVNULL,
@@ -442,12 +445,15 @@ def daphne_factory(
         wait: bool = True,
         timeout: float = 60.0,
         mediaworker: bool = False,
+        args: list[str] | None = None,
     ) -> DaphneProcess:
         env = subprocess_env(
             media_root=Path(settings.MEDIA_ROOT), redis_url=redis_url, extra=extra_env
         )
         kind = MediaWorkerProcess if mediaworker else DaphneProcess
         server = kind(env=env, log_path=tmp_path / f"{name}.log", name=name)
+        if isinstance(server, MediaWorkerProcess):
+            server.args = tuple(args or ())
         started.append(server)
         server.start(wait=wait, timeout=timeout)
         return server

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +96,12 @@ async def listen(ws: WsClient, session_id: int, peers: list[Any]) -> AudioSink:
     return AudioSink(await asyncio.wait_for(got, 15))
 
 
+def worker_metrics(port: int) -> str:
+    """The Prometheus text a worker serves with ``--metrics-port`` on loopback."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as response:
+        return response.read().decode()
+
+
 async def owner_of(session_id: int) -> str:
     session = await database_sync_to_async(LiveSession.objects.get)(id=session_id)
     return session.owner_channel
@@ -104,6 +111,7 @@ async def test_two_workers_spread_broadcasts_and_survive_a_killed_worker(
     daphne_factory, loopback_ice, people, noisy_jfk_wav: Path
 ) -> None:
     redis_url = os.environ.get("REDIS_URL") or DEFAULT_TEST_REDIS_URL
+    metrics_port = live_server.free_port()
     procs = {
         name: daphne_factory(
             name,
@@ -111,6 +119,7 @@ async def test_two_workers_spread_broadcasts_and_survive_a_killed_worker(
             extra_env=TIER_ENV,
             wait=False,
             mediaworker=name.startswith("worker"),
+            args=["--metrics-port", str(metrics_port)] if name == "worker-1" else [],
         )
         for name in ("web-a", "web-b", "worker-1", "worker-2")
     }
@@ -149,6 +158,10 @@ async def test_two_workers_spread_broadcasts_and_survive_a_killed_worker(
         dave_session = await go_live(dave, noisy_jfk_wav, peers, players)
         alice_owner, dave_owner = await owner_of(alice_session), await owner_of(dave_session)
         assert {alice_owner, dave_owner} == set(worker_of_channel)
+
+        # Worker 1 serves its own metrics (loopback): it holds one of the broadcasts.
+        metrics = await asyncio.to_thread(worker_metrics, metrics_port)
+        assert "hearth_live_broadcasts 1.0" in metrics, metrics[:2000]
 
         # Bob, on web B, hears both (one broadcast on each worker).
         alice_sink = await listen(bob, alice_session, peers)

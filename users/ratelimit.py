@@ -8,6 +8,7 @@ across daphne processes; per process otherwise.
 HTTP views use :func:`request_limited` (keyed by the request's IP or user);
 the WebSocket consumer, which has no ``HttpRequest``, uses :func:`user_limited`,
 which gives django-ratelimit's ``get_usage`` the user's id as the key directly.
+Every refusal counts in ``hearth_ratelimit_hits_total`` (by group).
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from __future__ import annotations
 from django.conf import settings
 from django.http import HttpRequest
 from django_ratelimit.core import get_usage, is_ratelimited
+
+from project.metrics import ratelimit_hit_count
 
 RATE_LIMITED_MESSAGE = "Too many attempts. Wait a little and try again."
 
@@ -28,13 +31,16 @@ def request_limited(request: HttpRequest, *, group: str, key: str, rate_setting:
         key: django-ratelimit's key: ``"ip"`` or ``"user"``.
         rate_setting: the ``settings.HEARTH`` entry holding the rate.
     """
-    return is_ratelimited(
+    limited = is_ratelimited(
         request,
         group=group,
         key=key,
         rate=settings.HEARTH[rate_setting],
         increment=True,
     )
+    if limited:
+        ratelimit_hit_count(group)
+    return limited
 
 
 def user_limited(*, user_id: int, group: str, rate_setting: str) -> bool:
@@ -51,4 +57,7 @@ def user_limited(*, user_id: int, group: str, rate_setting: str) -> bool:
         rate=settings.HEARTH[rate_setting],
         increment=True,
     )
-    return bool(usage and usage["should_limit"])
+    limited = bool(usage and usage["should_limit"])
+    if limited:
+        ratelimit_hit_count(group)
+    return limited

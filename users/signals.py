@@ -5,11 +5,13 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from django.contrib.auth.signals import user_logged_out
+from axes.signals import user_locked_out
+from django.contrib.auth.signals import user_logged_out, user_login_failed
 from django.db import transaction
 from django.dispatch import receiver
 from django.http import HttpRequest
 
+from project.metrics import login_failure_count, login_lockout_count
 from users.events import group_send_from_sync, user_group
 
 logger = logging.getLogger("hearth.events")
@@ -36,3 +38,16 @@ def close_sockets_of_logged_out_session(
             logger.exception("could not close the sockets of a logged-out session")
 
     transaction.on_commit(send)
+
+
+@receiver(user_login_failed)
+def count_login_failure(sender: object, **kwargs: Any) -> None:
+    """Count a failed log-in (``hearth_login_failures_total``)."""
+    login_failure_count()
+
+
+@receiver(user_locked_out)
+def count_login_lockout(sender: object, **kwargs: Any) -> None:
+    """Count a log-in answered with django-axes' lockout (``hearth_login_lockouts_total``):
+    the attempt that reaches the limit and each one refused while locked out."""
+    login_lockout_count()

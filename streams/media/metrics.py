@@ -4,12 +4,23 @@ Each :class:`StageTimer` keeps a count and a sum of every observation plus a bou
 window of the most recent ones for quantiles, so memory stays flat however long a
 broadcast runs. :meth:`MediaMetrics.snapshot` is what the media server publishes in
 ``session.stats`` and what ``bench/live.py`` reads.
+
+Process-wide histograms (Prometheus, in ``project.metrics``) need every observation,
+not a window: a *stage observer* set with :func:`stage_observer_set` is also handed
+each duration a named timer records. The engine stays free of Django and of any
+metrics library: the observer is a plain callable, ``None`` (the default) costs one
+attribute read per observation, and an observer that raises is ignored, so metrics
+can never fail a stream. An observer rather than cumulative buckets kept here because
+the bucket bounds, the label names and the exposition belong to the exporter, and
+the engine's per-stream figures (:meth:`StageTimer.summary`) do not change.
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,15 +29,36 @@ import numpy as np
 WINDOW = 3000
 """Recent observations kept per stage for p50/p95 (one minute of 20 ms blocks)."""
 
+StageObserver = Callable[[str, float], None]
+"""Called with ``(stage name, seconds)`` for every duration a named timer records."""
+
+_stage_observer: StageObserver | None = None
+
+
+def stage_observer_set(observer: StageObserver | None) -> StageObserver | None:
+    """Hand every later duration of every named :class:`StageTimer` also to ``observer``.
+
+    Process-wide (all streams); ``None`` removes it. The observer runs in whichever
+    thread recorded the duration (the event loop, a stream worker, an encoder thread),
+    so it must be thread-safe and quick; what it raises is ignored. Returns the
+    observer it replaced.
+    """
+    global _stage_observer
+    previous, _stage_observer = _stage_observer, observer
+    return previous
+
 
 class StageTimer:
     """Durations of one stage, in seconds; thread-safe (worker threads add to it).
 
     Args:
         window: How many recent observations the quantiles are computed over.
+        name: The stage's name; only a named timer's durations reach the stage
+            observer (see :func:`stage_observer_set`).
     """
 
-    def __init__(self, window: int = WINDOW) -> None:
+    def __init__(self, window: int = WINDOW, *, name: str | None = None) -> None:
+        self.name = name
         self.count = 0
         self.total_s = 0.0
         self._recent: deque[float] = deque(maxlen=window)
@@ -39,6 +71,10 @@ class StageTimer:
             self.count += 1
             self.total_s += value
             self._recent.append(value)
+        observer = _stage_observer
+        if observer is not None and self.name is not None:
+            with contextlib.suppress(Exception):  # metrics must never fail a stream
+                observer(self.name, value)
 
     def summary(self) -> dict[str, float | int]:
         """``{"count", "p50_ms", "p95_ms", "mean_ms"}``; zeros before any observation."""
@@ -90,7 +126,7 @@ class MediaMetrics:
         """The timer called ``name`` (created on first use)."""
         timer = self.timers.get(name)
         if timer is None:
-            timer = self.timers.setdefault(name, StageTimer())
+            timer = self.timers.setdefault(name, StageTimer(name=name))
         return timer
 
     def snapshot(self) -> dict[str, Any]:

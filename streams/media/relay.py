@@ -180,6 +180,7 @@ class Relay:
         self.max_queue = max_queue
         self.tracks: set[RelayTrack] = set()
         self.packets_encoded = 0
+        self.dropped_by_gone = 0  # packets dropped by tracks that have left
         self._keyframe = False
 
     def subscribe(self) -> RelayTrack:
@@ -190,8 +191,16 @@ class Relay:
         return track
 
     def unsubscribe(self, track: RelayTrack) -> None:
-        """Forget ``track`` (no error if absent)."""
-        self.tracks.discard(track)
+        """Forget ``track`` (no error if absent), keeping its drops in :attr:`dropped_total`."""
+        if track in self.tracks:
+            self.dropped_by_gone += track.dropped
+            self.tracks.discard(track)
+
+    @property
+    def dropped_total(self) -> int:
+        """Packets dropped by every listener track this relay has had (a counter: it
+        never goes down when a listener leaves)."""
+        return self.dropped_by_gone + sum(track.dropped for track in list(self.tracks))
 
     def request_keyframe(self) -> None:
         """Make the next encoded chunk a keyframe (new listener, PLI, FIR)."""

@@ -21,7 +21,8 @@ from streams.rtc import SHUTDOWN_TIMEOUT_S, MediaServer, media_server_install
 
 
 class Command(BaseCommand):
-    """``mediaworker [--capacity N]``: run until SIGTERM/SIGINT, then finalise."""
+    """``mediaworker [--capacity N] [--metrics-port P [--metrics-addr A]]``: run until
+    SIGTERM/SIGINT, then finalise."""
 
     help = "Run a media worker: take go-lives and listens placed on it over the channel layer."
 
@@ -31,6 +32,17 @@ class Command(BaseCommand):
             type=int,
             default=None,
             help="broadcasts this worker takes (default HEARTH['MEDIA_WORKER_CAPACITY'])",
+        )
+        parser.add_argument(
+            "--metrics-port",
+            type=int,
+            default=None,
+            help="serve this worker's Prometheus metrics on this port (no token: bind privately)",
+        )
+        parser.add_argument(
+            "--metrics-addr",
+            default="127.0.0.1",
+            help="address for --metrics-port (default 127.0.0.1)",
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -42,6 +54,10 @@ class Command(BaseCommand):
         capacity = options["capacity"]
         if capacity is not None and capacity < 1:
             raise CommandError("--capacity must be at least 1.")
+        if options["metrics_port"] is not None:
+            from project.metrics import metrics_serve
+
+            metrics_serve(options["metrics_port"], addr=options["metrics_addr"])
         asyncio.run(self._run(capacity))
 
     async def _run(self, capacity: int | None) -> None:
