@@ -282,7 +282,7 @@ class PiiDetector:
         return sorted(((r.entity_type, r.start, r.end, r.score) for r in results), key=_by_start)
 
     def find(self, words: Sequence[Word]) -> list[PiiSpan]:
-        """Entities covering ``words`` (overlapping results merged, higher score wins).
+        """Entities covering ``words`` (overlapping results merged; the longer one's label).
 
         Returns:
             Spans in word order; each covers every word whose characters overlap an
@@ -300,7 +300,12 @@ class PiiDetector:
             span = PiiSpan(label, first, last, score, words[first].start, words[last].end)
             if spans and first <= spans[-1].last:
                 prev = spans[-1]
-                keep = prev if prev.score >= score else span
+                # The longer find names the entity ("john" PERSON inside an e-mail).
+                keep = (
+                    prev
+                    if (prev.end - prev.start, prev.score) >= (span.end - span.start, score)
+                    else span
+                )
                 spans[-1] = PiiSpan(
                     keep.label,
                     min(prev.first, first),

@@ -15,8 +15,9 @@ Windows: every ``hop_s`` of new audio, the buffer ``[buffer_start, now)`` (at mo
 up to ``context_s`` before the stable edge, to a gap between words, so each window
 re-reads the tail of the previous one: an entity said across a window boundary is
 seen whole in the later window (its redaction then also covers the part already
-cleared: redactions win in the timeline). Words that leave the buffer are final and
-go to :attr:`PiiAnalyser.transcript` with their entity label, if any.
+cleared: redactions win in the timeline). A word is committed to the transcript the
+first time it falls before a stable edge; its entity label comes from every entity
+found in any window that covers it (:attr:`PiiAnalyser.transcript`).
 
 The same analyser runs over a file (:class:`PiiAnalysisStage`, synchronously in the
 graph, a content-time :class:`~streams.media.timeline.DelayLine` after it) and live
@@ -128,10 +129,10 @@ class PiiAnalyser:
         timeline: Where decisions go.
         options: Window settings.
         on_decision: Called with each new redaction :class:`Decision` (events, logs).
-        keep_transcript: Keep final words in :attr:`transcript` (files, tests).
+        keep_transcript: Keep committed words for :attr:`transcript` (files, tests;
+            live, captions would consume them instead).
 
     Attributes:
-        transcript: Final words with their entity labels, in order.
         decisions: Every redaction posted.
         log: Every clear/redact posted, with when (latency figures).
         runs: Windows analysed so far.
@@ -153,7 +154,9 @@ class PiiAnalyser:
         self.options = options or AnalysisOptions()
         self.on_decision = on_decision
         self.keep_transcript = keep_transcript
-        self.transcript: list[TranscriptWord] = []
+        self._words: list[Word] = []  # committed words (keep_transcript)
+        self._committed = -(1 << 62)  # tick up to which words are committed
+        self._spans: list[tuple[int, int, str]] = []  # unpadded entity ranges found
         self.decisions: list[Decision] = []
         self.log: list[DecisionRecord] = []
         self.runs = 0
@@ -163,7 +166,6 @@ class PiiAnalyser:
         self._last_run = 0
         self._cleared = 0
         self._posted: list[tuple[int, int]] = []
-        self._entities = 0
 
     def _ticks(self, seconds: float) -> int:
         return round(seconds * SAMPLE_RATE)
@@ -205,18 +207,21 @@ class PiiAnalyser:
         for span in spans:
             self._redact(max(0, span.start - pad), span.end + pad, span)
         edge = self._end if final else self._stable_edge(words)
+        self._commit(words, edge)
         if edge > self._cleared:
             self.timeline.clear(start=self._cleared, end=edge)
             self.log.append(DecisionRecord(self._cleared, edge, "clear", time.monotonic()))
             self._cleared = edge
         cut = self._end if final else self._cut(words, edge)
-        self._finalise(words, spans, cut)
+        self._trim(cut)
 
     def _redact(self, start: int, end: int, span: PiiSpan) -> None:
         # A later window sees the same entity again: post only what is new.
         if any(a <= start and end <= b for a, b in self._posted):
             return
         self._posted.append((start, end))
+        if self.keep_transcript:
+            self._spans.append((span.start, span.end, span.label))
         decision = Decision(start, end, span.label, span.score, self.words.name)
         self.timeline.redact(decision)
         self.decisions.append(decision)
@@ -252,27 +257,84 @@ class PiiAnalyser:
                 cut = word.start
         return max(cut, self._start)
 
-    def _finalise(self, words: list[Word], spans: list[PiiSpan], cut: int) -> None:
+    def _commit(self, words: list[Word], edge: int) -> None:
+        """Add the words before ``edge`` not committed yet (first stable reading wins)."""
+        tolerance = SAMPLE_RATE // 20  # 50 ms: a re-read word's start may move a little
+        for word in words:
+            if word.end <= edge and word.start >= self._committed - tolerance:
+                if word.end > self._committed and self.keep_transcript:
+                    self._words.append(word)
+                self._committed = max(self._committed, word.end)
+
+    def _trim(self, cut: int) -> None:
+        """Drop buffered audio before ``cut`` (and redactions that ended before it)."""
         assert self._start is not None
-        labels: dict[int, tuple[str, int]] = {}
-        for span in spans:
-            self._entities += 1
-            for i in range(span.first, span.last + 1):
-                labels[i] = (span.label, self._entities)
-        for i, word in enumerate(words):
-            if word.end <= cut:
-                label, entity = labels.get(i, ("", -1))
-                if self.keep_transcript:
-                    self.transcript.append(TranscriptWord(word, label, entity))
         self._posted = [(a, b) for a, b in self._posted if b > cut]
         drop = cut - self._start
         if drop > 0:
             self._parts = [self._parts[0][drop:]]
             self._start = cut
 
+    @property
+    def transcript(self) -> list[TranscriptWord]:
+        """Committed words with the entity each belongs to (overlapping finds merged).
+
+        A word is PII when most of its time range lies in an entity's (unpadded) range
+        found in any window (word times move a little between windows); overlapping
+        entities form one, labelled by the longest.
+        """
+        groups: list[list[tuple[int, int, str]]] = []
+        for span in sorted(self._spans):
+            if groups and span[0] < max(b for _, b, _ in groups[-1]):
+                groups[-1].append(span)
+            else:
+                groups.append([span])
+        merged = [
+            (min(a for a, _, _ in g), max(b for _, b, _ in g), max(g, key=lambda x: x[1] - x[0])[2])
+            for g in groups
+        ]
+        out: list[TranscriptWord] = []
+        for word in self._words:
+            hit = next((i for i, (a, b, _) in enumerate(merged) if _mostly_in(word, a, b)), -1)
+            out.append(TranscriptWord(word, merged[hit][2] if hit >= 0 else "", hit))
+        return out
+
     def _finalise_all(self) -> None:
         self._parts = []
         self._start = None
+
+
+def merged_decisions(decisions: list[Decision]) -> list[Decision]:
+    """Overlapping redactions as one each (later windows re-find and extend entities).
+
+    Returns:
+        Disjoint decisions by start: the union range, the longest member's label, the
+        highest confidence.
+    """
+    out: list[Decision] = []
+    longest: Decision | None = None
+    for d in sorted(decisions, key=lambda d: d.start):
+        if out and d.start < out[-1].end:
+            last = out[-1]
+            if longest is None or d.end - d.start > longest.end - longest.start:
+                longest = d
+            out[-1] = Decision(
+                last.start,
+                max(last.end, d.end),
+                longest.label,
+                max(last.confidence, d.confidence),
+                last.source,
+            )
+        else:
+            out.append(d)
+            longest = d
+    return out
+
+
+def _mostly_in(word: Word, start: int, end: int) -> bool:
+    """Whether more than half of ``word`` (at least 1 tick) lies in ``[start, end)``."""
+    overlap = min(end, word.end) - max(start, word.start)
+    return overlap > 0 and 2 * overlap >= word.end - word.start
 
 
 class PiiAnalysisStage(Stage):
@@ -406,7 +468,7 @@ def transcript_cues(
 
 
 def _vtt_time(ticks: int) -> str:
-    ms = round(ticks * 1000 / SAMPLE_RATE)
+    ms = max(0, round(ticks * 1000 / SAMPLE_RATE))
     hours, ms = divmod(ms, 3_600_000)
     minutes, ms = divmod(ms, 60_000)
     seconds, ms = divmod(ms, 1000)
