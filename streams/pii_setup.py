@@ -54,9 +54,18 @@ def detector() -> PiiDetector:
     return PiiDetector()
 
 
-def build_analyser(timeline: DecisionTimeline, *, keep_transcript: bool = True) -> PiiAnalyser:
-    """A new :class:`PiiAnalyser` for one stream, posting to ``timeline``."""
-    options = AnalysisOptions(pad_s=settings.HEARTH["PII_PAD_S"])
+def build_analyser(
+    timeline: DecisionTimeline, *, live: bool, keep_transcript: bool = True
+) -> PiiAnalyser:
+    """A new :class:`PiiAnalyser` for one stream, posting to ``timeline``.
+
+    Args:
+        timeline: Where its decisions go.
+        live: Live windows (1.5 s hops, decisions within ~3 s) or file windows.
+        keep_transcript: Keep the words (files); live streams do not.
+    """
+    pad = settings.HEARTH["PII_PAD_S"]
+    options = AnalysisOptions(pad_s=pad) if live else AnalysisOptions.for_files(pad)
     return PiiAnalyser(
         transcriber(), detector(), timeline, options=options, keep_transcript=keep_transcript
     )

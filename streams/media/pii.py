@@ -62,11 +62,12 @@ _DIGIT_WORDS: dict[str, int] = {
 
 _SPACY_LABELS_IGNORED = [
     "ORG", "NORP", "CARDINAL", "ORDINAL", "QUANTITY", "MONEY", "PERCENT", "DATE", "TIME",
-    "EVENT", "WORK_OF_ART", "LAW", "LANGUAGE", "PRODUCT",
+    "EVENT", "WORK_OF_ART", "LAW", "LANGUAGE", "PRODUCT", "FAC",
 ]  # fmt: skip
-"""spaCy NER labels not used (OntoNotes labels other than PERSON, GPE, LOC, FAC)."""
+"""spaCy NER labels not used (OntoNotes labels other than PERSON, GPE, LOC)."""
 
-_NUMBER_TOKEN = r"(?:\d+|" + "|".join(sorted(_DIGIT_WORDS, key=len, reverse=True)) + r")\b"
+_NUMBER_TOKEN = r"(?:\d+|(?:" + "|".join(sorted(_DIGIT_WORDS, key=len, reverse=True)) + r")\b)"
+"""A digit group (also glued to letters, as in ASR's "780iN") or a number word."""
 _DIGIT_RUN = re.compile(
     rf"(?i)(?<![\w$£€]){_NUMBER_TOKEN}(?:[\s,.\-–/()+]*{_NUMBER_TOKEN})*",
 )
@@ -89,7 +90,19 @@ _STREET_SUFFIX = (
     r"crescent|boulevard|terrace|gardens|grove|hill|square|row|walk|mews|parade)"
 )
 _HOUSE_NUMBER = rf"(?:\d+[A-Za-z]?|(?i:{_NUMBER_TOKEN})(?:[\s\-]+(?i:{_NUMBER_TOKEN}))*)"
+_FUNCTION_WORD = (
+    r"(?i:the|a|an|to|down|up|of|in|on|at|my|your|our|this|that|and|or|miles?|times?)\b"
+)
+_NAME_WORD = rf"(?:[A-Z][\w'’]*|(?!{_FUNCTION_WORD})[a-z][\w'’]*)"
 _STREET = rf"\b{_HOUSE_NUMBER},?\s+(?:[A-Z][\w'’]*\s+){{1,3}}{_STREET_SUFFIX}\b"
+_STREET_LOWER = rf"\b{_HOUSE_NUMBER},?\s+(?:{_NAME_WORD}\s+){{1,2}}{_STREET_SUFFIX}\b"
+"""Lower-case street names (ASR in noise writes "8 church lane"), no function words."""
+_HOME_CUE = re.compile(
+    r"\b(?i:live|lives|living|moved|move|moving|staying|stay|based|home is)\s+(?i:at|to|in|on)\s+"
+    r"(?P<address>\d+[A-Za-z]*(?:[\s,]+[A-Z][\w'’-]*){1,3})"
+)
+"""A house number and up to three capitalised words after "I live at"/"moved to" ...:
+an address whatever the street word became in the transcript ("42Bcast Read")."""
 _UK_POSTCODE = r"\b[A-Z]{1,2}\d[A-Z\d]?\s*\d\s*[A-Z]\s*[A-Z]\b"
 _US_ZIP = r"\b\d{5}(?:-\d{4})?\b"
 
@@ -146,8 +159,8 @@ def asr_recognizers(min_digits: int = 6) -> list[Any]:
 
     Returns:
         ``EntityRecognizer`` objects: DIGIT_RUN (labelled PHONE_NUMBER for 7-12
-        digits, CREDIT_CARD for 13-19), spoken EMAIL_ADDRESS, STREET_ADDRESS,
-        POSTCODE.
+        digits, CREDIT_CARD for 13-19), spoken EMAIL_ADDRESS, STREET_ADDRESS (number +
+        name + street word, or number + names after "I live at"), POSTCODE.
     """
     from presidio_analyzer import EntityRecognizer, Pattern, PatternRecognizer, RecognizerResult
 
@@ -179,6 +192,21 @@ def asr_recognizers(min_digits: int = 6) -> list[Any]:
             return results
 
     case_sensitive = re.DOTALL | re.MULTILINE  # Presidio's default adds IGNORECASE
+
+    class HomeAddressRecognizer(EntityRecognizer):  # type: ignore[misc]
+        """A house number + names after a cue like "I live at" (see ``_HOME_CUE``)."""
+
+        def load(self) -> None:
+            return None
+
+        def analyze(self, text: str, entities: list[str], nlp_artifacts: Any = None) -> list[Any]:
+            if "STREET_ADDRESS" not in entities:
+                return []
+            return [
+                RecognizerResult("STREET_ADDRESS", m.start("address"), m.end("address"), 0.6)
+                for m in _HOME_CUE.finditer(text)
+            ]
+
     spoken_email = PatternRecognizer(
         supported_entity="EMAIL_ADDRESS",
         name="SpokenEmailRecognizer",
@@ -187,7 +215,10 @@ def asr_recognizers(min_digits: int = 6) -> list[Any]:
     street = PatternRecognizer(
         supported_entity="STREET_ADDRESS",
         name="StreetAddressRecognizer",
-        patterns=[Pattern("house number + street", _STREET, 0.7)],
+        patterns=[
+            Pattern("house number + street", _STREET, 0.7),
+            Pattern("house number + street, lower case", _STREET_LOWER, 0.6),
+        ],
         global_regex_flags=case_sensitive,
     )
     postcode = PatternRecognizer(
@@ -200,7 +231,10 @@ def asr_recognizers(min_digits: int = 6) -> list[Any]:
     digit_run = DigitRunRecognizer(
         supported_entities=["PHONE_NUMBER", "CREDIT_CARD", "DIGIT_RUN"], name="DigitRunRecognizer"
     )
-    return [digit_run, spoken_email, street, postcode]
+    home = HomeAddressRecognizer(
+        supported_entities=["STREET_ADDRESS"], name="HomeAddressRecognizer"
+    )
+    return [digit_run, spoken_email, street, home, postcode]
 
 
 def build_analyzer(spacy_model: str = SPACY_MODEL) -> Any:

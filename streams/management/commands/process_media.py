@@ -231,7 +231,7 @@ def _pii_analyser(timeline: DecisionTimeline) -> PiiAnalyser:
     from streams.pii_setup import build_analyser
 
     try:
-        return build_analyser(timeline)
+        return build_analyser(timeline, live=False)
     except ModelIntegrityError as exc:
         raise CommandError(f"speech-to-text model refused: {exc}") from exc
     except (OSError, RuntimeError) as exc:
