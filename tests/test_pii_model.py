@@ -130,3 +130,44 @@ def test_a_malformed_manifest_is_refused(tmp_path: Path):
     (tmp_path / MANIFEST_NAME).write_text(json.dumps({"files": {"x": {"size": 1}}}))
     with pytest.raises(ModelIntegrityError, match="manifest"):
         read_manifest(tmp_path)
+
+
+# -- manage.py fetch_whisper_model (the download itself is replaced: no network) -------
+def test_fetch_command_verifies_and_writes_a_manifest(tmp_path: Path, monkeypatch):
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    from streams.management.commands import fetch_whisper_model
+
+    data = b"a larger whisper"
+    digest = hashlib.sha256(data).hexdigest()
+
+    def fake_download(repo, revision, name, target_dir):
+        (target_dir / name).write_bytes(data)
+        return target_dir / name
+
+    monkeypatch.setattr(fetch_whisper_model, "download", fake_download)
+    out = StringIO()
+    call_command(
+        "fetch_whisper_model", str(tmp_path / "m"), "--repo", "example/whisper",
+        "--expect", f"model.bin:{len(data)}:{digest}", stdout=out,
+    )  # fmt: skip
+    assert "SHA-256 verified" in out.getvalue()
+    assert resolve_model_dir(tmp_path / "m", tmp_path / "cache") == tmp_path / "m"
+
+
+def test_fetch_command_refuses_a_corrupted_download(tmp_path: Path, monkeypatch):
+    from django.core.management import CommandError, call_command
+
+    from streams.management.commands import fetch_whisper_model
+
+    def fake_download(repo, revision, name, target_dir):
+        (target_dir / name).write_bytes(b"truncated")
+        return target_dir / name
+
+    monkeypatch.setattr(fetch_whisper_model, "download", fake_download)
+    with pytest.raises(CommandError, match="bytes, expected 145217532"):
+        call_command("fetch_whisper_model", str(tmp_path / "m"))
+    assert not (tmp_path / "m" / MANIFEST_NAME).exists()
+    assert not (tmp_path / "m" / "model.bin").exists()
