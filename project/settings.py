@@ -364,7 +364,24 @@ HEARTH = {
     "LIMIT_CHECK_S": 10.0,
     # Recordings older than this many days are deleted by housekeeping; 0 keeps them.
     "RECORDING_RETENTION_DAYS": float(os.environ.get("RECORDING_RETENTION_DAYS", 0)),
+    # --- Bleeping spoken personal information (speech-to-text + PII, see README) ---
+    # A CTranslate2 Whisper directory with a manifest.json (manage.py
+    # fetch_whisper_model writes both); empty: Whisper base from the pinned wheels.
+    "PII_MODEL_DIR": os.environ.get("PII_MODEL_DIR", ""),
+    # Where the wheels' Whisper base is joined and cached (verified at every load);
+    # empty: inside the virtualenv (sys.prefix/var/hearth-models).
+    "PII_MODEL_CACHE_DIR": os.environ.get("PII_MODEL_CACHE_DIR", ""),
+    # "cpu" (int8), "cuda" (float16) or "auto" (CUDA when CTranslate2 sees a GPU).
+    "PII_DEVICE": os.environ.get("PII_DEVICE", "cpu"),
+    # CTranslate2 threads per transcription (0: its default).
+    "PII_CPU_THREADS": int(os.environ.get("PII_CPU_THREADS", 0)),
+    # Padding each side of a redacted word range, seconds (the issue asks 0.15-0.25).
+    "PII_PAD_S": float(os.environ.get("PII_PAD_S", 0.2)),
 }
+if not 0.15 <= HEARTH["PII_PAD_S"] <= 0.25:
+    raise ImproperlyConfigured("PII_PAD_S must be between 0.15 and 0.25 seconds.")
+if HEARTH["PII_DEVICE"] not in ("cpu", "cuda", "auto"):
+    raise ImproperlyConfigured("PII_DEVICE must be 'cpu', 'cuda' or 'auto'.")
 if HEARTH["RELAY_ENCODE"] not in ("once", "per_listener"):
     raise ImproperlyConfigured("MEDIA_RELAY_ENCODE must be 'once' or 'per_listener'.")
 
