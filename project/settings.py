@@ -17,6 +17,9 @@ Everything that differs between machines comes from the environment:
     Comma-separated IP addresses the server gathers ICE host candidates on
     (e.g. ``127.0.0.1`` for tests); default: every interface address (aioice's
     own behaviour).
+``TIME_ZONE``
+    The site's time zone (IANA name, default ``UTC``): dates, times and default
+    recording titles are shown in it.
 ``DEBUG``, ``SECRET_KEY``, ``ALLOWED_HOSTS`` (comma-separated), ``MEDIA_ROOT``,
 ``CSRF_TRUSTED_ORIGINS`` (comma-separated), ``STATIC_ROOT``, ``SECURE`` (``1`` turns on HTTPS-only
 cookies, HSTS and the SSL redirect, for deployment behind TLS).
@@ -185,7 +188,9 @@ LOGIN_REDIRECT_URL = "home"
 LOGOUT_REDIRECT_URL = "login"
 
 LANGUAGE_CODE = "en-gb"
-TIME_ZONE = "UTC"
+# The site's time zone: every date and time Hearth shows (and default recording
+# titles) are in it, formatted by ``streams.when.when_label``.
+TIME_ZONE = os.environ.get("TIME_ZONE", "UTC")
 USE_I18N = True
 USE_TZ = True
 

@@ -29,6 +29,7 @@ from streams.selectors import (
     media_worker_stale_cutoff,
     recording_bytes_used,
 )
+from streams.when import default_title
 from users.events import group_send_from_sync, users_notify
 from users.models import User
 from users.selectors import friend_ids
@@ -159,11 +160,10 @@ def live_session_start(
                 "You are already live in another tab or device.", code="already_live"
             ) from exc
         stamp = timezone.localtime(now).strftime("%Y%m%d-%H%M%S")
-        default_title = f"{broadcaster.username} live, {timezone.localtime(now):%d %b %Y %H:%M}"
         recording = Recording.objects.create(
             owner=broadcaster,
             session=session,
-            title=(title or default_title)[:120],
+            title=(title or default_title(broadcaster.username, now))[:120],
             file=f"recordings/{broadcaster.id}/{stamp}-session{session.id}.wav",
             processing=audio_chain_settings(denoise=denoise),
             started_at=now,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import struct
 import time
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +19,7 @@ from streams.audio import write_wav
 from streams.models import LiveSession, Recording
 from streams.recording import RecordingInfo, WavRecorder
 from streams.services import LiveSessionError, RecordingError
+from streams.when import default_title, when_label
 from tests.factories import Inbox, befriend, make_recording, make_user
 from users.events import user_group
 from users.models import User
@@ -101,8 +102,19 @@ def test_start_creates_session_and_recording(alice):
 def test_start_without_denoise_and_default_title(alice):
     _, recording = start(alice, denoise=False)
     assert recording.processing["denoise"] is False
-    assert recording.title.startswith("alice live, ")
+    assert recording.title == default_title("alice", recording.started_at)
     assert len(recording.title) <= 120
+
+
+def test_default_title_names_the_broadcaster_and_the_time(settings):
+    # One format everywhere ("alice · Sat 21 Nov, 19:30"), in the site's time zone.
+    settings.TIME_ZONE = "Europe/London"
+    moment = datetime(2026, 11, 21, 19, 30, 59, tzinfo=UTC)
+    assert when_label(moment) == "Sat 21 Nov, 19:30"
+    assert default_title("alice", moment) == "alice · Sat 21 Nov, 19:30"
+    settings.TIME_ZONE = "Europe/Paris"
+    assert when_label(moment) == "Sat 21 Nov, 20:30"
+    assert when_label(datetime(2026, 7, 1, 7, 5, tzinfo=UTC)) == "Wed 1 Jul, 09:05"
 
 
 def test_long_title_is_truncated(alice):
