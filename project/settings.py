@@ -355,6 +355,16 @@ HEARTH = {
     "LIMIT_CHECK_S": 10.0,
     # Recordings older than this many days are deleted by housekeeping; 0 keeps them.
     "RECORDING_RETENTION_DAYS": float(os.environ.get("RECORDING_RETENTION_DAYS", 0)),
+    # A finished broadcast with less audio than this (seconds) is not kept: its
+    # recording is deleted and session.ended says "recording_discarded": "too_short".
+    "MIN_RECORDING_S": float(os.environ.get("MIN_RECORDING_S", 2.0)),
+    # Transcode finished recordings from WAV to Ogg/Opus (the WAV is kept only while
+    # live, and until the Ogg file is committed); 0 keeps the WAV.
+    "RECORDING_COMPRESS": _env_bool("RECORDING_COMPRESS", True),
+    # Opus bit rate of compressed recordings, bits per second (mono, 48 kHz).
+    "RECORDING_OPUS_BITRATE": int(os.environ.get("RECORDING_OPUS_BITRATE", 48_000)),
+    # Recordings per page of the list (GET /api/recordings).
+    "RECORDINGS_PAGE_SIZE": 20,
 }
 if HEARTH["RELAY_ENCODE"] not in ("once", "per_listener"):
     raise ImproperlyConfigured("MEDIA_RELAY_ENCODE must be 'once' or 'per_listener'.")

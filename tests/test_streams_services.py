@@ -568,7 +568,13 @@ def test_live_events_on_start_and_end(alice, bob, carol, layer, django_capture_o
     assert listener.events() == [
         (
             "session.ended",
-            {"session_id": session.id, "reason": "stopped", "recording_id": recording.id},
+            {
+                "session_id": session.id,
+                "reason": "stopped",
+                "recording_id": recording.id,
+                "recording_discarded": None,
+                "min_recording_s": 0.0,
+            },
         )
     ]
     assert carol_inbox.events() == []
@@ -580,7 +586,16 @@ def test_session_ended_event_without_recording(alice, layer, django_capture_on_c
     with django_capture_on_commit_callbacks(execute=True):
         services.live_session_end(session_id=session.id, reason="failed")
     assert listener.events() == [
-        ("session.ended", {"session_id": session.id, "reason": "failed", "recording_id": None})
+        (
+            "session.ended",
+            {
+                "session_id": session.id,
+                "reason": "failed",
+                "recording_id": None,
+                "recording_discarded": "empty",
+                "min_recording_s": 0.0,
+            },
+        )
     ]
 
 
