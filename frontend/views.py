@@ -12,10 +12,15 @@ from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_http_methods, require_safe
 
-from streams.selectors import live_session_active_for, live_session_visible_get
-from streams.views import live_session_json
+from streams.selectors import (
+    live_session_active_for,
+    live_session_visible_get,
+    recording_visible_get,
+)
+from streams.views import live_session_json, recording_json
 from users.forms import SignupForm
 from users.ratelimit import request_limited
+from users.selectors import friend_list
 
 
 def _page(request: HttpRequest, template: str, **context: Any) -> HttpResponse:
@@ -89,5 +94,23 @@ def listen(request: HttpRequest, session_id: int) -> HttpResponse:
 @login_required
 @require_safe
 def recordings(request: HttpRequest) -> HttpResponse:
-    """The user's own and friends' recordings (listed by the page's script)."""
-    return _page(request, "frontend/recordings.html")
+    """The user's own and friends' recordings (listed by the page's script), with a
+    filter by broadcaster: the user or one of their friends."""
+    return _page(request, "frontend/recordings.html", friends=friend_list(user=request.user))
+
+
+@login_required
+@require_safe
+def recording_page(request: HttpRequest, recording_id: int) -> HttpResponse:
+    """One recording: title, who, when, duration, processing, waveform, player,
+    download, and rename/delete for its owner; 404 unless the user owns it or is the
+    owner's friend."""
+    recording = recording_visible_get(user=request.user, recording_id=recording_id)
+    if recording is None:
+        raise Http404("No such recording.")
+    return _page(
+        request,
+        "frontend/recording.html",
+        recording=recording,
+        recording_json=recording_json(recording, viewer_id=request.user.id, peaks=True),
+    )

@@ -90,8 +90,14 @@ def _owner_and_friends(user: User | int) -> set[int]:
     return friend_ids(user=user_id) | {user_id}
 
 
-def _notify_recordings_changed(owner: User | int) -> None:
-    users_notify(user_ids=_owner_and_friends(owner), event="recordings.changed", data={})
+def _notify_recordings_changed(owner: User | int, *, deleted: list[int] | None = None) -> None:
+    """Tell the owner's and friends' pages that the owner's recordings changed; with
+    ``deleted``, that these recordings are gone (so a page showing one need not ask)."""
+    users_notify(
+        user_ids=_owner_and_friends(owner),
+        event="recordings.changed",
+        data={"deleted": deleted} if deleted else {},
+    )
 
 
 def _notify_live(session: LiveSession, *, live: bool) -> None:
@@ -495,7 +501,7 @@ def recording_delete(*, user: User, recording_id: int) -> None:
     path = recording_path(recording)
     recording.delete()
     transaction.on_commit(lambda: path.unlink(missing_ok=True))
-    _notify_recordings_changed(user)
+    _notify_recordings_changed(user, deleted=[recording_id])
 
 
 def recording_delete_expired() -> int:
@@ -525,7 +531,8 @@ def recording_delete_expired() -> int:
 
         transaction.on_commit(unlink)
         for owner_id in {recording.owner_id for recording in expired}:
-            _notify_recordings_changed(owner_id)
+            ids = [recording.id for recording in expired if recording.owner_id == owner_id]
+            _notify_recordings_changed(owner_id, deleted=ids)
     logger.info("deleted %d recording(s) older than %s days", len(expired), days)
     return len(expired)
 

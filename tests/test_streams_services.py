@@ -609,7 +609,8 @@ def test_recording_changes_notify_owner_and_friends(
         services.recording_rename(user=alice, recording_id=recording.id, title="Renamed")
     with django_capture_on_commit_callbacks(execute=True):
         services.recording_delete(user=alice, recording_id=recording.id)
-    changed = [("recordings.changed", {}), ("recordings.changed", {})]
+    deleted = {"deleted": [recording.id]}
+    changed = [("recordings.changed", {}), ("recordings.changed", deleted)]
     assert [inbox.events() for inbox in inboxes] == [changed, changed, []]
 
 
@@ -707,4 +708,4 @@ def test_expired_recordings_are_deleted_their_files_after_commit(
         callback()
     assert not any(path.exists() for path in paths)
     assert services.recording_path(recent).exists()
-    assert ("recordings.changed", {}) in inbox.events()
+    assert ("recordings.changed", {"deleted": [old.id]}) in inbox.events()
