@@ -143,6 +143,22 @@ def recording_page(
     return page, (recording_cursor(page[-1]) if more and page else None)
 
 
+def live_session_ended_visible_get(*, user: User, session_id: int) -> LiveSession | None:
+    """Ended session ``session_id`` if ``user`` is its broadcaster or their friend, else None."""
+    session = (
+        LiveSession.objects.select_related("broadcaster")
+        .filter(id=session_id, ended_at__isnull=False)
+        .first()
+    )
+    if session is None:
+        return None
+    if session.broadcaster_id != user.id and not friendship_exists(
+        user_a=user, user_b=session.broadcaster_id
+    ):
+        return None
+    return session
+
+
 def recording_bytes_used(*, user_id: int) -> int:
     """Bytes of ``user_id``'s recordings (their stored ``size_bytes``; 0 while live)."""
     total = Recording.objects.filter(owner_id=user_id).aggregate(total=Sum("size_bytes"))["total"]
@@ -228,3 +244,8 @@ def pages_gone(*, channel_names: list[str]) -> set[str]:
         )
     )
     return set(channel_names) - present
+
+
+def recording_of_session(*, session_id: int) -> Recording | None:
+    """The recording a session left, if it was kept (None: too short, empty, deleted)."""
+    return Recording.objects.filter(session_id=session_id).first()

@@ -178,3 +178,98 @@ def test_a_recording_page_plays_seeks_downloads_renames_and_deletes(
     finally:
         browser.close()
         playwright.stop()
+
+
+def test_the_list_follows_a_friend_live_and_an_ended_link_leads_to_the_replay(
+    server, noisy_jfk_wav: Path
+) -> None:
+    from streams.models import LiveSession, Recording
+    from streams.when import when_label
+
+    ns, base = server
+    errors: list[str] = []
+    with inside(ns):
+        playwright, browser = _launch(noisy_jfk_wav)
+    try:
+        alice = browser.new_context().new_page()
+        bob = browser.new_context(viewport={"width": 390, "height": 844}).new_page()
+        for page in (alice, bob):
+            _watch_console(page, errors)
+        _sign_up(alice, base, "alice")
+        _sign_up(bob, base, "bob")
+        _befriend("alice", "bob")
+        bob.goto(f"{base}/recordings/")
+        expect(bob.locator("#recordings-empty")).to_contain_text("No recordings yet")
+
+        # Alice goes live: Bob's list shows it at once, with a way to listen.
+        alice.goto(f"{base}/live/")
+        alice.click("#go-live-start")
+        expect(alice.locator("#live-status")).to_have_attribute(
+            "data-state", "live", timeout=20_000
+        )
+        item = bob.locator(".recording-item")
+        expect(item).to_have_count(1, timeout=10_000)
+        expect(item.locator(".badge-live")).to_have_text("Recording")
+        session = _orm(lambda: LiveSession.objects.get(broadcaster__username="alice"))
+        expect(item.locator(".listen-live-link")).to_have_attribute(
+            "href", f"/listen/{session.id}/"
+        )
+        expect(item.locator(".recording-title")).to_have_text(
+            f"alice · {when_label(session.started_at)}"
+        )
+
+        bob.wait_for_timeout(3000)  # a few seconds of speech: more than the 2 s minimum
+        alice.click("#go-live-stop")
+        expect(alice.locator("#live-status")).to_have_attribute(
+            "data-state", "ended", timeout=20_000
+        )
+        # Finalised, then compressed by the server: Bob's list follows both.
+        expect(item.locator(".badge-live")).to_have_count(0, timeout=10_000)
+        expect(item.locator("audio")).to_have_attribute(
+            "src",
+            f"/recordings/{_orm(lambda: Recording.objects.get().id)}/audio?v=opus",
+            timeout=30_000,
+        )
+        recording = _orm(lambda: Recording.objects.get())
+        assert recording.is_compressed and recording.duration_s > 2.0
+        assert recording.size_bytes < recording.duration_s * 48_000 * 2 / 8
+
+        # The broadcast's link now says it has ended and leads to the replay.
+        bob.goto(f"{base}/listen/{session.id}/")
+        expect(bob.locator("#broadcast-ended-title")).to_have_text(
+            "alice's broadcast has ended — replay it"
+        )
+        bob.click("#replay-link")
+        expect(bob).to_have_url(f"{base}/recordings/{recording.id}/")
+        expect(bob.locator("#recording-title")).to_have_text(recording.title)
+        # A broadcast that never was is a clear 404 page.
+        response = bob.goto(f"{base}/listen/{session.id + 1000}/")
+        assert response is not None and response.status == 404
+        expect(bob.locator("#not-found h1")).to_have_text("Not found")
+        errors[:] = [e for e in errors if "404 (Not Found)" not in e]  # that one was asked for
+
+        # Many more recordings: the list pages through them, and filters by friend.
+        def many() -> None:
+            from tests.factories import make_recording
+            from users.models import User
+
+            bob_user = User.objects.get(username="bob")
+            for age in range(1, 25):
+                make_recording(bob_user, age_s=60 * age)
+
+        _orm(many)
+        bob.goto(f"{base}/recordings/")
+        expect(bob.locator(".recording-item")).to_have_count(20)
+        bob.click("#recordings-more")
+        expect(bob.locator(".recording-item")).to_have_count(25)
+        expect(bob.locator("#recordings-more")).to_be_hidden()
+        bob.select_option("#recordings-owner", label="alice")
+        expect(bob.locator(".recording-item")).to_have_count(1)
+        expect(bob.locator(".recording-owner")).to_have_text("alice")
+        bob.select_option("#recordings-owner", label="You")
+        expect(bob.locator(".recording-item")).to_have_count(20)
+        expect(bob.locator("#recordings-more")).to_be_visible()
+        assert errors == [], "console errors:\n" + "\n".join(errors)
+    finally:
+        browser.close()
+        playwright.stop()

@@ -3,16 +3,18 @@ named after the title, and the page an ended broadcast's link leads to."""
 
 from __future__ import annotations
 
+from datetime import timedelta
 from urllib.parse import quote
 
 import pytest
 from django.test import Client
+from django.utils import timezone
 
 from streams import services
-from streams.models import Recording
+from streams.models import LiveSession, Recording
 from streams.views import content_disposition_attachment, download_stem
 from streams.when import when_label
-from tests.factories import befriend, make_recording
+from tests.factories import befriend, go_live, make_recording
 from users.models import User
 
 pytestmark = pytest.mark.django_db
@@ -256,3 +258,39 @@ def test_the_recordings_page_offers_the_friends_as_a_filter(alice, bob, carol):
     html = login(alice).get("/recordings/").content.decode()
     assert f'<option value="{bob.id}">bob</option>' in html
     assert "carol" not in html
+
+
+def ended_session(user: User, *, keep: bool = True) -> LiveSession:
+    session = go_live(user)
+    session.ended_at = timezone.now()
+    session.end_reason = "stopped"
+    session.save()
+    if keep:
+        recording = make_recording(user)
+        Recording.objects.filter(id=recording.id).update(session=session)
+    return session
+
+
+def test_an_ended_broadcast_link_leads_to_its_recording(alice, bob):
+    befriend(alice, bob)
+    session = ended_session(alice)
+    recording = Recording.objects.get(session=session)
+    response = login(bob).get(f"/listen/{session.id}/")
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert "alice's broadcast has ended — " in html
+    assert f'<a href="/recordings/{recording.id}/" id="replay-link">replay it</a>' in html
+    own = login(alice).get(f"/listen/{session.id}/").content.decode()
+    assert "Your broadcast has ended" in own
+
+
+def test_an_ended_broadcast_without_recording_or_for_a_stranger_is_404(alice, bob, carol):
+    befriend(alice, bob)
+    kept = ended_session(alice)
+    LiveSession.objects.filter(id=kept.id).update(started_at=timezone.now() - timedelta(hours=1))
+    assert login(carol).get(f"/listen/{kept.id}/").status_code == 404
+    dropped = ended_session(bob, keep=False)
+    response = login(alice).get(f"/listen/{dropped.id}/")
+    assert response.status_code == 404
+    assert "Not found" in response.content.decode()
+    assert login(alice).get("/listen/99999/").status_code == 404
