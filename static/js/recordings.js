@@ -165,7 +165,12 @@ function update(item, rec) {
         rec.session_id && !rec.is_owner ? h("span", {}, " ", h("a", { href: `/listen/${rec.session_id}/`, class: "listen-live-link" }, "Listen live")) : null,
       ),
     );
-  } else if (!parts.audio || parts.audio.getAttribute("src") !== rec.audio_url) {
+  } else if (parts.audio && parts.audio.getAttribute("src") !== rec.audio_url) {
+    // Same recording, new file (compressed to Ogg/Opus after the end): swap the
+    // source in place, carrying the position and play state over.
+    swapSource(parts.audio, rec.audio_url);
+    parts.audio.setAttribute("aria-label", `Play ${rec.title || "recording"}`);
+  } else if (!parts.audio) {
     parts.audio = h("audio", {
       controls: true,
       preload: "metadata",
@@ -190,6 +195,20 @@ function update(item, rec) {
     const verb = button.classList.contains("rename-button") ? "Rename" : "Delete";
     button.setAttribute("aria-label", `${verb} ${rec.title || "recording"}`);
   }
+}
+
+function swapSource(audio, url) {
+  const at = audio.currentTime;
+  const playing = !audio.paused;
+  audio.src = url;
+  audio.addEventListener(
+    "loadedmetadata",
+    () => {
+      audio.currentTime = at;
+      if (playing) audio.play().catch(() => {});
+    },
+    { once: true },
+  );
 }
 
 function openRename(item) {
