@@ -96,7 +96,7 @@ def test_a_broadcast_under_two_seconds_is_discarded_and_the_broadcaster_told(
     assert ("recordings.changed", {}) in friend.events()
 
 
-def test_a_broadcast_of_two_seconds_is_kept(alice, django_capture_on_commit_callbacks):
+def test_a_broadcast_of_two_seconds_is_kept(alice, django_capture_on_commit_callbacks, monkeypatch):
     compressed: list[int] = []
     session, recording, path = start_with_audio(alice, 2 * RATE)
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
@@ -106,13 +106,11 @@ def test_a_broadcast_of_two_seconds_is_kept(alice, django_capture_on_commit_call
     assert kept is not None and kept.duration_s == 2.0
     assert path.exists()
     # Compression is queued only after the commit, never inside the transaction.
-    original = services.recording_compress_soon
-    services.recording_compress_soon = lambda *, recording_id: compressed.append(recording_id)
-    try:
-        for callback in callbacks:
-            callback()
-    finally:
-        services.recording_compress_soon = original
+    monkeypatch.setattr(
+        services, "recording_compress_soon", lambda *, recording_id: compressed.append(recording_id)
+    )
+    for callback in callbacks:
+        callback()
     assert compressed == [recording.id]
 
 

@@ -31,7 +31,6 @@ const els = {
 
 let rec = readJson("recording-data", {});
 const waveform = new Waveform(els.canvas, els.audio, rec.peaks, rec.duration_s);
-window.hearthRecording = { waveform, audio: els.audio }; // for the browser test
 
 function megabytes(bytes) {
   return `${(bytes / 1e6).toFixed(bytes < 1e7 ? 2 : 1)} MB`;
