@@ -62,8 +62,9 @@ class Recording(models.Model):
     went through (``{"denoise": true, "model": ...}``). ``ended_at``/``duration_s``
     (seconds, always measured on the WAV) are set when the file is finalised;
     ``size_bytes`` is the stored file's size. ``peaks`` is the waveform, stored at
-    compression: min/max pairs flattened (``[min0, max0, ...]``, integers in
-    [-1000, 1000], see ``streams.recording.wav_peaks``); empty until then.
+    compression (or, for a WAV kept uncompressed, at its first view): min/max pairs
+    flattened (``[min0, max0, ...]``, integers in [-1000, 1000], see
+    ``streams.recording.wav_peaks``); empty until then.
     """
 
     owner = models.ForeignKey(

@@ -655,6 +655,23 @@ def recording_compress(*, recording_id: int, writer_closed: bool = False) -> Rec
     return row
 
 
+def recording_peaks_remember(*, recording: Recording, peaks: list[int]) -> bool:
+    """Store ``peaks`` computed from a finished recording's WAV (kept as WAV when
+    ``RECORDING_COMPRESS`` is off, or not compressed yet), so the next page view need
+    not read the whole file again; True if stored.
+
+    Not stored when the WAV was written to within ``SESSION_STALE_S`` (a slow owner
+    may still add to it) or the row changed file meanwhile. Sends no events.
+    """
+    if recording.ended_at is None or not peaks:
+        return False
+    if _recording_file_busy(recording_path(recording)):
+        return False
+    return bool(
+        Recording.objects.filter(id=recording.id, file=recording.file.name).update(peaks=peaks)
+    )
+
+
 def recording_compress_pending() -> int:
     """Compress every finished recording still stored as WAV, and clean up what an
     interrupted compression left; returns how many were compressed.

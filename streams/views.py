@@ -88,9 +88,11 @@ def _recording_peaks(recording: Recording) -> list[int]:
     if recording.peaks or recording.ended_at is None or recording.is_compressed:
         return list(recording.peaks)
     try:
-        return wav_peaks(services.recording_path(recording))
+        peaks = wav_peaks(services.recording_path(recording))
     except (WavFileError, OSError):
         return []
+    services.recording_peaks_remember(recording=recording, peaks=peaks)
+    return peaks
 
 
 @api_view(("GET",))

@@ -3,10 +3,13 @@ named after the title, and the page an ended broadcast's link leads to."""
 
 from __future__ import annotations
 
+import os
+import time
 from datetime import timedelta
 from urllib.parse import quote
 
 import pytest
+from django.conf import settings as django_settings
 from django.test import Client
 from django.utils import timezone
 
@@ -150,6 +153,19 @@ def test_detail_has_the_waveform_before_and_after_compression(alice):
     assert data["audio_url"] == f"/recordings/{recording.id}/audio?v=opus"
     # The list leaves the peaks out.
     assert "peaks" not in login(alice).get("/api/recordings").json()["recordings"][0]
+
+
+def test_peaks_read_from_an_uncompressed_wav_are_kept_for_next_time(alice):
+    recording = make_recording(alice, frames=RATE)
+    url = f"/api/recordings/{recording.id}"
+    first = login(alice).get(url).json()["peaks"]
+    recording.refresh_from_db()
+    assert recording.peaks == []  # written just now: a slow owner may still add to it
+    old = time.time() - django_settings.HEARTH["SESSION_STALE_S"] - 5
+    os.utime(services.recording_path(recording), (old, old))
+    assert login(alice).get(url).json()["peaks"] == first
+    recording.refresh_from_db()
+    assert recording.peaks == first and len(first) == 2000
 
 
 def test_a_live_recording_has_no_peaks_yet(alice):
