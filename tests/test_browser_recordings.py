@@ -121,6 +121,7 @@ def test_a_recording_page_plays_seeks_downloads_renames_and_deletes(
 
         # The waveform is drawn from the stored peaks.
         assert _ink(bob) > 0.05, "the waveform canvas is (nearly) empty"
+        test_browser._screenshot(bob, "recording-page")
 
         # Play: the audio runs.
         bob.evaluate("document.getElementById('recording-audio').muted = true")
