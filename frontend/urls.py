@@ -22,4 +22,5 @@ urlpatterns = [
     path("live/", views.go_live, name="go_live"),
     path("listen/<id:session_id>/", views.listen, name="listen"),
     path("recordings/", views.recordings, name="recordings"),
+    path("recordings/<id:recording_id>/", views.recording_page, name="recording_page"),
 ]

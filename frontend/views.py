@@ -12,10 +12,18 @@ from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_http_methods, require_safe
 
-from streams.selectors import live_session_active_for, live_session_visible_get
-from streams.views import live_session_json
+from streams.selectors import (
+    live_session_active_for,
+    live_session_ended_visible_get,
+    live_session_visible_get,
+    recording_of_session,
+    recording_visible_get,
+)
+from streams.views import live_session_json, recording_json
+from streams.when import when_label
 from users.forms import SignupForm
 from users.ratelimit import request_limited
+from users.selectors import friend_list
 
 
 def _page(request: HttpRequest, template: str, **context: Any) -> HttpResponse:
@@ -74,10 +82,28 @@ def go_live(request: HttpRequest) -> HttpResponse:
 @login_required
 @require_safe
 def listen(request: HttpRequest, session_id: int) -> HttpResponse:
-    """Listen to a friend's live session; 404 unless it is live and visible to the user."""
+    """Listen to a friend's live session.
+
+    A session that has ended, for its broadcaster or a friend, gives a page saying so
+    with a link to its recording ("alice's broadcast has ended — replay it"); one
+    that left no recording, or that the user may not see, gives the 404 page.
+    """
     session = live_session_visible_get(user=request.user, session_id=session_id)
     if session is None:
-        raise Http404("No such live broadcast.")
+        ended = live_session_ended_visible_get(user=request.user, session_id=session_id)
+        recording = None
+        if ended is not None:
+            recording = recording_of_session(session_id=ended.id)
+        if recording is None:
+            raise Http404("No such live broadcast.")
+        return _page(
+            request,
+            "frontend/listen_ended.html",
+            ended_session=ended,
+            ended_label=when_label(ended.ended_at),
+            recording=recording,
+            is_own=ended.broadcaster_id == request.user.id,
+        )
     return _page(
         request,
         "frontend/listen.html",
@@ -89,5 +115,23 @@ def listen(request: HttpRequest, session_id: int) -> HttpResponse:
 @login_required
 @require_safe
 def recordings(request: HttpRequest) -> HttpResponse:
-    """The user's own and friends' recordings (listed by the page's script)."""
-    return _page(request, "frontend/recordings.html")
+    """The user's own and friends' recordings (listed by the page's script), with a
+    filter by broadcaster: the user or one of their friends."""
+    return _page(request, "frontend/recordings.html", friends=friend_list(user=request.user))
+
+
+@login_required
+@require_safe
+def recording_page(request: HttpRequest, recording_id: int) -> HttpResponse:
+    """One recording: title, who, when, duration, processing, waveform, player,
+    download, and rename/delete for its owner; 404 unless the user owns it or is the
+    owner's friend."""
+    recording = recording_visible_get(user=request.user, recording_id=recording_id)
+    if recording is None:
+        raise Http404("No such recording.")
+    return _page(
+        request,
+        "frontend/recording.html",
+        recording=recording,
+        recording_json=recording_json(recording, viewer_id=request.user.id, peaks=True),
+    )

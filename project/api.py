@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import unicodedata
 from collections.abc import Callable
 from functools import wraps
@@ -15,8 +16,10 @@ from django.views.defaults import page_not_found
 MAX_JSON_BODY_BYTES = 16 * 1024
 MAX_DB_ID = 2**63 - 1  # the largest value of a 64-bit (big)integer primary key
 
-# URL prefixes answered with JSON errors (the API and the recording audio endpoint).
-_JSON_PREFIXES = ("/api/", "/recordings/")
+# URLs answered with JSON errors: the API and the recording file endpoints
+# (/recordings/<id>/audio and /download); the recording pages themselves
+# (/recordings/, /recordings/<id>/) get the HTML 404 page.
+_JSON_PATHS = re.compile(r"^/api/|^/recordings/[^/]*/(audio|download)$")
 
 
 class ApiError(Exception):
@@ -115,6 +118,6 @@ register_converter(DbIdConverter, "id")
 
 def not_found(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
     """The project's 404 handler: JSON ``{"error"}`` under the JSON URLs, else the page."""
-    if request.path.startswith(_JSON_PREFIXES):
+    if _JSON_PATHS.match(request.path):
         return json_error("Not found.", status=404)
     return page_not_found(request, exception)

@@ -17,6 +17,9 @@ Everything that differs between machines comes from the environment:
     Comma-separated IP addresses the server gathers ICE host candidates on
     (e.g. ``127.0.0.1`` for tests); default: every interface address (aioice's
     own behaviour).
+``TIME_ZONE``
+    The site's time zone (IANA name, default ``UTC``): dates, times and default
+    recording titles are shown in it.
 ``DEBUG``, ``SECRET_KEY``, ``ALLOWED_HOSTS`` (comma-separated), ``MEDIA_ROOT``,
 ``CSRF_TRUSTED_ORIGINS`` (comma-separated), ``STATIC_ROOT``, ``SECURE`` (``1`` turns on HTTPS-only
 cookies, HSTS and the SSL redirect, for deployment behind TLS).
@@ -196,7 +199,9 @@ LOGIN_REDIRECT_URL = "home"
 LOGOUT_REDIRECT_URL = "login"
 
 LANGUAGE_CODE = "en-gb"
-TIME_ZONE = "UTC"
+# The site's time zone: every date and time Hearth shows (and default recording
+# titles) are in it, formatted by ``streams.when.when_label``.
+TIME_ZONE = os.environ.get("TIME_ZONE", "UTC")
 USE_I18N = True
 USE_TZ = True
 
@@ -377,6 +382,16 @@ HEARTH = {
     "PII_CPU_THREADS": int(os.environ.get("PII_CPU_THREADS", 0)),
     # Padding each side of a redacted word range, seconds (the issue asks 0.15-0.25).
     "PII_PAD_S": float(os.environ.get("PII_PAD_S", 0.2)),
+    # A finished broadcast with less audio than this (seconds) is not kept: its
+    # recording is deleted and session.ended says "recording_discarded": "too_short".
+    "MIN_RECORDING_S": float(os.environ.get("MIN_RECORDING_S", 2.0)),
+    # Transcode finished recordings from WAV to Ogg/Opus (the WAV is kept only while
+    # live, and until the Ogg file is committed); 0 keeps the WAV.
+    "RECORDING_COMPRESS": _env_bool("RECORDING_COMPRESS", True),
+    # Opus bit rate of compressed recordings, bits per second (mono, 48 kHz).
+    "RECORDING_OPUS_BITRATE": int(os.environ.get("RECORDING_OPUS_BITRATE", 48_000)),
+    # Recordings per page of the list (GET /api/recordings).
+    "RECORDINGS_PAGE_SIZE": 20,
 }
 if not 0.15 <= HEARTH["PII_PAD_S"] <= 0.25:
     raise ImproperlyConfigured("PII_PAD_S must be between 0.15 and 0.25 seconds.")

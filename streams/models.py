@@ -54,11 +54,17 @@ class LiveSession(models.Model):
 
 
 class Recording(models.Model):
-    """The processed audio of one live session, a 16-bit PCM WAV file at 48 kHz mono.
+    """The processed audio of one live session, 48 kHz mono.
 
-    ``file`` is relative to ``MEDIA_ROOT``. ``processing`` records the processor
-    settings the audio went through (``{"denoise": true, "model": ...}``).
-    ``ended_at``/``duration_s`` are set when the file is finalised.
+    ``file`` is relative to ``MEDIA_ROOT``: a 16-bit PCM WAV while live (crash-safe),
+    then, once finalised and compressed (``HEARTH["RECORDING_COMPRESS"]``), an
+    Ogg/Opus file (``.ogg``). ``processing`` records the processor settings the audio
+    went through (``{"denoise": true, "model": ...}``). ``ended_at``/``duration_s``
+    (seconds, always measured on the WAV) are set when the file is finalised;
+    ``size_bytes`` is the stored file's size. ``peaks`` is the waveform, stored at
+    compression (or, for a WAV kept uncompressed, at its first view): min/max pairs
+    flattened (``[min0, max0, ...]``, integers in [-1000, 1000], see
+    ``streams.recording.wav_peaks``); empty until then.
     """
 
     owner = models.ForeignKey(
@@ -75,12 +81,18 @@ class Recording(models.Model):
     ended_at = models.DateTimeField(null=True, blank=True)
     duration_s = models.FloatField(default=0.0)
     size_bytes = models.PositiveBigIntegerField(default=0)
+    peaks = models.JSONField(default=list, blank=True)
 
     class Meta:
         ordering = ["-started_at"]
 
     def __str__(self) -> str:
         return self.title
+
+    @property
+    def is_compressed(self) -> bool:
+        """True once the file is the Ogg/Opus one (the WAV is gone or about to be)."""
+        return self.file.name.endswith(".ogg")
 
 
 class MediaWorker(models.Model):

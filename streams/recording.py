@@ -15,11 +15,13 @@ from __future__ import annotations
 import os
 import struct
 import threading
+import uuid
 import wave
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Self
 
+import av
 import numpy as np
 from numpy.typing import NDArray
 
@@ -277,3 +279,130 @@ def wav_repair(path: Path) -> RecordingInfo:
         handle.seek(position + 4)
         handle.write(struct.pack("<L", data_size))
     return wav_info(path)
+
+
+PEAK_SCALE = 1000
+"""Peaks are stored as integers in [-PEAK_SCALE, PEAK_SCALE] (full scale = 1000)."""
+
+
+def wav_peaks(path: Path, points: int = 1000, *, block_frames: int = 1 << 20) -> list[int]:
+    """The waveform of a 16-bit PCM mono WAV as ``points`` (min, max) pairs.
+
+    The file is cut into ``points`` equal spans (fewer when it has fewer samples);
+    for each the smallest and largest sample are given, scaled to integers in
+    [-:data:`PEAK_SCALE`, :data:`PEAK_SCALE`], flattened as ``[min0, max0, min1, ...]``.
+    Reads the file once in blocks of ``block_frames`` (memory stays small for hours
+    of audio).
+
+    Returns:
+        ``2 * min(points, frames)`` integers; empty for a file with no samples.
+
+    Raises:
+        WavFileError: not a 16-bit mono PCM RIFF/WAVE file.
+        ValueError: ``points`` below 1.
+        OSError: the file cannot be read.
+    """
+    if points < 1:
+        raise ValueError(f"points must be >= 1, got {points}")
+    try:
+        handle = wave.open(os.fspath(path), "rb")  # noqa: SIM115 (closed below)
+    except (wave.Error, EOFError) as exc:
+        raise WavFileError(f"{path}: not a readable WAV file ({exc})") from exc
+    with handle:
+        if handle.getsampwidth() != SAMPLE_WIDTH_BYTES or handle.getnchannels() != 1:
+            raise WavFileError(f"{path}: not 16-bit mono PCM")
+        frames = handle.getnframes()
+        points = min(points, frames)
+        if points == 0:
+            return []
+        edges = (np.arange(points + 1, dtype=np.int64) * frames) // points
+        lows = np.full(points, 32767, dtype=np.int32)
+        highs = np.full(points, -32768, dtype=np.int32)
+        position = 0
+        while position < frames:
+            block = np.frombuffer(handle.readframes(block_frames), dtype="<i2")
+            if not len(block):
+                break
+            first = int(np.searchsorted(edges, position, side="right")) - 1
+            last = min(
+                int(np.searchsorted(edges, position + len(block) - 1, side="right")) - 1, points - 1
+            )
+            starts = np.maximum(edges[first : last + 1], position) - position
+            span = slice(first, last + 1)
+            lows[span] = np.minimum(lows[span], np.minimum.reduceat(block, starts))
+            highs[span] = np.maximum(highs[span], np.maximum.reduceat(block, starts))
+            position += len(block)
+    pairs = np.stack([lows, highs], axis=1).astype(np.float64) * PEAK_SCALE / 32768
+    return [int(v) for v in np.clip(np.rint(pairs), -PEAK_SCALE, PEAK_SCALE).ravel()]
+
+
+OPUS_FRAME = 960
+"""Samples per Opus frame: 20 ms at 48 kHz."""
+
+
+def wav_to_opus(source: Path, target: Path, *, bitrate: int) -> int:
+    """Transcode a 16-bit PCM mono 48 kHz WAV to Ogg/Opus at ``target``, atomically.
+
+    Encodes with libopus (PyAV) at ``bitrate`` bits per second, application
+    ``audio``, 20 ms frames; the last frame is a short one, and the Ogg stream's
+    end trimming makes decoders give back exactly the WAV's number of samples. The
+    output is written to a hidden temporary file beside ``target``, flushed to disk
+    (``fsync``) and renamed over ``target`` only when complete, so a crash leaves
+    either no ``target`` or a whole one (and at worst a stray ``.part`` file).
+
+    Returns:
+        The size of ``target`` in bytes.
+
+    Raises:
+        WavFileError: ``source`` is not a 16-bit mono WAV at 48 kHz.
+        ValueError: ``bitrate`` is not positive.
+        OSError: reading or writing fails (the temporary file is removed).
+    """
+    if bitrate <= 0:
+        raise ValueError(f"bitrate must be > 0, got {bitrate}")
+    temp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:12]}.part")
+    try:
+        handle = wave.open(os.fspath(source), "rb")  # noqa: SIM115 (closed below)
+    except (wave.Error, EOFError) as exc:
+        raise WavFileError(f"{source}: not a readable WAV file ({exc})") from exc
+    try:
+        with handle:
+            if (
+                handle.getsampwidth() != SAMPLE_WIDTH_BYTES
+                or handle.getnchannels() != 1
+                or handle.getframerate() != SAMPLE_RATE
+            ):
+                raise WavFileError(f"{source}: not 16-bit mono PCM at {SAMPLE_RATE} Hz")
+            with av.open(os.fspath(temp), "w", format="ogg") as container:
+                stream = container.add_stream("libopus", rate=SAMPLE_RATE, layout="mono")
+                stream.bit_rate = bitrate
+                stream.codec_context.options = {"application": "audio"}
+                pts = 0
+                while block := handle.readframes(OPUS_FRAME * 250):
+                    samples = np.frombuffer(block, dtype="<i2")
+                    for start in range(0, len(samples), OPUS_FRAME):
+                        part = samples[start : start + OPUS_FRAME]
+                        frame = av.AudioFrame.from_ndarray(
+                            part.reshape(1, -1).copy(), format="s16", layout="mono"
+                        )
+                        frame.sample_rate = SAMPLE_RATE
+                        frame.pts = pts
+                        pts += len(part)
+                        for packet in stream.encode(frame):
+                            container.mux(packet)
+                for packet in stream.encode(None):
+                    container.mux(packet)
+        with open(temp, "rb+") as written:
+            os.fsync(written.fileno())
+        os.replace(temp, target)
+    except BaseException as exc:
+        temp.unlink(missing_ok=True)
+        if isinstance(exc, av.FFmpegError):
+            raise OSError(f"{source}: transcoding failed ({exc})") from exc
+        raise
+    directory = os.open(target.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+    return target.stat().st_size

@@ -1234,13 +1234,15 @@ class MediaServer:
 
     async def _housekeeping_loop(self) -> None:
         """From server start on, every ``HOUSEKEEPING_S``: end sessions of dead
-        processes (repairing their recordings), prune stale presence rows and delete
-        recordings past ``RECORDING_RETENTION_DAYS``."""
+        processes (repairing their recordings), prune stale presence rows, delete
+        recordings past ``RECORDING_RETENTION_DAYS`` and queue the compression of
+        finished recordings still in WAV (in a background thread)."""
         while True:
             try:
                 await database_sync_to_async(services.live_session_end_stale)()
                 await database_sync_to_async(presence_prune)()
                 await database_sync_to_async(services.recording_delete_expired)()
+                services.recording_compress_pending_soon()  # returns at once
             except Exception:
                 logger.exception("housekeeping failed")
             await asyncio.sleep(settings.HEARTH["HOUSEKEEPING_S"])

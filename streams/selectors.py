@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import shutil
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from django.conf import settings
@@ -84,6 +84,79 @@ def recording_list_visible(*, user: User) -> QuerySet[Recording]:
 def recording_visible_get(*, user: User, recording_id: int) -> Recording | None:
     """Recording ``recording_id`` if ``user`` owns it or is the owner's friend, else None."""
     return recording_list_visible(user=user).filter(id=recording_id).first()
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+class RecordingCursorError(ValueError):
+    """A ``before`` cursor that does not parse (str() is user-facing)."""
+
+
+def recording_cursor(recording: Recording) -> str:
+    """The opaque cursor of ``recording`` in the newest-first list:
+    ``"<started_at in µs since the epoch>.<id>"``."""
+    micros = (recording.started_at - _EPOCH) // timedelta(microseconds=1)
+    return f"{micros}.{recording.id}"
+
+
+def _cursor_parse(cursor: str) -> tuple[datetime, int]:
+    micros, dot, rec_id = cursor.partition(".")
+    if not dot or not micros.isdigit() or not rec_id.isdigit() or len(cursor) > 40:
+        raise RecordingCursorError("Bad page cursor.")
+    try:
+        return _EPOCH + timedelta(microseconds=int(micros)), int(rec_id)
+    except OverflowError as exc:
+        raise RecordingCursorError("Bad page cursor.") from exc
+
+
+def recording_page(
+    *, user: User, owner_id: int | None = None, before: str | None = None, limit: int = 20
+) -> tuple[list[Recording], str | None]:
+    """One page of the recordings ``user`` may see, newest first.
+
+    Args:
+        owner_id: Only this user's recordings (``user`` or one of their friends;
+            anyone else's gives an empty page).
+        before: A cursor from :func:`recording_cursor` (the last item of the previous
+            page): only recordings after it in the list.
+        limit: At most this many (1 or more).
+
+    Returns:
+        The recordings (without their ``peaks``) and the cursor of the next page, or
+        None when this is the last.
+
+    Raises:
+        RecordingCursorError: ``before`` does not parse.
+    """
+    recordings = recording_list_visible(user=user).defer("peaks")
+    if owner_id is not None:
+        recordings = recordings.filter(owner_id=owner_id)
+    if before:
+        started_at, rec_id = _cursor_parse(before)
+        recordings = recordings.filter(
+            Q(started_at__lt=started_at) | Q(started_at=started_at, id__lt=rec_id)
+        )
+    page = list(recordings[: max(1, limit) + 1])
+    more = len(page) > limit
+    page = page[:limit]
+    return page, (recording_cursor(page[-1]) if more and page else None)
+
+
+def live_session_ended_visible_get(*, user: User, session_id: int) -> LiveSession | None:
+    """Ended session ``session_id`` if ``user`` is its broadcaster or their friend, else None."""
+    session = (
+        LiveSession.objects.select_related("broadcaster")
+        .filter(id=session_id, ended_at__isnull=False)
+        .first()
+    )
+    if session is None:
+        return None
+    if session.broadcaster_id != user.id and not friendship_exists(
+        user_a=user, user_b=session.broadcaster_id
+    ):
+        return None
+    return session
 
 
 def recording_bytes_used(*, user_id: int) -> int:
@@ -185,3 +258,8 @@ def live_session_is_live(*, session_id: int) -> bool:
 def recording_id_of_session(*, session_id: int) -> int | None:
     """The id of session ``session_id``'s recording, if it has one."""
     return Recording.objects.filter(session_id=session_id).values_list("id", flat=True).first()
+
+
+def recording_of_session(*, session_id: int) -> Recording | None:
+    """The recording a session left, if it was kept (None: too short, empty, deleted)."""
+    return Recording.objects.filter(session_id=session_id).first()

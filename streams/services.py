@@ -7,21 +7,32 @@ Real-time events go out after the commit: friends get ``live`` and
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connections, transaction
 from django.db.models import F
 from django.utils import timezone
 
 from project.api import UNCLEAN_TEXT_MESSAGE, text_is_clean
 from streams.models import LiveSession, MediaWorker, Recording
 from streams.processors.factory import audio_chain_settings
-from streams.recording import RecordingInfo, WavFileError, wav_info, wav_repair
+from streams.recording import (
+    RecordingInfo,
+    WavFileError,
+    wav_info,
+    wav_peaks,
+    wav_repair,
+    wav_to_opus,
+)
 from streams.selectors import (
     live_session_stale_cutoff,
     live_session_stale_list,
@@ -29,6 +40,7 @@ from streams.selectors import (
     media_worker_stale_cutoff,
     recording_bytes_used,
 )
+from streams.when import default_title
 from users.events import group_send_from_sync, users_notify
 from users.models import User
 from users.selectors import friend_ids
@@ -78,8 +90,14 @@ def _owner_and_friends(user: User | int) -> set[int]:
     return friend_ids(user=user_id) | {user_id}
 
 
-def _notify_recordings_changed(owner: User | int) -> None:
-    users_notify(user_ids=_owner_and_friends(owner), event="recordings.changed", data={})
+def _notify_recordings_changed(owner: User | int, *, deleted: list[int] | None = None) -> None:
+    """Tell the owner's and friends' pages that the owner's recordings changed; with
+    ``deleted``, that these recordings are gone (so a page showing one need not ask)."""
+    users_notify(
+        user_ids=_owner_and_friends(owner),
+        event="recordings.changed",
+        data={"deleted": deleted} if deleted else {},
+    )
 
 
 def _notify_live(session: LiveSession, *, live: bool) -> None:
@@ -160,11 +178,10 @@ def live_session_start(
                 "You are already live in another tab or device.", code="already_live"
             ) from exc
         stamp = timezone.localtime(now).strftime("%Y%m%d-%H%M%S")
-        default_title = f"{broadcaster.username} live, {timezone.localtime(now):%d %b %Y %H:%M}"
         recording = Recording.objects.create(
             owner=broadcaster,
             session=session,
-            title=(title or default_title)[:120],
+            title=(title or default_title(broadcaster.username, now))[:120],
             file=f"recordings/{broadcaster.id}/{stamp}-session{session.id}.wav",
             processing=audio_chain_settings(denoise=denoise),
             started_at=now,
@@ -272,27 +289,53 @@ def _recording_figures_store(recording: Recording, info: RecordingInfo) -> None:
     recording.save(update_fields=["duration_s", "size_bytes"])
 
 
+def _recording_settle(recording: Recording, figures: _FileFigures) -> str | None:
+    """Keep a finalised recording (storing its figures, compressing it after the
+    commit) or drop it; returns why it was dropped: ``"empty"`` (no audio at all: the
+    peer never connected) or ``"too_short"`` (under ``HEARTH["MIN_RECORDING_S"]``),
+    None when kept. Runs in the caller's transaction; files go after its commit.
+
+    A file that may still be written (``figures.disposable`` False) is always kept.
+    """
+    info = figures.info
+    dropped: str | None = None
+    if figures.disposable:
+        if info is None or info.frames == 0:
+            dropped = "empty"
+        elif info.duration_s < settings.HEARTH["MIN_RECORDING_S"]:
+            dropped = "too_short"
+    if dropped is not None:
+        path = recording_path(recording)
+        recording.delete()
+        transaction.on_commit(lambda: path.unlink(missing_ok=True))
+        return dropped
+    if info is not None:
+        _recording_figures_store(recording, info)
+    if figures.disposable:  # its writer is done: compress it now, not at housekeeping
+        recording_id = recording.id
+        transaction.on_commit(lambda: recording_compress_soon(recording_id=recording_id))
+    return None
+
+
 def _session_finish(
     session: LiveSession, *, recording_id: int | None, figures: _FileFigures
 ) -> Recording | None:
-    """Store the ended session's recording figures (or drop an empty recording) and
-    announce the end. Runs in a transaction: file deletion and events follow its commit.
+    """Store the ended session's recording figures (or drop an empty or too short
+    recording) and announce the end. Runs in a transaction: file deletion, compression
+    and events follow its commit.
+
+    ``session.ended`` carries ``recording_id`` (None when there is no recording) and
+    ``recording_discarded``: ``"too_short"`` (with ``min_recording_s``, the minimum
+    in seconds) or ``"empty"`` when a recording was dropped, else None.
     """
     recording = (
         Recording.objects.select_for_update().filter(id=recording_id).first()
         if recording_id is not None
         else None
     )
-    info = figures.info
-    if recording is not None:
-        if (info is None or info.frames == 0) and figures.disposable:
-            # Nothing was ever recorded (the peer never connected): keep no empty entry.
-            path = recording_path(recording)
-            recording.delete()
-            transaction.on_commit(lambda: path.unlink(missing_ok=True))
-            recording = None
-        elif info is not None:
-            _recording_figures_store(recording, info)
+    dropped = _recording_settle(recording, figures) if recording is not None else None
+    if dropped is not None:
+        recording = None
     _notify_live(session, live=False)
     _session_event(
         session.id,
@@ -301,6 +344,8 @@ def _session_finish(
             "session_id": session.id,
             "reason": session.end_reason,
             "recording_id": recording.id if recording else None,
+            "recording_discarded": dropped,
+            "min_recording_s": settings.HEARTH["MIN_RECORDING_S"],
         },
     )
     _notify_recordings_changed(session.broadcaster_id)
@@ -331,7 +376,10 @@ def _session_end(
             if recording is not None and info is not None and info.frames > 0:
                 # Ended elsewhere while its owner still wrote (judged lost, or by a
                 # start-up cleanup): the owner's figures of the closed file are the truth.
-                _recording_figures_store(recording, info)
+                owners = _FileFigures(info=info, disposable=True)
+                if _recording_settle(recording, owners) is not None:  # dropped: too short
+                    _notify_recordings_changed(session.broadcaster_id)
+                    recording = None
             return False, recording
         if only_if_stale and session.heartbeat_at >= live_session_stale_cutoff():
             return False, None  # stamped meanwhile: its owner is alive
@@ -456,7 +504,7 @@ def recording_delete(*, user: User, recording_id: int) -> None:
     path = recording_path(recording)
     recording.delete()
     transaction.on_commit(lambda: path.unlink(missing_ok=True))
-    _notify_recordings_changed(user)
+    _notify_recordings_changed(user, deleted=[recording_id])
 
 
 def recording_delete_expired() -> int:
@@ -486,9 +534,183 @@ def recording_delete_expired() -> int:
 
         transaction.on_commit(unlink)
         for owner_id in {recording.owner_id for recording in expired}:
-            _notify_recordings_changed(owner_id)
+            ids = [recording.id for recording in expired if recording.owner_id == owner_id]
+            _notify_recordings_changed(owner_id, deleted=ids)
     logger.info("deleted %d recording(s) older than %s days", len(expired), days)
     return len(expired)
+
+
+# --- Compressing finished recordings ---------------------------------------------
+#
+# A live recording is a WAV (crash-safe: readable up to the last write). Once its
+# session has ended and its writer closed it, it is transcoded to Ogg/Opus in a
+# background thread of this process (never on the event loop, never inside a
+# transaction): the Ogg file is written beside it under a temporary name and renamed
+# into place, then one short transaction points the row at it (with its size and the
+# waveform peaks), and the WAV is deleted only after that commits. A crash at any
+# point leaves the row on the WAV, which stays the truth; housekeeping (every
+# HOUSEKEEPING_S, and at start-up) redoes whatever is left, and removes a WAV whose
+# Ogg file the row already names (a crash between the commit and the unlink).
+
+_compress_pool: ThreadPoolExecutor | None = None
+_compress_pool_lock = threading.Lock()
+_compress_pending_queued = threading.Event()
+
+
+def _compress_submit(job: Callable[[], object]) -> None:
+    """Run ``job`` in this process's one compression thread (jobs run one at a time, so
+    transcoding takes at most one core), closing the thread's database connection after."""
+    global _compress_pool
+    with _compress_pool_lock:
+        if _compress_pool is None:
+            _compress_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hearth-compress")
+        pool = _compress_pool
+
+    def run() -> None:
+        try:
+            job()
+        except Exception:
+            logger.exception("compressing recordings failed")
+        finally:
+            connections.close_all()  # this thread's connections only
+
+    pool.submit(run)
+
+
+def recording_compress_soon(*, recording_id: int) -> None:
+    """Compress finished recording ``recording_id`` in the background (see
+    :func:`recording_compress`); returns at once. Nothing when
+    ``HEARTH["RECORDING_COMPRESS"]`` is off."""
+    if settings.HEARTH["RECORDING_COMPRESS"]:
+        _compress_submit(lambda: recording_compress(recording_id=recording_id, writer_closed=True))
+
+
+def recording_compress_pending_soon() -> None:
+    """Queue :func:`recording_compress_pending` in the background unless a pass is
+    already queued; returns at once. For the housekeeping loop (it does no I/O itself,
+    so it may be called on the event loop)."""
+    if not settings.HEARTH["RECORDING_COMPRESS"] or _compress_pending_queued.is_set():
+        return
+    _compress_pending_queued.set()
+
+    def job() -> None:
+        _compress_pending_queued.clear()
+        recording_compress_pending()
+
+    _compress_submit(job)
+
+
+def recording_compress(*, recording_id: int, writer_closed: bool = False) -> Recording | None:
+    """Transcode finished recording ``recording_id`` from WAV to Ogg/Opus; returns the
+    updated row, or None when there was nothing to do.
+
+    Blocking (seconds per hour of audio): call it from a background thread, outside
+    any transaction. Skips a recording that is live, gone, already compressed, or whose
+    WAV is missing or unreadable; and, unless ``writer_closed`` (the caller knows its
+    writer is done), one whose WAV was written to within ``SESSION_STALE_S`` (a slow
+    owner may still be at it). A WAV with a stale header is repaired first. The Ogg
+    file replaces the WAV atomically (see :func:`streams.recording.wav_to_opus`); the
+    row then gets the new ``file``, ``size_bytes`` and ``peaks`` (``duration_s`` is
+    measured on the WAV, which is exact) and owner and friends ``recordings.changed``;
+    the WAV is deleted after that commits. A row deleted or compressed meanwhile by
+    another process is left alone (an Ogg file written for a deleted row is removed).
+
+    Raises:
+        OSError: the Ogg file cannot be written (e.g. disk full); the WAV is kept.
+    """
+    if not settings.HEARTH["RECORDING_COMPRESS"]:
+        return None
+    recording = Recording.objects.filter(id=recording_id, ended_at__isnull=False).first()
+    if recording is None or not recording.file.name.endswith(".wav"):
+        return None
+    wav = recording_path(recording)
+    if not wav.is_file() or (not writer_closed and _recording_file_busy(wav)):
+        return None
+    figures = _recording_file_measure(wav, repair_busy=writer_closed)
+    if figures.info is None or not figures.disposable:
+        return None
+    wav_name = recording.file.name
+    ogg_name = f"{wav_name[: -len('.wav')]}.ogg"
+    ogg = Path(settings.MEDIA_ROOT) / ogg_name
+    peaks = wav_peaks(wav)
+    size = wav_to_opus(wav, ogg, bitrate=settings.HEARTH["RECORDING_OPUS_BITRATE"])
+    with transaction.atomic():
+        row = Recording.objects.select_for_update().filter(id=recording_id).first()
+        if row is None:  # deleted while we transcoded
+            transaction.on_commit(lambda: ogg.unlink(missing_ok=True))
+            return None
+        if row.file.name != wav_name:  # another process got there first
+            return None
+        row.file.name = ogg_name
+        row.size_bytes = size
+        row.duration_s = figures.info.duration_s
+        row.peaks = peaks
+        row.save(update_fields=["file", "size_bytes", "duration_s", "peaks"])
+        transaction.on_commit(lambda: wav.unlink(missing_ok=True))
+        _notify_recordings_changed(row.owner_id)
+    logger.info(
+        "recording %s compressed: %.1f s, %d bytes WAV -> %d bytes Ogg/Opus",
+        recording_id,
+        figures.info.duration_s,
+        figures.info.size_bytes,
+        size,
+    )
+    return row
+
+
+def recording_peaks_remember(*, recording: Recording, peaks: list[int]) -> bool:
+    """Store ``peaks`` computed from a finished recording's WAV (kept as WAV when
+    ``RECORDING_COMPRESS`` is off, or not compressed yet), so the next page view need
+    not read the whole file again; True if stored.
+
+    Not stored when the WAV was written to within ``SESSION_STALE_S`` (a slow owner
+    may still add to it) or the row changed file meanwhile. Sends no events.
+    """
+    if recording.ended_at is None or not peaks:
+        return False
+    if _recording_file_busy(recording_path(recording)):
+        return False
+    return bool(
+        Recording.objects.filter(id=recording.id, file=recording.file.name).update(peaks=peaks)
+    )
+
+
+def recording_compress_pending() -> int:
+    """Compress every finished recording still stored as WAV, and clean up what an
+    interrupted compression left; returns how many were compressed.
+
+    For housekeeping and start-up (see :func:`recording_compress_soon` for the normal
+    path). Leftovers: a WAV beside the Ogg file its row already names (the process
+    died between the commit and the unlink) is deleted, and so is a temporary
+    ``.part`` file not written to within ``SESSION_STALE_S``. A recording that fails
+    (unreadable, disk full) is logged and left as WAV for the next pass.
+    """
+    if not settings.HEARTH["RECORDING_COMPRESS"]:
+        return 0
+    root = Path(settings.MEDIA_ROOT) / "recordings"
+    if root.is_dir():
+        wavs = {f"recordings/{p.parent.name}/{p.name}": p for p in root.glob("*/*.wav")}
+        oggs = {f"{name[: -len('.wav')]}.ogg": path for name, path in wavs.items()}
+        for name in Recording.objects.filter(file__in=list(oggs)).values_list("file", flat=True):
+            logger.info("removing %s: its recording is compressed", oggs[name])
+            oggs[name].unlink(missing_ok=True)
+        stale = time.time() - settings.HEARTH["SESSION_STALE_S"]
+        for part in root.glob("*/.*.part"):
+            with contextlib.suppress(OSError):
+                if part.stat().st_mtime < stale:
+                    part.unlink()
+    ids = list(
+        Recording.objects.filter(ended_at__isnull=False, file__endswith=".wav")
+        .order_by("id")
+        .values_list("id", flat=True)
+    )
+    done = 0
+    for recording_id in ids:
+        try:
+            done += recording_compress(recording_id=recording_id) is not None
+        except (OSError, WavFileError):
+            logger.exception("could not compress recording %s; keeping its WAV", recording_id)
+    return done
 
 
 # --- Media workers ----------------------------------------------------------------

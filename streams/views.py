@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import re
+import unicodedata
 from collections.abc import AsyncIterator
 from pathlib import Path
+from urllib.parse import quote
 
 from asgiref.sync import sync_to_async
+from django.conf import settings
 from django.http import (
     HttpRequest,
     HttpResponse,
@@ -14,10 +18,13 @@ from django.http import (
 )
 from django.urls import reverse
 
-from project.api import ApiError, api_view, json_body, json_error
+from project.api import MAX_DB_ID, ApiError, api_view, json_body, json_error
 from streams import selectors, services
 from streams.http_range import RangeNotSatisfiable, range_parse
 from streams.models import LiveSession, Recording
+from streams.recording import WavFileError, wav_peaks
+from streams.when import when_label
+from users.selectors import friend_ids
 
 CHUNK_BYTES = 256 * 1024
 
@@ -36,19 +43,56 @@ def live_session_json(session: LiveSession, *, listeners: int | None = None) -> 
     }
 
 
-def _recording_json(recording: Recording, *, viewer_id: int) -> dict[str, object]:
-    return {
+def _recording_format(recording: Recording) -> tuple[str, str, str]:
+    """(``format`` as the API names it, file extension, MIME type) of the stored file."""
+    if recording.is_compressed:
+        return "opus", "ogg", "audio/ogg"
+    return "wav", "wav", "audio/wav"
+
+
+def recording_json(
+    recording: Recording, *, viewer_id: int, peaks: bool = False
+) -> dict[str, object]:
+    """A recording as the API and the pages' scripts see it.
+
+    ``started_label`` is the one time format (:func:`streams.when.when_label`);
+    ``audio_url`` changes when the stored file does (WAV → Ogg/Opus), so a player
+    never seeks into a file that was swapped under it. With ``peaks``, also the
+    waveform (see ``Recording.peaks``); for a recording not yet compressed it is
+    computed from the WAV now (empty while live or when the file is unreadable).
+    """
+    fmt, _, _ = _recording_format(recording)
+    data: dict[str, object] = {
         "id": recording.id,
         "title": recording.title,
         "owner": {"id": recording.owner_id, "username": recording.owner.username},
         "is_owner": recording.owner_id == viewer_id,
         "started_at": recording.started_at.isoformat(),
+        "started_label": when_label(recording.started_at),
         "ended_at": recording.ended_at.isoformat() if recording.ended_at else None,
         "duration_s": round(recording.duration_s, 2),
         "size_bytes": recording.size_bytes,
+        "format": fmt,
         "processing": recording.processing,
-        "audio_url": reverse("recording_audio", args=[recording.id]),
+        "session_id": recording.session_id,
+        "page_url": reverse("recording_page", args=[recording.id]),
+        "audio_url": f"{reverse('recording_audio', args=[recording.id])}?v={fmt}",
+        "download_url": reverse("recording_download", args=[recording.id]),
     }
+    if peaks:
+        data["peaks"] = _recording_peaks(recording)
+    return data
+
+
+def _recording_peaks(recording: Recording) -> list[int]:
+    if recording.peaks or recording.ended_at is None or recording.is_compressed:
+        return list(recording.peaks)
+    try:
+        peaks = wav_peaks(services.recording_path(recording))
+    except (WavFileError, OSError):
+        return []
+    services.recording_peaks_remember(recording=recording, peaks=peaks)
+    return peaks
 
 
 @api_view(("GET",))
@@ -64,12 +108,48 @@ def live_list(request: HttpRequest) -> JsonResponse:
     )
 
 
+def _query_id(request: HttpRequest, name: str) -> int | None:
+    """Query parameter ``name`` as a database id, None when absent.
+
+    Raises:
+        ApiError: 400 when it is not a whole number in range.
+    """
+    value = request.GET.get(name)
+    if value is None or value == "":
+        return None
+    if not re.fullmatch(r"[0-9]{1,19}", value) or int(value) > MAX_DB_ID:
+        raise ApiError(f"{name} must be a user id.")
+    return int(value)
+
+
 @api_view(("GET",))
 def recording_list(request: HttpRequest) -> JsonResponse:
-    """GET → ``{"recordings": [...]}``: own and friends' recordings, newest first."""
-    recordings = selectors.recording_list_visible(user=request.user)
+    """GET → ``{"recordings": [...], "next": cursor | null}``: own and friends'
+    recordings, newest first, one page at a time.
+
+    Query: ``owner`` (a user id: yourself or a friend) filters by broadcaster;
+    ``before`` (the ``next`` of the previous answer) asks for the following page;
+    ``limit`` (1-100, default ``HEARTH["RECORDINGS_PAGE_SIZE"]``) is the page size.
+    400 for an owner who is neither you nor a friend, a bad cursor or a bad limit.
+    """
+    user = request.user
+    owner_id = _query_id(request, "owner")
+    if owner_id is not None and owner_id != user.id and owner_id not in friend_ids(user=user):
+        raise ApiError("You can only filter by yourself or one of your friends.")
+    raw_limit = request.GET.get("limit", "")
+    limit = settings.HEARTH["RECORDINGS_PAGE_SIZE"]
+    if raw_limit:
+        if not re.fullmatch(r"[0-9]{1,3}", raw_limit) or not 1 <= int(raw_limit) <= 100:
+            raise ApiError("limit must be a number from 1 to 100.")
+        limit = int(raw_limit)
+    try:
+        page, cursor = selectors.recording_page(
+            user=user, owner_id=owner_id, before=request.GET.get("before") or None, limit=limit
+        )
+    except selectors.RecordingCursorError as exc:
+        raise ApiError(str(exc)) from exc
     return JsonResponse(
-        {"recordings": [_recording_json(r, viewer_id=request.user.id) for r in recordings]}
+        {"recordings": [recording_json(r, viewer_id=user.id) for r in page], "next": cursor}
     )
 
 
@@ -94,7 +174,7 @@ def recording_detail(request: HttpRequest, recording_id: int) -> HttpResponse:
     recording = selectors.recording_visible_get(user=user, recording_id=recording_id)
     if recording is None:
         raise ApiError("No such recording.", status=404)
-    return JsonResponse(_recording_json(recording, viewer_id=user.id))
+    return JsonResponse(recording_json(recording, viewer_id=user.id, peaks=True))
 
 
 async def _file_chunks(path: Path, start: int, length: int) -> AsyncIterator[bytes]:
@@ -119,11 +199,14 @@ async def _file_chunks(path: Path, start: int, length: int) -> AsyncIterator[byt
         await sync_to_async(handle.close, thread_sensitive=False)()
 
 
-def recording_audio(request: HttpRequest, recording_id: int) -> HttpResponse:
-    """GET the recording's WAV with HTTP Range support (206/416), for seeking players.
+def _recording_file_response(
+    request: HttpRequest, recording_id: int, *, download: bool
+) -> HttpResponse:
+    """The recording's stored file, with HTTP Range support (206/416).
 
     Only the owner and the owner's friends may fetch it (404 for anyone else, so the
-    recording's existence does not leak).
+    recording's existence does not leak). ``download``: as an attachment named after
+    the title (409 while it is still being recorded).
     """
     if not request.user.is_authenticated:
         return json_error("Sign in first.", status=401)
@@ -133,6 +216,12 @@ def recording_audio(request: HttpRequest, recording_id: int) -> HttpResponse:
     path = services.recording_path(recording) if recording else None
     if recording is None or path is None or not path.is_file():
         return json_error("No such recording.", status=404)
+    if download and recording.ended_at is None:
+        return json_error(
+            "This recording is still in progress; download it once the broadcast ends.",
+            status=409,
+        )
+    _, extension, mime = _recording_format(recording)
     size = path.stat().st_size
     try:
         byte_range = range_parse(request.headers.get("Range"), size)
@@ -143,13 +232,56 @@ def recording_audio(request: HttpRequest, recording_id: int) -> HttpResponse:
     start, end = byte_range if byte_range else (0, size - 1)
     length = max(0, end - start + 1)
     body = _file_chunks(path, start, length) if request.method == "GET" else iter(())
-    response = StreamingHttpResponse(
-        body, content_type="audio/wav", status=206 if byte_range else 200
-    )
+    response = StreamingHttpResponse(body, content_type=mime, status=206 if byte_range else 200)
     response["Content-Length"] = str(length)
     response["Accept-Ranges"] = "bytes"
     response["Cache-Control"] = "private, no-store" if recording.ended_at is None else "private"
-    response["Content-Disposition"] = f'inline; filename="hearth-recording-{recording.id}.wav"'
+    if download:
+        response["Content-Disposition"] = content_disposition_attachment(
+            f"{download_stem(recording.title, recording.id)}.{extension}"
+        )
+    else:
+        response["Content-Disposition"] = (
+            f'inline; filename="hearth-recording-{recording.id}.{extension}"'
+        )
     if byte_range:
         response["Content-Range"] = f"bytes {start}-{end}/{size}"
     return response
+
+
+def recording_audio(request: HttpRequest, recording_id: int) -> HttpResponse:
+    """GET the recording's audio (WAV, or Ogg/Opus once compressed) with HTTP Range
+    support (206/416), for seeking players; owner and friends only (else 404)."""
+    return _recording_file_response(request, recording_id, download=False)
+
+
+def recording_download(request: HttpRequest, recording_id: int) -> HttpResponse:
+    """GET the finished recording as a file download named after its title
+    (``Content-Disposition: attachment``, RFC 6266); owner and friends only (else
+    404), 409 while it is still being recorded."""
+    return _recording_file_response(request, recording_id, download=True)
+
+
+_FILENAME_UNSAFE = re.compile(r'[\\/:*?"<>|\x00-\x1f\x7f]')
+
+
+def download_stem(title: str, recording_id: int) -> str:
+    """A file name (without extension) from a recording's title, safe on every OS:
+    ``:`` becomes ``.`` (``19:30`` → ``19.30``), other characters Windows or shells
+    refuse (``/ \\ * ? " < > |``, controls) become ``-``, whitespace runs one space,
+    no leading/trailing dots or spaces, at most 100 characters;
+    ``hearth-recording-<id>`` when nothing is left."""
+    stem = " ".join(title.split())  # tabs, newlines, runs: one space
+    stem = _FILENAME_UNSAFE.sub(lambda m: "." if m.group() == ":" else "-", stem)
+    stem = stem.strip(" .")[:100].strip(" .")
+    return stem or f"hearth-recording-{recording_id}"
+
+
+def content_disposition_attachment(filename: str) -> str:
+    """``attachment`` with ``filename`` per RFC 6266: an ASCII ``filename=`` fallback
+    (accents stripped, other non-ASCII dropped) and the exact UTF-8 ``filename*=``."""
+    ascii_name = unicodedata.normalize("NFKD", filename).encode("ascii", "ignore").decode()
+    ascii_name = " ".join(ascii_name.replace("\\", "-").replace('"', "-").split())
+    if not ascii_name.strip(" .") or ascii_name.startswith("."):
+        ascii_name = f"recording{Path(filename).suffix}"
+    return f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(filename, safe='')}"

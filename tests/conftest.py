@@ -18,6 +18,11 @@ def _hearth_settings(settings, tmp_path: Path) -> None:
     settings.ICE_HOST_ADDRESSES = ["127.0.0.1"]
     settings.ICE_SERVERS = []
     settings.MEDIA_ROOT = tmp_path / "media"
+    # Recordings stay WAV, and are kept however short, unless a test turns compression
+    # or the minimum on (tests/test_recording_keep.py does): most tests write a few
+    # milliseconds of audio and read the recorder's WAV, which a background transcode
+    # would race.
+    settings.HEARTH = {**settings.HEARTH, "RECORDING_COMPRESS": False, "MIN_RECORDING_S": 0.0}
 
 
 @pytest.fixture(autouse=True)

@@ -107,6 +107,10 @@ def subprocess_env(
         ALLOWED_HOSTS="127.0.0.1,localhost",
         HEARTH_LOG_LEVEL="INFO",
         PYTHONUNBUFFERED="1",
+        # As in-process tests (conftest): recordings stay WAV and are kept however
+        # short; ``extra`` may turn either on.
+        RECORDING_COMPRESS="0",
+        MIN_RECORDING_S="0",
     )
     if redis_url:
         env["REDIS_URL"] = redis_url

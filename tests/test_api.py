@@ -13,6 +13,7 @@ from django.utils import timezone
 from streams import services as stream_services
 from streams.http_range import RangeNotSatisfiable, range_parse
 from streams.models import LiveSession, Recording
+from streams.when import when_label
 from tests.factories import befriend, go_live, make_recording, make_user
 from users.models import FriendRequest, Friendship, PresenceConnection, User
 
@@ -380,7 +381,12 @@ def test_recording_list(as_alice, alice, bob, carol):
         "duration_s": round(FRAMES / 48_000, 2),
         "size_bytes": 44 + 2 * FRAMES,
         "processing": {"denoise": True, "model": "DeepFilterNet3"},
-        "audio_url": f"/recordings/{own.id}/audio",
+        "started_label": when_label(own.started_at),
+        "format": "wav",
+        "session_id": None,
+        "page_url": f"/recordings/{own.id}/",
+        "audio_url": f"/recordings/{own.id}/audio?v=wav",
+        "download_url": f"/recordings/{own.id}/download",
     }
     assert data[0]["is_owner"] is False
     assert data[0]["ended_at"] is None

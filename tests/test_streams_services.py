@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import struct
 import time
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +19,7 @@ from streams.audio import write_wav
 from streams.models import LiveSession, Recording
 from streams.recording import RecordingInfo, WavRecorder
 from streams.services import LiveSessionError, RecordingError
+from streams.when import default_title, when_label
 from tests.factories import Inbox, befriend, make_recording, make_user
 from users.events import user_group
 from users.models import User
@@ -101,8 +102,19 @@ def test_start_creates_session_and_recording(alice):
 def test_start_without_denoise_and_default_title(alice):
     _, recording = start(alice, denoise=False)
     assert recording.processing["denoise"] is False
-    assert recording.title.startswith("alice live, ")
+    assert recording.title == default_title("alice", recording.started_at)
     assert len(recording.title) <= 120
+
+
+def test_default_title_names_the_broadcaster_and_the_time(settings):
+    # One format everywhere ("alice · Sat 21 Nov, 19:30"), in the site's time zone.
+    settings.TIME_ZONE = "Europe/London"
+    moment = datetime(2026, 11, 21, 19, 30, 59, tzinfo=UTC)
+    assert when_label(moment) == "Sat 21 Nov, 19:30"
+    assert default_title("alice", moment) == "alice · Sat 21 Nov, 19:30"
+    settings.TIME_ZONE = "Europe/Paris"
+    assert when_label(moment) == "Sat 21 Nov, 20:30"
+    assert when_label(datetime(2026, 7, 1, 7, 5, tzinfo=UTC)) == "Wed 1 Jul, 09:05"
 
 
 def test_long_title_is_truncated(alice):
@@ -557,7 +569,13 @@ def test_live_events_on_start_and_end(alice, bob, carol, layer, django_capture_o
     assert listener.events() == [
         (
             "session.ended",
-            {"session_id": session.id, "reason": "stopped", "recording_id": recording.id},
+            {
+                "session_id": session.id,
+                "reason": "stopped",
+                "recording_id": recording.id,
+                "recording_discarded": None,
+                "min_recording_s": 0.0,
+            },
         )
     ]
     assert carol_inbox.events() == []
@@ -569,7 +587,16 @@ def test_session_ended_event_without_recording(alice, layer, django_capture_on_c
     with django_capture_on_commit_callbacks(execute=True):
         services.live_session_end(session_id=session.id, reason="failed")
     assert listener.events() == [
-        ("session.ended", {"session_id": session.id, "reason": "failed", "recording_id": None})
+        (
+            "session.ended",
+            {
+                "session_id": session.id,
+                "reason": "failed",
+                "recording_id": None,
+                "recording_discarded": "empty",
+                "min_recording_s": 0.0,
+            },
+        )
     ]
 
 
@@ -583,7 +610,8 @@ def test_recording_changes_notify_owner_and_friends(
         services.recording_rename(user=alice, recording_id=recording.id, title="Renamed")
     with django_capture_on_commit_callbacks(execute=True):
         services.recording_delete(user=alice, recording_id=recording.id)
-    changed = [("recordings.changed", {}), ("recordings.changed", {})]
+    deleted = {"deleted": [recording.id]}
+    changed = [("recordings.changed", {}), ("recordings.changed", deleted)]
     assert [inbox.events() for inbox in inboxes] == [changed, changed, []]
 
 
@@ -681,4 +709,4 @@ def test_expired_recordings_are_deleted_their_files_after_commit(
         callback()
     assert not any(path.exists() for path in paths)
     assert services.recording_path(recent).exists()
-    assert ("recordings.changed", {}) in inbox.events()
+    assert ("recordings.changed", {"deleted": [old.id]}) in inbox.events()

@@ -1,9 +1,12 @@
-// Recordings: the user's own and friends', newest first, with a player each.
-// Owners can rename (inline form, PATCH) and delete (confirm, DELETE). The list
-// refreshes on "recordings.changed" without interrupting a playing item.
+// Recordings: the user's own and friends', newest first, a page at a time ("Show
+// more"), filtered by who broadcast, with a player each and a link to each
+// recording's page. Owners can rename (inline form, PATCH) and delete (confirm,
+// DELETE). The list refreshes on "recordings.changed" and when a friend goes live
+// or stops ("live"), without interrupting a playing item. Times are the server's
+// labels (one format everywhere, see streams/when.py).
 import { api, errorMessage } from "./api.js";
 import { socket } from "./socket.js";
-import { formatDate, formatDuration, h, showMessage } from "./ui.js";
+import { formatDuration, h, readJson, showMessage } from "./ui.js";
 
 const $ = (id) => document.getElementById(id);
 const els = {
@@ -11,24 +14,70 @@ const els = {
   empty: $("recordings-empty"),
   error: $("recordings-error"),
   status: $("recordings-status"),
+  owner: $("recordings-owner"),
+  more: $("recordings-more"),
 };
 
+const PAGE = 20;
 const items = new Map(); // recording id -> {li, parts, recording}
 let loaded = false;
 let loadSeq = 0;
+let next = null; // cursor of the page after those shown, null at the end
 
+function query(extra = {}) {
+  const params = new URLSearchParams();
+  if (els.owner.value) params.set("owner", els.owner.value);
+  for (const [key, value] of Object.entries(extra)) params.set(key, value);
+  return `/api/recordings?${params}`;
+}
+
+/** Reload what is shown (at least one page, as many items as are shown now). */
 async function load() {
   const seq = ++loadSeq;
+  const limit = Math.min(100, Math.max(PAGE, items.size));
   try {
-    const data = await api("/api/recordings");
+    const data = await api(query({ limit }));
     if (seq !== loadSeq) return;
     loaded = true;
     showMessage(els.error, "");
+    next = data.next;
     render(data.recordings);
   } catch (error) {
     if (seq !== loadSeq) return;
     showMessage(els.error, `Couldn't load recordings: ${errorMessage(error)}`);
     if (!loaded) els.empty.textContent = "Recordings are not available right now.";
+  }
+}
+
+async function loadMore() {
+  if (!next) return;
+  const seq = ++loadSeq;
+  els.more.disabled = true;
+  try {
+    const data = await api(query({ before: next, limit: PAGE }));
+    if (seq !== loadSeq) return;
+    next = data.next;
+    render([...[...items.values()].map((item) => item.recording), ...data.recordings]);
+  } catch (error) {
+    if (seq === loadSeq) showMessage(els.error, `Couldn't load more recordings: ${errorMessage(error)}`);
+  } finally {
+    els.more.disabled = false;
+  }
+}
+
+async function refreshOwners() {
+  try {
+    const data = await api("/api/friends");
+    const chosen = els.owner.value;
+    const me = readJson("current-user", {});
+    els.owner.replaceChildren(
+      h("option", { value: "" }, "Everyone"),
+      h("option", { value: me.id }, "You"),
+      ...data.friends.map((friend) => h("option", { value: friend.id }, friend.username)),
+    );
+    els.owner.value = [...els.owner.options].some((o) => o.value === chosen) ? chosen : "";
+  } catch {
+    // Keep the list the page came with.
   }
 }
 
@@ -55,8 +104,11 @@ function render(recordings) {
     if (els.list.children[index] !== node) els.list.insertBefore(node, els.list.children[index] ?? null);
   });
   while (els.list.children.length > nodes.length) els.list.lastElementChild.remove();
-  els.empty.textContent = "No recordings yet. When you or your friends go live, the broadcasts appear here.";
+  els.empty.textContent = els.owner.value
+    ? "No recordings by this person yet."
+    : "No recordings yet. When you or your friends go live, the broadcasts appear here.";
   els.empty.hidden = nodes.length > 0;
+  els.more.hidden = !next;
 }
 
 function build(rec) {
@@ -89,9 +141,9 @@ function build(rec) {
 function update(item, rec) {
   const { parts } = item;
   item.recording = rec;
-  parts.title.textContent = rec.title || "Untitled";
+  parts.title.replaceChildren(h("a", { href: rec.page_url, class: "recording-link" }, rec.title || "Untitled"));
   parts.owner.textContent = rec.is_owner ? "You" : rec.owner.username;
-  parts.date.textContent = formatDate(rec.started_at);
+  parts.date.textContent = rec.started_label;
   parts.date.setAttribute("datetime", rec.started_at);
   const inProgress = !rec.ended_at;
   parts.duration.textContent = inProgress ? "recording…" : formatDuration(rec.duration_s);
@@ -105,8 +157,20 @@ function update(item, rec) {
 
   if (inProgress) {
     parts.audio = null;
-    parts.player.replaceChildren(h("p", { class: "muted" }, "Still recording — it can be played once the broadcast ends."));
-  } else if (!parts.audio || parts.audio.getAttribute("src") !== rec.audio_url) {
+    parts.player.replaceChildren(
+      h(
+        "p",
+        { class: "muted" },
+        "Still recording — it can be played once the broadcast ends.",
+        rec.session_id && !rec.is_owner ? h("span", {}, " ", h("a", { href: `/listen/${rec.session_id}/`, class: "listen-live-link" }, "Listen live")) : null,
+      ),
+    );
+  } else if (parts.audio && parts.audio.getAttribute("src") !== rec.audio_url) {
+    // Same recording, new file (compressed to Ogg/Opus after the end): swap the
+    // source in place, carrying the position and play state over.
+    swapSource(parts.audio, rec.audio_url);
+    parts.audio.setAttribute("aria-label", `Play ${rec.title || "recording"}`);
+  } else if (!parts.audio) {
     parts.audio = h("audio", {
       controls: true,
       preload: "metadata",
@@ -131,6 +195,20 @@ function update(item, rec) {
     const verb = button.classList.contains("rename-button") ? "Rename" : "Delete";
     button.setAttribute("aria-label", `${verb} ${rec.title || "recording"}`);
   }
+}
+
+function swapSource(audio, url) {
+  const at = audio.currentTime;
+  const playing = !audio.paused;
+  audio.src = url;
+  audio.addEventListener(
+    "loadedmetadata",
+    () => {
+      audio.currentTime = at;
+      if (playing) audio.play().catch(() => {});
+    },
+    { once: true },
+  );
 }
 
 function openRename(item) {
@@ -206,7 +284,17 @@ async function remove(item, button) {
   }
 }
 
+els.owner.addEventListener("change", () => {
+  for (const item of items.values()) item.parts.audio?.pause();
+  items.clear();
+  els.list.replaceChildren();
+  next = null;
+  load();
+});
+els.more.addEventListener("click", loadMore);
 socket.on("recordings.changed", () => load());
+socket.on("live", () => load());
+socket.on("friends.changed", () => refreshOwners().then(load));
 socket.onState((connState, { reconnected }) => {
   if (reconnected) load();
 });
