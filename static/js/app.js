@@ -1,5 +1,6 @@
 // Runs on every signed-in page: opens the shared socket and drives the header's
-// connection indicator.
+// connection indicator; one player at a time (playback.js).
+import "./playback.js";
 import { socket } from "./socket.js";
 
 const indicator = document.getElementById("ws-status");
