@@ -201,6 +201,28 @@ def _orm(fn: Callable[[], T]) -> T:
         return pool.submit(run).result()
 
 
+def _audio_level(page: Page) -> float:
+    """The listen page's remote audio level (0..1), waiting up to 10 s for one > 0.01."""
+    level = 0.0
+    for _ in range(40):
+        level = page.evaluate(
+            """async () => {
+                const stats = await window.hearthListener.pc.getStats();
+                let level = 0;
+                stats.forEach((s) => {
+                    if (s.type === "inbound-rtp" && s.kind === "audio") {
+                        level = s.audioLevel || 0;
+                    }
+                });
+                return level;
+            }"""
+        )
+        if level > 0.01:
+            break
+        page.wait_for_timeout(250)
+    return level
+
+
 def _launch(audio: Path) -> tuple[Playwright, Browser]:
     """Playwright and headless Debian Chromium whose fake microphone plays ``audio``."""
     playwright = sync_playwright().start()
@@ -247,7 +269,9 @@ def test_sign_up_befriend_go_live_listen_and_replay(server, noisy_jfk_wav: Path)
         expect(bob.locator('.friend-item[data-presence="online"]')).to_have_count(1)
         expect(alice.locator('.friend-item[data-presence="online"]')).to_have_count(1)
 
-        # Alice goes live; Bob sees her in "Live now" without reloading.
+        # Alice goes live; Bob sees her in "Live now" without reloading, and the
+        # heading's red dot, which stayed off while nobody was live, comes on.
+        expect(bob.locator("#live-now .live-pip")).to_be_hidden()
         alice.goto(f"{base}/live/")
         expect(alice.locator("#denoise")).to_be_checked()
         alice.click("#go-live-start")
@@ -257,35 +281,21 @@ def test_sign_up_befriend_go_live_listen_and_replay(server, noisy_jfk_wav: Path)
         live_item = bob.locator(".live-now-item")
         expect(live_item).to_have_count(1, timeout=10_000)
         expect(bob.locator('.friend-item[data-presence="live"]')).to_have_count(1)
+        expect(bob.locator("#live-now .live-pip")).to_be_visible()
         _screenshot(bob, "listener-dashboard")
 
-        # Bob listens: the unmuted audio element plays non-silent remote audio.
+        # Bob listens with one click on the dashboard's Listen: no second button to
+        # press, and the unmuted audio element plays non-silent remote audio.
         live_item.locator(".listen-link").click()
         expect(bob.locator("#broadcaster-name")).to_contain_text("alice")
-        bob.click("#listen-start")
         expect(bob.locator("#listen-status")).to_have_attribute(
             "data-state", "live", timeout=20_000
         )
+        expect(bob.locator("#listen-start")).to_be_hidden()
         expect(alice.locator("#listener-count")).to_have_text("1", timeout=10_000)
         _screenshot(alice, "go-live")
         assert bob.evaluate("document.getElementById('remote-audio').muted") is False
-        level = 0.0
-        for _ in range(40):
-            level = bob.evaluate(
-                """async () => {
-                    const stats = await window.hearthListener.pc.getStats();
-                    let level = 0;
-                    stats.forEach((s) => {
-                        if (s.type === "inbound-rtp" && s.kind === "audio") {
-                            level = s.audioLevel || 0;
-                        }
-                    });
-                    return level;
-                }"""
-            )
-            if level > 0.01:
-                break
-            bob.wait_for_timeout(250)
+        level = _audio_level(bob)
         assert level > 0.01, f"remote audioLevel stayed at {level}"
         bob.wait_for_timeout(3000)  # let a few seconds of speech be recorded
 
