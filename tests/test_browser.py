@@ -431,3 +431,151 @@ def test_a_listener_resumes_after_a_network_drop_and_learns_of_a_missed_end(
     finally:
         browser.close()
         playwright.stop()
+
+
+# Records every desktop notification a page shows (window.shownNotifications) and
+# makes the page look unfocused, as when the user is in another window: Hearth only
+# notifies on the desktop when no toast can be seen.
+NOTIFICATION_SPY = """
+(() => {
+  const Native = window.Notification;
+  window.shownNotifications = [];
+  window.Notification = class extends Native {
+    static get permission() { return Native.permission; }
+    static requestPermission(...args) { return Native.requestPermission(...args); }
+    constructor(title, options = {}) {
+      window.shownNotifications.push({ title, body: options.body, tag: options.tag });
+      super(title, options);
+    }
+  };
+  document.hasFocus = () => false;
+})();
+"""
+
+
+def test_a_friend_going_live_alerts_every_page_and_one_click_listens(
+    server, noisy_jfk_wav: Path, tmp_path: Path
+) -> None:
+    # Before: only the dashboard showed who went live, its Listen opened a page with
+    # a second Listen button and a dead "0:00 / 0:00" native player, a recording
+    # and a live stream could play over each other, and an ended page kept
+    # "1 listener" and the title "Listening to alice".
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from streams.models import Recording
+    from tests.factories import befriend
+    from users.models import User
+
+    ns, base = server
+    errors: list[str] = []
+    with inside(ns):
+        playwright, browser = _launch(noisy_jfk_wav)
+    try:
+        alice_ctx = browser.new_context()
+        # Granting a permission denies every other one: with the microphone denied
+        # (not granted by --use-fake-ui-for-media-stream), Chromium hides host
+        # candidates behind mDNS names, which never resolve in the namespace.
+        bob_ctx = browser.new_context(permissions=["notifications", "microphone"])
+        bob_ctx.add_init_script(NOTIFICATION_SPY)
+        alice, bob = alice_ctx.new_page(), bob_ctx.new_page()
+        for page in (alice, bob):
+            _watch_console(page, errors)
+        _sign_up(alice, base, "alice")
+        _sign_up(bob, base, "bob")
+
+        def befriend_with_two_recordings() -> None:
+            alice_user, bob_user = (User.objects.get(username=n) for n in ("alice", "bob"))
+            befriend(alice_user, bob_user)
+            folder = tmp_path / "media" / "recordings"
+            folder.mkdir(parents=True, exist_ok=True)
+            earlier = timezone.now() - timedelta(hours=2)
+            for n in (1, 2):
+                shutil.copy(noisy_jfk_wav, folder / f"earlier-{n}.wav")
+                Recording.objects.create(
+                    owner=alice_user,
+                    title=f"Earlier {n}",
+                    file=f"recordings/earlier-{n}.wav",
+                    started_at=earlier + timedelta(minutes=n),
+                    ended_at=earlier + timedelta(minutes=n, seconds=11),
+                    duration_s=11.0,
+                    size_bytes=noisy_jfk_wav.stat().st_size,
+                )
+
+        _orm(befriend_with_two_recordings)
+
+        # Bob is on the recordings page and opts in to desktop alerts.
+        bob.goto(f"{base}/recordings/")
+        expect(bob.locator(".recording-item")).to_have_count(2)
+        desktop = bob.get_by_role("button", name="Desktop alerts")
+        expect(desktop).to_have_attribute("aria-pressed", "false")
+        desktop.click()
+        expect(desktop).to_have_attribute("aria-pressed", "true")
+        expect(bob.locator("#nav-live-count")).to_be_hidden()
+        expect(bob).to_have_title("Recordings · Hearth")
+
+        # Alice goes live: Bob gets a toast, the count on the nav and in the tab
+        # title, and a desktop notification; Alice gets no alert of her own.
+        alice.goto(f"{base}/live/")
+        alice.click("#go-live-start")
+        expect(alice.locator("#live-status")).to_have_attribute(
+            "data-state", "live", timeout=20_000
+        )
+        toast = bob.locator("#toasts .toast", has_text="alice is live")
+        expect(toast).to_be_visible(timeout=10_000)
+        expect(bob.locator("#nav-live-count")).to_be_visible()
+        expect(bob.locator("#nav-live-count")).to_have_attribute("data-count", "1")
+        expect(bob).to_have_title("(1) Recordings · Hearth")
+        bob.wait_for_function("window.shownNotifications.length > 0")
+        shown = bob.evaluate("window.shownNotifications")
+        assert [n["title"] for n in shown] == ["alice is live on Hearth"], shown
+        expect(alice.locator("#toasts .toast")).to_have_count(0)
+        expect(alice.locator("#nav-live-count")).to_be_hidden()
+
+        # One click on the toast's Listen plays: Hearth's player, no native one.
+        toast.get_by_role("link", name="Listen to alice").click()
+        status = bob.locator("#listen-status")
+        expect(status).to_have_attribute("data-state", "live", timeout=20_000)
+        expect(bob.locator("#listen-start")).to_be_hidden()
+        expect(bob.locator("#listen-play")).to_be_hidden()
+        expect(bob.locator("audio[controls]")).to_have_count(0)
+        expect(bob.locator("#listen-live")).to_have_attribute("data-on", "true")
+        expect(bob.locator("#listen-elapsed")).to_be_visible()
+        assert _audio_level(bob) > 0.01
+        expect(bob).to_have_title("(1) Listening to alice · Hearth")
+        bob.get_by_label("Volume").fill("40")
+        assert bob.evaluate("document.getElementById('remote-audio').volume") == 0.4
+
+        # One at a time: a recording started in another tab stops the live stream,
+        # a second recording pauses the first, and listening again pauses that one.
+        other = bob_ctx.new_page()
+        _watch_console(other, errors)
+        other.goto(f"{base}/recordings/")
+        players = other.locator(".recording-item audio")
+        expect(players).to_have_count(2)
+        play = "async (audio) => { audio.muted = false; await audio.play(); }"
+        players.nth(0).evaluate(play)
+        expect(status).to_have_attribute("data-state", "idle", timeout=10_000)
+        expect(bob.locator("#listen-live")).to_have_attribute("data-on", "false")
+        players.nth(1).evaluate(play)
+        assert players.nth(0).evaluate("(audio) => audio.paused")
+        bob.get_by_role("button", name="Listen").click()
+        expect(status).to_have_attribute("data-state", "live", timeout=20_000)
+        other.wait_for_function(
+            "[...document.querySelectorAll('.recording-item audio')].every((a) => a.paused)"
+        )
+        other.close()
+
+        # Alice stops: the ended page drops its listener count and its title, and
+        # the live count is gone.
+        expect(alice.locator("#listener-count")).to_have_text("1", timeout=10_000)
+        alice.click("#go-live-stop")
+        expect(status).to_have_attribute("data-state", "ended", timeout=20_000)
+        expect(bob).to_have_title("alice was live · Hearth")
+        expect(bob.locator("#listen-listeners")).to_be_hidden()
+        expect(bob.locator("#nav-live-count")).to_be_hidden()
+        assert errors == [], "console errors:\n" + "\n".join(errors)
+    finally:
+        browser.close()
+        playwright.stop()
