@@ -223,9 +223,14 @@ def _audio_level(page: Page) -> float:
     return level
 
 
-def _launch(audio: Path) -> tuple[Playwright, Browser]:
-    """Playwright and headless Debian Chromium whose fake microphone plays ``audio``."""
+def _launch(audio: Path, *, autoplay_anything: bool = True) -> tuple[Playwright, Browser]:
+    """Playwright and headless Debian Chromium whose fake microphone plays ``audio``.
+
+    ``autoplay_anything=False`` keeps Chromium's own autoplay policy (sound only
+    after a user activation) instead of letting any page play.
+    """
     playwright = sync_playwright().start()
+    autoplay = ["--autoplay-policy=no-user-gesture-required"] if autoplay_anything else []
     browser = playwright.chromium.launch(
         executable_path=CHROMIUM,
         args=[
@@ -234,7 +239,7 @@ def _launch(audio: Path) -> tuple[Playwright, Browser]:
             "--use-fake-device-for-media-stream",
             f"--use-file-for-fake-audio-capture={audio}",
             "--allow-loopback-in-peer-connection",
-            "--autoplay-policy=no-user-gesture-required",
+            *autoplay,
             "--disable-background-networking",
             "--disable-component-update",
             "--disable-sync",
@@ -575,6 +580,97 @@ def test_a_friend_going_live_alerts_every_page_and_one_click_listens(
         expect(bob).to_have_title("alice was live · Hearth")
         expect(bob.locator("#listen-listeners")).to_be_hidden()
         expect(bob.locator("#nav-live-count")).to_be_hidden()
+        assert errors == [], "console errors:\n" + "\n".join(errors)
+    finally:
+        browser.close()
+        playwright.stop()
+
+
+# Logs the outcome of every HTMLMediaElement.play() ("hearth-test play: played" or
+# the error's name), so that a test can wait for it without evaluating anything in
+# the page: Playwright's evaluations count as user gestures, which would let any
+# later play() through the browser's autoplay policy.
+PLAY_RECORDER = """
+(() => {
+  const play = HTMLMediaElement.prototype.play;
+  HTMLMediaElement.prototype.play = function (...args) {
+    const result = play.apply(this, args);
+    result.then(
+      () => console.info("hearth-test play: played"),
+      (error) => console.info(`hearth-test play: ${error.name}`),
+    );
+    return result;
+  };
+})();
+"""
+
+
+def _first_play(page: Page, action: Callable[[], object]) -> str:
+    """Run ``action`` and return how the page's first play() after it ended."""
+    prefix = "hearth-test play: "
+    with page.expect_console_message(lambda m: m.text.startswith(prefix), timeout=20_000) as msg:
+        action()
+    return msg.value.text.removeprefix(prefix)
+
+
+def test_listen_links_play_under_the_browsers_own_autoplay_policy(
+    server, noisy_jfk_wav: Path
+) -> None:
+    # The other tests let any page play sound. Real browsers play only after a user
+    # activation: a click on a Listen link carries it over to the same-origin listen
+    # page, which plays at once; a listen page opened without one (typed URL, a
+    # desktop notification) shows one "Click to play" button, never a dead player.
+    from streams.models import LiveSession
+    from tests.factories import befriend
+    from users.models import User
+
+    ns, base = server
+    errors: list[str] = []
+    with inside(ns):
+        playwright, browser = _launch(noisy_jfk_wav, autoplay_anything=False)
+    try:
+        alice, bob = browser.new_context().new_page(), browser.new_context().new_page()
+        for page in (alice, bob):
+            _watch_console(page, errors)
+        _sign_up(alice, base, "alice")
+        _sign_up(bob, base, "bob")
+        _orm(lambda: befriend(*User.objects.filter(username__in=["alice", "bob"])))
+        alice.goto(f"{base}/live/")
+        alice.click("#go-live-start")
+        expect(alice.locator("#live-status")).to_have_attribute(
+            "data-state", "live", timeout=20_000
+        )
+        session = _orm(lambda: LiveSession.objects.get(ended_at__isnull=True))
+        # Signing up was a user activation, which same-origin navigations carry on:
+        # Bob goes on in a fresh browsing context with only his cookies.
+        bob_ctx = browser.new_context(storage_state=bob.context.storage_state())
+        bob.context.close()
+        bob_ctx.add_init_script(PLAY_RECORDER)
+
+        # No user activation: it connects, and the one thing to press is "Click to play".
+        page = bob_ctx.new_page()
+        _watch_console(page, errors)
+        url = f"{base}/listen/{session.id}/?autoplay=1"
+        assert _first_play(page, lambda: page.goto(url)) == "NotAllowedError"
+        expect(page.locator("#listen-status")).to_have_attribute("data-state", "live")
+        expect(page.locator("#listen-play")).to_be_visible()
+        expect(page.locator("#listen-start")).to_be_hidden()
+        expect(page.locator("#listen-live")).to_have_attribute("data-on", "false")
+        page.get_by_role("button", name="Click to play").click()
+        expect(page.locator("#listen-live")).to_have_attribute("data-on", "true")
+        expect(page.locator("#listen-play")).to_be_hidden()
+        page.close()
+
+        # From the dashboard: one click on Listen, and it plays.
+        page = bob_ctx.new_page()
+        _watch_console(page, errors)
+        page.goto(f"{base}/")
+        link = page.locator(".live-now-item .listen-link")
+        link.wait_for()
+        assert _first_play(page, link.click) == "played"
+        expect(page.locator("#listen-live")).to_have_attribute("data-on", "true")
+        expect(page.locator("#listen-play")).to_be_hidden()
+        assert _audio_level(page) > 0.01
         assert errors == [], "console errors:\n" + "\n".join(errors)
     finally:
         browser.close()

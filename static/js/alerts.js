@@ -36,6 +36,7 @@ function renderCount() {
     els.badge.hidden = n === 0;
     els.badge.dataset.count = String(n);
     els.badge.querySelector(".nav-count-number").textContent = String(n);
+    els.badge.querySelector(".nav-count-text").textContent = `${n} ${n === 1 ? "friend" : "friends"} live`;
   }
   applyTitle();
 }
