@@ -289,6 +289,13 @@ def test_sign_up_befriend_go_live_listen_and_replay(server, noisy_jfk_wav: Path)
         expect(bob.locator("#live-now .live-pip")).to_be_visible()
         _screenshot(bob, "listener-dashboard")
 
+        # The dashboard has its toast too; dismissing it by keyboard keeps focus on the page.
+        dismiss = bob.get_by_role("button", name="Dismiss the alert about alice")
+        dismiss.focus()
+        bob.keyboard.press("Enter")
+        expect(bob.locator("#toasts .toast")).to_have_count(0)
+        assert bob.evaluate("document.activeElement.id") == "main"
+
         # Bob listens with one click on the dashboard's Listen: no second button to
         # press, and the unmuted audio element plays non-silent remote audio.
         live_item.locator(".listen-link").click()
@@ -438,19 +445,21 @@ def test_a_listener_resumes_after_a_network_drop_and_learns_of_a_missed_end(
         playwright.stop()
 
 
-# Records every desktop notification a page shows (window.shownNotifications) and
-# makes the page look unfocused, as when the user is in another window: Hearth only
-# notifies on the desktop when no toast can be seen.
+# Records every desktop notification a page shows (window.shownNotifications, the
+# objects in window.notifications) and makes the page look unfocused, as when the
+# user is in another window: Hearth only notifies when no toast can be seen.
 NOTIFICATION_SPY = """
 (() => {
   const Native = window.Notification;
   window.shownNotifications = [];
+  window.notifications = [];
   window.Notification = class extends Native {
     static get permission() { return Native.permission; }
     static requestPermission(...args) { return Native.requestPermission(...args); }
     constructor(title, options = {}) {
-      window.shownNotifications.push({ title, body: options.body, tag: options.tag });
       super(title, options);
+      window.shownNotifications.push({ title, body: options.body, tag: options.tag });
+      window.notifications.push(this);
     }
   };
   document.hasFocus = () => false;
@@ -469,7 +478,7 @@ def test_a_friend_going_live_alerts_every_page_and_one_click_listens(
 
     from django.utils import timezone
 
-    from streams.models import Recording
+    from streams.models import LiveSession, Recording
     from tests.factories import befriend
     from users.models import User
 
@@ -510,7 +519,10 @@ def test_a_friend_going_live_alerts_every_page_and_one_click_listens(
 
         _orm(befriend_with_two_recordings)
 
-        # Bob is on the recordings page and opts in to desktop alerts.
+        # Bob has the recordings page open in two tabs and opts in to desktop alerts.
+        other = bob_ctx.new_page()
+        _watch_console(other, errors)
+        other.goto(f"{base}/recordings/")
         bob.goto(f"{base}/recordings/")
         expect(bob.locator(".recording-item")).to_have_count(2)
         desktop = bob.get_by_role("button", name="Desktop alerts")
@@ -532,9 +544,16 @@ def test_a_friend_going_live_alerts_every_page_and_one_click_listens(
         expect(bob.locator("#nav-live-count")).to_be_visible()
         expect(bob.locator("#nav-live-count")).to_have_attribute("data-count", "1")
         expect(bob).to_have_title("(1) Recordings · Hearth")
-        bob.wait_for_function("window.shownNotifications.length > 0")
-        shown = bob.evaluate("window.shownNotifications")
-        assert [n["title"] for n in shown] == ["alice is live on Hearth"], shown
+        session = _orm(lambda: LiveSession.objects.get(ended_at__isnull=True))
+        for page in (bob, other):  # one per tab, and one on screen: they share a tag
+            page.wait_for_function("window.shownNotifications.length > 0")
+            shown = page.evaluate("window.shownNotifications")
+            expected = ("alice is live on Hearth", f"hearth-live-{session.id}")
+            assert [(n["title"], n["tag"]) for n in shown] == [expected], shown
+        # The other tab's toggle follows the opt-in made in this one.
+        expect(other.get_by_role("button", name="Desktop alerts")).to_have_attribute(
+            "aria-pressed", "true"
+        )
         expect(alice.locator("#toasts .toast")).to_have_count(0)
         expect(alice.locator("#nav-live-count")).to_be_hidden()
 
@@ -554,9 +573,6 @@ def test_a_friend_going_live_alerts_every_page_and_one_click_listens(
 
         # One at a time: a recording started in another tab stops the live stream,
         # a second recording pauses the first, and listening again pauses that one.
-        other = bob_ctx.new_page()
-        _watch_console(other, errors)
-        other.goto(f"{base}/recordings/")
         players = other.locator(".recording-item audio")
         expect(players).to_have_count(2)
         play = "async (audio) => { audio.muted = false; await audio.play(); }"
@@ -570,11 +586,18 @@ def test_a_friend_going_live_alerts_every_page_and_one_click_listens(
         other.wait_for_function(
             "[...document.querySelectorAll('.recording-item audio')].every((a) => a.paused)"
         )
+
+        # A click on the other tab's desktop notification listens there, in one
+        # click too, and this tab's stream stops.
+        other.evaluate("window.notifications[0].dispatchEvent(new Event('click'))")
+        expect(other.locator("#listen-status")).to_have_attribute(
+            "data-state", "live", timeout=20_000
+        )
+        expect(status).to_have_attribute("data-state", "idle", timeout=10_000)
         other.close()
 
         # Alice stops: the ended page drops its listener count and its title, and
         # the live count is gone.
-        expect(alice.locator("#listener-count")).to_have_text("1", timeout=10_000)
         alice.click("#go-live-stop")
         expect(status).to_have_attribute("data-state", "ended", timeout=20_000)
         expect(bob).to_have_title("alice was live · Hearth")

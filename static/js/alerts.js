@@ -230,6 +230,9 @@ socket.onState((state, { reconnected }) => {
 });
 
 els.desktop?.addEventListener("click", toggleDesktop);
+window.addEventListener("storage", (event) => {
+  if (event.key === STORAGE_KEY) renderDesktopToggle(); // opted in or out in another tab
+});
 renderDesktopToggle();
 renderCount();
 load();
