@@ -29,6 +29,7 @@ from playwright.sync_api import (
     ConsoleMessage,
     Page,
     Playwright,
+    Route,
     expect,
     sync_playwright,
 )
@@ -523,6 +524,8 @@ def test_a_friend_going_live_alerts_every_page_and_one_click_listens(
         other = bob_ctx.new_page()
         _watch_console(other, errors)
         other.goto(f"{base}/recordings/")
+        held: list[Route] = []  # this tab's first /api/live is answered late, see below
+        bob.route("**/api/live", lambda route: held.append(route))
         bob.goto(f"{base}/recordings/")
         expect(bob.locator(".recording-item")).to_have_count(2)
         desktop = bob.get_by_role("button", name="Desktop alerts")
@@ -541,6 +544,13 @@ def test_a_friend_going_live_alerts_every_page_and_one_click_listens(
         )
         toast = bob.locator("#toasts .toast", has_text="alice is live")
         expect(toast).to_be_visible(timeout=10_000)
+        # The page's own /api/live, sent before Alice went live, is answered after
+        # the event (it then lists her session): the toast and the count stay.
+        with bob.expect_response("**/api/live"):
+            held[0].continue_()
+        bob.unroute("**/api/live")
+        bob.wait_for_timeout(300)
+        expect(toast).to_be_visible()
         expect(bob.locator("#nav-live-count")).to_be_visible()
         expect(bob.locator("#nav-live-count")).to_have_attribute("data-count", "1")
         expect(bob).to_have_title("(1) Recordings · Hearth")

@@ -207,8 +207,15 @@ async function load() {
   }
 }
 
+/**
+ * Apply a "live" event: the user's other sessions are over; a live one is counted
+ * and, when `announce`, alerted (the event comes once, when a broadcast starts).
+ * Replayed after a load (announce false), it must not take back its own toast.
+ */
 function apply(msg, { announce }) {
-  for (const [id, s] of live) if (s.userId === msg.user_id) forget(id);
+  for (const [id, s] of live) {
+    if (s.userId === msg.user_id && !(msg.live && id === msg.session_id)) forget(id);
+  }
   if (!msg.live) return;
   const session = { id: msg.session_id, userId: msg.user_id, username: msg.username ?? "A friend", title: msg.title ?? "" };
   live.set(session.id, session);
