@@ -29,6 +29,7 @@ from playwright.sync_api import (
     ConsoleMessage,
     Page,
     Playwright,
+    Route,
     expect,
     sync_playwright,
 )
@@ -201,9 +202,36 @@ def _orm(fn: Callable[[], T]) -> T:
         return pool.submit(run).result()
 
 
-def _launch(audio: Path) -> tuple[Playwright, Browser]:
-    """Playwright and headless Debian Chromium whose fake microphone plays ``audio``."""
+def _audio_level(page: Page) -> float:
+    """The listen page's remote audio level (0..1), waiting up to 10 s for one > 0.01."""
+    level = 0.0
+    for _ in range(40):
+        level = page.evaluate(
+            """async () => {
+                const stats = await window.hearthListener.pc.getStats();
+                let level = 0;
+                stats.forEach((s) => {
+                    if (s.type === "inbound-rtp" && s.kind === "audio") {
+                        level = s.audioLevel || 0;
+                    }
+                });
+                return level;
+            }"""
+        )
+        if level > 0.01:
+            break
+        page.wait_for_timeout(250)
+    return level
+
+
+def _launch(audio: Path, *, autoplay_anything: bool = True) -> tuple[Playwright, Browser]:
+    """Playwright and headless Debian Chromium whose fake microphone plays ``audio``.
+
+    ``autoplay_anything=False`` keeps Chromium's own autoplay policy (sound only
+    after a user activation) instead of letting any page play.
+    """
     playwright = sync_playwright().start()
+    autoplay = ["--autoplay-policy=no-user-gesture-required"] if autoplay_anything else []
     browser = playwright.chromium.launch(
         executable_path=CHROMIUM,
         args=[
@@ -212,7 +240,7 @@ def _launch(audio: Path) -> tuple[Playwright, Browser]:
             "--use-fake-device-for-media-stream",
             f"--use-file-for-fake-audio-capture={audio}",
             "--allow-loopback-in-peer-connection",
-            "--autoplay-policy=no-user-gesture-required",
+            *autoplay,
             "--disable-background-networking",
             "--disable-component-update",
             "--disable-sync",
@@ -247,7 +275,9 @@ def test_sign_up_befriend_go_live_listen_and_replay(server, noisy_jfk_wav: Path)
         expect(bob.locator('.friend-item[data-presence="online"]')).to_have_count(1)
         expect(alice.locator('.friend-item[data-presence="online"]')).to_have_count(1)
 
-        # Alice goes live; Bob sees her in "Live now" without reloading.
+        # Alice goes live; Bob sees her in "Live now" without reloading, and the
+        # heading's red dot, which stayed off while nobody was live, comes on.
+        expect(bob.locator("#live-now .live-pip")).to_be_hidden()
         alice.goto(f"{base}/live/")
         expect(alice.locator("#denoise")).to_be_checked()
         alice.click("#go-live-start")
@@ -257,37 +287,28 @@ def test_sign_up_befriend_go_live_listen_and_replay(server, noisy_jfk_wav: Path)
         live_item = bob.locator(".live-now-item")
         expect(live_item).to_have_count(1, timeout=10_000)
         expect(bob.locator('.friend-item[data-presence="live"]')).to_have_count(1)
+        expect(bob.locator("#live-now .live-pip")).to_be_visible()
         _screenshot(bob, "listener-dashboard")
 
-        # Bob listens: the unmuted audio element plays non-silent remote audio.
+        # The dashboard has its toast too; dismissing it by keyboard keeps focus on the page.
+        dismiss = bob.get_by_role("button", name="Dismiss the alert about alice")
+        dismiss.focus()
+        bob.keyboard.press("Enter")
+        expect(bob.locator("#toasts .toast")).to_have_count(0)
+        assert bob.evaluate("document.activeElement.id") == "main"
+
+        # Bob listens with one click on the dashboard's Listen: no second button to
+        # press, and the unmuted audio element plays non-silent remote audio.
         live_item.locator(".listen-link").click()
         expect(bob.locator("#broadcaster-name")).to_contain_text("alice")
-        bob.wait_for_url("**/listen/**")
-        expect(bob.locator("#ws-status")).to_have_attribute("data-state", "open", timeout=10_000)
-        bob.click("#listen-start")
         expect(bob.locator("#listen-status")).to_have_attribute(
             "data-state", "live", timeout=20_000
         )
+        expect(bob.locator("#listen-start")).to_be_hidden()
         expect(alice.locator("#listener-count")).to_have_text("1", timeout=10_000)
         _screenshot(alice, "go-live")
         assert bob.evaluate("document.getElementById('remote-audio').muted") is False
-        level = 0.0
-        for _ in range(40):
-            level = bob.evaluate(
-                """async () => {
-                    const stats = await window.hearthListener.pc.getStats();
-                    let level = 0;
-                    stats.forEach((s) => {
-                        if (s.type === "inbound-rtp" && s.kind === "audio") {
-                            level = s.audioLevel || 0;
-                        }
-                    });
-                    return level;
-                }"""
-            )
-            if level > 0.01:
-                break
-            bob.wait_for_timeout(250)
+        level = _audio_level(bob)
         assert level > 0.01, f"remote audioLevel stayed at {level}"
         bob.wait_for_timeout(3000)  # let a few seconds of speech be recorded
 
@@ -425,6 +446,270 @@ def test_a_listener_resumes_after_a_network_drop_and_learns_of_a_missed_end(
         playwright.stop()
 
 
+# Records every desktop notification a page shows (window.shownNotifications, the
+# objects in window.notifications) and makes the page look unfocused, as when the
+# user is in another window: Hearth only notifies when no toast can be seen.
+NOTIFICATION_SPY = """
+(() => {
+  const Native = window.Notification;
+  window.shownNotifications = [];
+  window.notifications = [];
+  window.Notification = class extends Native {
+    static get permission() { return Native.permission; }
+    static requestPermission(...args) { return Native.requestPermission(...args); }
+    constructor(title, options = {}) {
+      super(title, options);
+      window.shownNotifications.push({ title, body: options.body, tag: options.tag });
+      window.notifications.push(this);
+    }
+  };
+  document.hasFocus = () => false;
+})();
+"""
+
+
+def test_a_friend_going_live_alerts_every_page_and_one_click_listens(
+    server, noisy_jfk_wav: Path, tmp_path: Path
+) -> None:
+    # Before: only the dashboard showed who went live, its Listen opened a page with
+    # a second Listen button and a dead "0:00 / 0:00" native player, a recording
+    # and a live stream could play over each other, and an ended page kept
+    # "1 listener" and the title "Listening to alice".
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from streams.models import LiveSession, Recording
+    from tests.factories import befriend
+    from users.models import User
+
+    ns, base = server
+    errors: list[str] = []
+    with inside(ns):
+        playwright, browser = _launch(noisy_jfk_wav)
+    try:
+        alice_ctx = browser.new_context()
+        # Granting a permission denies every other one: with the microphone denied
+        # (not granted by --use-fake-ui-for-media-stream), Chromium hides host
+        # candidates behind mDNS names, which never resolve in the namespace.
+        bob_ctx = browser.new_context(permissions=["notifications", "microphone"])
+        bob_ctx.add_init_script(NOTIFICATION_SPY)
+        alice, bob = alice_ctx.new_page(), bob_ctx.new_page()
+        for page in (alice, bob):
+            _watch_console(page, errors)
+        _sign_up(alice, base, "alice")
+        _sign_up(bob, base, "bob")
+
+        def befriend_with_two_recordings() -> None:
+            alice_user, bob_user = (User.objects.get(username=n) for n in ("alice", "bob"))
+            befriend(alice_user, bob_user)
+            folder = tmp_path / "media" / "recordings"
+            folder.mkdir(parents=True, exist_ok=True)
+            earlier = timezone.now() - timedelta(hours=2)
+            for n in (1, 2):
+                shutil.copy(noisy_jfk_wav, folder / f"earlier-{n}.wav")
+                Recording.objects.create(
+                    owner=alice_user,
+                    title=f"Earlier {n}",
+                    file=f"recordings/earlier-{n}.wav",
+                    started_at=earlier + timedelta(minutes=n),
+                    ended_at=earlier + timedelta(minutes=n, seconds=11),
+                    duration_s=11.0,
+                    size_bytes=noisy_jfk_wav.stat().st_size,
+                )
+
+        _orm(befriend_with_two_recordings)
+
+        # Bob has the recordings page open in two tabs and opts in to desktop alerts.
+        other = bob_ctx.new_page()
+        _watch_console(other, errors)
+        other.goto(f"{base}/recordings/")
+        held: list[Route] = []  # this tab's first /api/live is answered late, see below
+        bob.route("**/api/live", lambda route: held.append(route))
+        bob.goto(f"{base}/recordings/")
+        expect(bob.locator(".recording-item")).to_have_count(2)
+        desktop = bob.get_by_role("button", name="Desktop alerts")
+        expect(desktop).to_have_attribute("aria-pressed", "false")
+        desktop.click()
+        expect(desktop).to_have_attribute("aria-pressed", "true")
+        expect(bob.locator("#nav-live-count")).to_be_hidden()
+        expect(bob).to_have_title("Recordings · Hearth")
+
+        # Alice goes live: Bob gets a toast, the count on the nav and in the tab
+        # title, and a desktop notification; Alice gets no alert of her own.
+        alice.goto(f"{base}/live/")
+        alice.click("#go-live-start")
+        expect(alice.locator("#live-status")).to_have_attribute(
+            "data-state", "live", timeout=20_000
+        )
+        toast = bob.locator("#toasts .toast", has_text="alice is live")
+        expect(toast).to_be_visible(timeout=10_000)
+        # The page's own /api/live, sent before Alice went live, is answered after
+        # the event (it then lists her session): the toast and the count stay.
+        with bob.expect_response("**/api/live"):
+            held[0].continue_()
+        bob.unroute("**/api/live")
+        bob.wait_for_timeout(300)
+        expect(toast).to_be_visible()
+        expect(bob.locator("#nav-live-count")).to_be_visible()
+        expect(bob.locator("#nav-live-count")).to_have_attribute("data-count", "1")
+        expect(bob).to_have_title("(1) Recordings · Hearth")
+        session = _orm(lambda: LiveSession.objects.get(ended_at__isnull=True))
+        for page in (bob, other):  # one per tab, and one on screen: they share a tag
+            page.wait_for_function("window.shownNotifications.length > 0")
+            shown = page.evaluate("window.shownNotifications")
+            expected = ("alice is live on Hearth", f"hearth-live-{session.id}")
+            assert [(n["title"], n["tag"]) for n in shown] == [expected], shown
+        # The other tab's toggle follows the opt-in made in this one.
+        expect(other.get_by_role("button", name="Desktop alerts")).to_have_attribute(
+            "aria-pressed", "true"
+        )
+        expect(alice.locator("#toasts .toast")).to_have_count(0)
+        expect(alice.locator("#nav-live-count")).to_be_hidden()
+
+        # One click on the toast's Listen plays: Hearth's player, no native one.
+        toast.get_by_role("link", name="Listen to alice").click()
+        status = bob.locator("#listen-status")
+        expect(status).to_have_attribute("data-state", "live", timeout=20_000)
+        expect(bob.locator("#listen-start")).to_be_hidden()
+        expect(bob.locator("#listen-play")).to_be_hidden()
+        expect(bob.locator("audio[controls]")).to_have_count(0)
+        expect(bob.locator("#listen-live")).to_have_attribute("data-on", "true")
+        expect(bob.locator("#listen-elapsed")).to_be_visible()
+        assert _audio_level(bob) > 0.01
+        expect(bob).to_have_title("(1) Listening to alice · Hearth")
+        bob.get_by_label("Volume").fill("40")
+        assert bob.evaluate("document.getElementById('remote-audio').volume") == 0.4
+
+        # One at a time: a recording started in another tab stops the live stream,
+        # a second recording pauses the first, and listening again pauses that one.
+        players = other.locator(".recording-item audio")
+        expect(players).to_have_count(2)
+        play = "async (audio) => { audio.muted = false; await audio.play(); }"
+        players.nth(0).evaluate(play)
+        expect(status).to_have_attribute("data-state", "idle", timeout=10_000)
+        expect(bob.locator("#listen-live")).to_have_attribute("data-on", "false")
+        players.nth(1).evaluate(play)
+        assert players.nth(0).evaluate("(audio) => audio.paused")
+        bob.get_by_role("button", name="Listen").click()
+        expect(status).to_have_attribute("data-state", "live", timeout=20_000)
+        other.wait_for_function(
+            "[...document.querySelectorAll('.recording-item audio')].every((a) => a.paused)"
+        )
+
+        # A click on the other tab's desktop notification listens there, in one
+        # click too, and this tab's stream stops.
+        other.evaluate("window.notifications[0].dispatchEvent(new Event('click'))")
+        expect(other.locator("#listen-status")).to_have_attribute(
+            "data-state", "live", timeout=20_000
+        )
+        expect(status).to_have_attribute("data-state", "idle", timeout=10_000)
+        other.close()
+
+        # Alice stops: the ended page drops its listener count and its title, and
+        # the live count is gone.
+        alice.click("#go-live-stop")
+        expect(status).to_have_attribute("data-state", "ended", timeout=20_000)
+        expect(bob).to_have_title("alice was live · Hearth")
+        expect(bob.locator("#listen-listeners")).to_be_hidden()
+        expect(bob.locator("#nav-live-count")).to_be_hidden()
+        assert errors == [], "console errors:\n" + "\n".join(errors)
+    finally:
+        browser.close()
+        playwright.stop()
+
+
+# Logs the outcome of every HTMLMediaElement.play() ("hearth-test play: played" or
+# the error's name), so that a test can wait for it without evaluating anything in
+# the page: Playwright's evaluations count as user gestures, which would let any
+# later play() through the browser's autoplay policy.
+PLAY_RECORDER = """
+(() => {
+  const play = HTMLMediaElement.prototype.play;
+  HTMLMediaElement.prototype.play = function (...args) {
+    const result = play.apply(this, args);
+    result.then(
+      () => console.info("hearth-test play: played"),
+      (error) => console.info(`hearth-test play: ${error.name}`),
+    );
+    return result;
+  };
+})();
+"""
+
+
+def _first_play(page: Page, action: Callable[[], object]) -> str:
+    """Run ``action`` and return how the page's first play() after it ended."""
+    prefix = "hearth-test play: "
+    with page.expect_console_message(lambda m: m.text.startswith(prefix), timeout=20_000) as msg:
+        action()
+    return msg.value.text.removeprefix(prefix)
+
+
+def test_listen_links_play_under_the_browsers_own_autoplay_policy(
+    server, noisy_jfk_wav: Path
+) -> None:
+    # The other tests let any page play sound. Real browsers play only after a user
+    # activation: a click on a Listen link carries it over to the same-origin listen
+    # page, which plays at once; a listen page opened without one (typed URL, a
+    # desktop notification) shows one "Click to play" button, never a dead player.
+    from streams.models import LiveSession
+    from tests.factories import befriend
+    from users.models import User
+
+    ns, base = server
+    errors: list[str] = []
+    with inside(ns):
+        playwright, browser = _launch(noisy_jfk_wav, autoplay_anything=False)
+    try:
+        alice, bob = browser.new_context().new_page(), browser.new_context().new_page()
+        for page in (alice, bob):
+            _watch_console(page, errors)
+        _sign_up(alice, base, "alice")
+        _sign_up(bob, base, "bob")
+        _orm(lambda: befriend(*User.objects.filter(username__in=["alice", "bob"])))
+        alice.goto(f"{base}/live/")
+        alice.click("#go-live-start")
+        expect(alice.locator("#live-status")).to_have_attribute(
+            "data-state", "live", timeout=20_000
+        )
+        session = _orm(lambda: LiveSession.objects.get(ended_at__isnull=True))
+        # Signing up was a user activation, which same-origin navigations carry on:
+        # Bob goes on in a fresh browsing context with only his cookies.
+        bob_ctx = browser.new_context(storage_state=bob.context.storage_state())
+        bob.context.close()
+        bob_ctx.add_init_script(PLAY_RECORDER)
+
+        # No user activation: it connects, and the one thing to press is "Click to play".
+        page = bob_ctx.new_page()
+        _watch_console(page, errors)
+        url = f"{base}/listen/{session.id}/?autoplay=1"
+        assert _first_play(page, lambda: page.goto(url)) == "NotAllowedError"
+        expect(page.locator("#listen-status")).to_have_attribute("data-state", "live")
+        expect(page.locator("#listen-play")).to_be_visible()
+        expect(page.locator("#listen-start")).to_be_hidden()
+        expect(page.locator("#listen-live")).to_have_attribute("data-on", "false")
+        page.get_by_role("button", name="Click to play").click()
+        expect(page.locator("#listen-live")).to_have_attribute("data-on", "true")
+        expect(page.locator("#listen-play")).to_be_hidden()
+        page.close()
+
+        # From the dashboard: one click on Listen, and it plays.
+        page = bob_ctx.new_page()
+        _watch_console(page, errors)
+        page.goto(f"{base}/")
+        link = page.locator(".live-now-item .listen-link")
+        link.wait_for()
+        assert _first_play(page, link.click) == "played"
+        expect(page.locator("#listen-live")).to_have_attribute("data-on", "true")
+        expect(page.locator("#listen-play")).to_be_hidden()
+        assert _audio_level(page) > 0.01
+        assert errors == [], "console errors:\n" + "\n".join(errors)
+    finally:
+        browser.close()
+        playwright.stop()
+
+
 def test_broadcaster_titles_mutes_switches_denoise_and_sees_who_listens(
     server, noisy_jfk_wav: Path
 ) -> None:
@@ -459,10 +744,7 @@ def test_broadcaster_titles_mutes_switches_denoise_and_sees_who_listens(
         bob.goto(f"{base}/")
         live_item = bob.locator(".live-now-item")
         expect(live_item).to_have_count(1, timeout=10_000)
-        live_item.locator(".listen-link").click()
-        bob.wait_for_url("**/listen/**")
-        expect(bob.locator("#ws-status")).to_have_attribute("data-state", "open", timeout=10_000)
-        bob.click("#listen-start")
+        live_item.locator(".listen-link").click()  # one click: it plays
         expect(bob.locator("#listen-status")).to_have_attribute(
             "data-state", "live", timeout=20_000
         )

@@ -224,10 +224,13 @@ def test_listen_page_for_friend_of_live_broadcaster(client, alice, bob):
     response = client.get(reverse("listen", args=[session.id]))
     assert response.status_code == 200
     html = response.content.decode()
-    for hook in ('id="listen-start"', 'id="listen-status"', 'id="listener-count"'):
-        assert hook in html
+    hooks = ("listen-start", "listen-status", "listener-count", "listen-live", "listen-volume")
+    for hook in hooks:
+        assert f'id="{hook}"' in html
+    # The <audio> is a hidden sink behind Hearth's own player: no native controls.
     audio = re.search(r"<audio [^>]*>", html).group(0)
-    assert 'id="remote-audio"' in audio and "controls" in audio and "autoplay" in audio
+    assert 'id="remote-audio"' in audio and "autoplay" in audio and "hidden" in audio
+    assert "controls" not in audio
     assert "muted" not in audio
     assert 'id="broadcaster-name">alice<' in html
     assert json_script(html, "live-session") == {

@@ -1,5 +1,7 @@
 // Runs on every signed-in page: opens the shared socket and drives the header's
-// connection indicator.
+// connection indicator; alerts about friends going live; one player at a time.
+import "./alerts.js";
+import "./playback.js";
 import { socket } from "./socket.js";
 
 const indicator = document.getElementById("ws-status");

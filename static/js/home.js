@@ -2,11 +2,12 @@
 // Loads from the API, then stays current from WebSocket events without reloading.
 import { api, errorMessage } from "./api.js";
 import { socket } from "./socket.js";
-import { formatDuration, h, plural, readJson, refreshElapsed, secondsSince, showMessage } from "./ui.js";
+import { formatDuration, h, listenUrl, plural, readJson, refreshElapsed, secondsSince, showMessage } from "./ui.js";
 
 const $ = (id) => document.getElementById(id);
 const els = {
   error: $("home-error"),
+  liveSection: $("live-now"),
   liveList: $("live-now-list"),
   liveEmpty: $("live-now-empty"),
   friendsList: $("friends-list"),
@@ -98,7 +99,7 @@ function renderLive() {
         "a",
         {
           class: "btn btn-primary btn-small listen-link",
-          href: `/listen/${encodeURIComponent(s.id)}/`,
+          href: listenUrl(s.id),
           "aria-label": `Listen to ${s.broadcaster.username}`,
         },
         "Listen",
@@ -106,6 +107,7 @@ function renderLive() {
     ),
   );
   setList(els.liveList, els.liveEmpty, items, "None of your friends is live right now.");
+  els.liveSection.dataset.live = String(items.length > 0); // the heading's red dot: only when someone is
   refreshElapsed();
 }
 
@@ -128,7 +130,7 @@ function renderFriends() {
         h("span", { class: "row-meta presence-text" }, PRESENCE_TEXT[presence]),
       ),
       presence === "live" && sessionId
-        ? h("a", { class: "btn btn-small listen-link", href: `/listen/${sessionId}/`, "aria-label": `Listen to ${friend.username}` }, "Listen")
+        ? h("a", { class: "btn btn-small listen-link", href: listenUrl(sessionId), "aria-label": `Listen to ${friend.username}` }, "Listen")
         : null,
       h(
         "button",

@@ -1,6 +1,12 @@
 // Listen to a friend's live session: a receive-only WebRTC connection to the server,
-// signalled on the page's WebSocket. States: idle, connecting, live, ended, error.
+// signalled on the page's WebSocket. States: idle, connecting, live, reconnecting,
+// ended, error. The hidden <audio> is only the sink: the page's own player has the
+// one Listen / Stop button, a "Live" light that is on while audio plays, the time
+// since the broadcast began and a volume slider. Opened from a Listen link
+// (?autoplay=1) it starts at once; should the browser refuse to play without a
+// click, "Click to play" is the one thing left to press.
 import { api, errorMessage } from "./api.js";
+import { onPreempt } from "./playback.js";
 import { socket } from "./socket.js";
 import { readJson, setListeners, showMessage } from "./ui.js";
 import { closePeer, createOfferSdp, createPeerConnection } from "./webrtc.js";
@@ -16,6 +22,9 @@ const els = {
   stop: $("listen-stop"),
   ended: $("listen-ended"),
   elapsed: $("listen-elapsed"),
+  listeners: $("listen-listeners"),
+  liveLight: $("listen-live"),
+  volume: $("listen-volume"),
 };
 
 const session = readJson("live-session");
@@ -27,6 +36,10 @@ const STATUS_TEXT = {
   ended: "Ended",
   error: "Error",
 };
+
+const VOLUME_KEY = "hearth.volume";
+const name = session.broadcaster.username;
+const TITLES = { live: `Listening to ${name}`, ended: `${name} was live` };
 
 let state = "idle";
 let pc = null;
@@ -45,11 +58,19 @@ function setState(next, error = "") {
   els.stop.hidden = !(next === "connecting" || next === "live" || next === "reconnecting");
   if (next !== "live") els.play.hidden = true;
   els.ended.hidden = next !== "ended";
+  document.title = `${TITLES[next] ?? `${name} is live`} · Hearth`;
   if (next === "ended") {
     delete els.elapsed.dataset.elapsedSince;
+    els.listeners.hidden = true; // nobody listens to an ended broadcast
     $("listen-title-state").textContent = "was live";
     document.body.classList.add("broadcast-ended");
   }
+  renderLiveLight();
+}
+
+/** The player's "Live" light: on while the stream's audio is actually playing. */
+function renderLiveLight() {
+  els.liveLight.dataset.on = String(state === "live" && !els.audio.paused);
 }
 
 function teardown() {
@@ -218,6 +239,28 @@ els.stop.addEventListener("click", stop);
 els.play.addEventListener("click", play);
 els.audio.addEventListener("playing", () => {
   els.play.hidden = true;
+  renderLiveLight();
+});
+els.audio.addEventListener("pause", renderLiveLight);
+
+// Volume: the slider drives the sink, remembered across pages and visits.
+const savedVolume = Number(localStorage.getItem(VOLUME_KEY));
+if (localStorage.getItem(VOLUME_KEY) !== null && savedVolume >= 0 && savedVolume <= 100) {
+  els.volume.value = String(savedVolume);
+}
+function applyVolume() {
+  els.audio.volume = Number(els.volume.value) / 100;
+  els.volume.setAttribute("aria-valuetext", `${els.volume.value}%`);
+}
+els.volume.addEventListener("input", () => {
+  applyVolume();
+  localStorage.setItem(VOLUME_KEY, els.volume.value);
+});
+applyVolume();
+
+// Another recording or stream started (here or in another tab): stop listening.
+onPreempt(els.audio, () => {
+  if (["connecting", "live", "reconnecting"].includes(state)) stop();
 });
 window.addEventListener("pagehide", () => {
   if (pc) socket.send({ type: "listen.stop", session_id: session.id });
@@ -225,3 +268,9 @@ window.addEventListener("pagehide", () => {
 
 setState("idle");
 loadListeners();
+// Opened from a Listen link: start now, and drop the flag so that a reload or the
+// back button does not start it again unasked.
+if (new URLSearchParams(location.search).get("autoplay") === "1") {
+  history.replaceState(history.state, "", location.pathname);
+  start();
+}

@@ -86,3 +86,11 @@ setInterval(tick, 1000);
 
 /** Refresh [data-elapsed-since] elements now (after adding some). */
 export const refreshElapsed = tick;
+
+/**
+ * The listen page of live session `id`, asked to start playing at once: links the
+ * user clicks (dashboard, alerts) use it, so one click is all it takes to listen.
+ */
+export function listenUrl(id) {
+  return `/listen/${encodeURIComponent(id)}/?autoplay=1`;
+}
