@@ -775,9 +775,11 @@ def test_broadcaster_titles_mutes_switches_denoise_and_sees_who_listens(
         alice.click("#live-mute")
         expect(alice.locator("#live-mute")).to_have_attribute("aria-pressed", "true")
         expect(status).to_have_text("Live · muted")
+        expect(bob.locator("#listen-muted")).to_be_visible(timeout=10_000)
         assert wait_level(lambda v: v < 0.001) < 0.001, "listener still hears a muted broadcast"
         alice.click("#live-mute")
         expect(alice.locator("#live-mute")).to_have_text("Mute")
+        expect(bob.locator("#listen-muted")).to_be_hidden(timeout=10_000)
         assert wait_level(lambda v: v > 0.01) > 0.01
 
         alice.uncheck("#denoise")  # switched off live: audio keeps flowing
@@ -795,6 +797,33 @@ def test_broadcaster_titles_mutes_switches_denoise_and_sees_who_listens(
             )
         )
         assert titles == ["Friday jam"]
+        assert errors == [], "console errors:\n" + "\n".join(errors)
+    finally:
+        browser.close()
+        playwright.stop()
+
+
+def test_a_broadcast_too_short_to_keep_says_so(server, noisy_jfk_wav: Path) -> None:
+    # Before: a broadcast under MIN_RECORDING_S ended with "Nothing was recorded."
+    # although audio was sent: its recording is dropped as too short, and now says so.
+    ns, base = server
+    errors: list[str] = []
+    with inside(ns):
+        playwright, browser = _launch(noisy_jfk_wav)
+    try:
+        page = browser.new_context().new_page()
+        _watch_console(page, errors)
+        _sign_up(page, base, "alice")
+        page.goto(f"{base}/live/")
+        page.click("#go-live-start")
+        expect(page.locator("#live-status")).to_have_attribute(
+            "data-state", "live", timeout=20_000
+        )
+        page.click("#go-live-stop")
+        expect(page.locator("#live-status")).to_have_attribute(
+            "data-state", "ended", timeout=20_000
+        )
+        expect(page.locator("#live-message")).to_contain_text("shorter than 2 seconds")
         assert errors == [], "console errors:\n" + "\n".join(errors)
     finally:
         browser.close()

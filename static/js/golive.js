@@ -62,6 +62,7 @@ let elsewhereSession = readJson("active-session");
 let attempt = 0; // bumps on every start/stop so stale async steps give up
 let limitWarning = ""; // the latest session.warning of this broadcast, kept while live
 let muted = false; // as the server last confirmed (session.state)
+let discardedNote = null; // why the stopping broadcast's recording was not kept
 
 // --- State and display -----------------------------------------------------------
 
@@ -309,13 +310,14 @@ async function start() {
 
 async function stop() {
   const mine = ++attempt;
+  discardedNote = null;
   const hadSession = sessionId !== null;
   setState("stopping", { message: "Ending the broadcast…" });
   let note = "";
   if (signalled) {
     try {
       const reply = await socket.request({ type: "broadcast.stop" }, "broadcast.ended", { timeout: 10_000 });
-      if (reply.recording_id == null) note = "Nothing was recorded.";
+      if (reply.recording_id == null) note = discardedNote ?? "Nothing was recorded.";
     } catch (error) {
       note = `The server did not confirm the end: ${errorMessage(error)}`;
     }
@@ -382,6 +384,15 @@ socket.on("session.warning", (msg) => {
     `This broadcast will end at ${clock} (in ${formatDuration(msg.seconds_left)}): ` +
     "it is reaching the maximum length. Your recording is saved.";
   if (state === "live") els.message.textContent = limitWarning;
+});
+
+// While stopping, session.ended (just before broadcast.ended) says whether the
+// recording was kept: a broadcast under MIN_RECORDING_S is not.
+socket.on("session.ended", (msg) => {
+  if (sessionId === null || msg.session_id !== sessionId || state !== "stopping") return;
+  if (msg.recording_discarded === "too_short") {
+    discardedNote = `It was shorter than ${msg.min_recording_s ?? 2} seconds, so it was not recorded.`;
+  }
 });
 
 socket.on("session.ended", (msg) => {

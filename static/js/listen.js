@@ -205,8 +205,19 @@ async function loadListeners() {
   }
 }
 
+// The broadcaster muted: say so, so silence does not look like a broken stream.
+function showMuted(muted) {
+  const badge = document.getElementById("listen-muted");
+  if (badge) badge.hidden = !muted;
+}
+
 socket.on("session.stats", (msg) => {
-  if (msg.session_id === session.id) setListeners(msg.listeners);
+  if (msg.session_id !== session.id) return;
+  setListeners(msg.listeners);
+  if (typeof msg.muted === "boolean") showMuted(msg.muted);
+});
+socket.on("session.state", (msg) => {
+  if (msg.session_id === session.id) showMuted(Boolean(msg.muted));
 });
 socket.on("session.ended", (msg) => {
   if (msg.session_id !== session.id) return;
