@@ -17,9 +17,9 @@ MAX_JSON_BODY_BYTES = 16 * 1024
 MAX_DB_ID = 2**63 - 1  # the largest value of a 64-bit (big)integer primary key
 
 # URLs answered with JSON errors: the API and the recording file endpoints
-# (/recordings/<id>/audio and /download); the recording pages themselves
+# (/recordings/<id>/audio, /download and /captions.vtt); the recording pages themselves
 # (/recordings/, /recordings/<id>/) get the HTML 404 page.
-_JSON_PATHS = re.compile(r"^/api/|^/recordings/[^/]*/(audio|download)$")
+_JSON_PATHS = re.compile(r"^/api/|^/recordings/[^/]*/(audio|download|captions\.vtt)$")
 
 
 class ApiError(Exception):

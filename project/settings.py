@@ -382,6 +382,14 @@ HEARTH = {
     "PII_CPU_THREADS": int(os.environ.get("PII_CPU_THREADS", 0)),
     # Padding each side of a redacted word range, seconds (the issue asks 0.15-0.25).
     "PII_PAD_S": float(os.environ.get("PII_PAD_S", 0.2)),
+    # Live bleeping: the broadcast delay D (seconds) listeners and the recorder hear
+    # the broadcaster behind, while speech-to-text + PII decide; a page may ask for
+    # PII_DELAY_MIN_S..PII_DELAY_MAX_S. Audio still undecided after D is muted.
+    "PII_DELAY_S": float(os.environ.get("PII_DELAY_S", 3.0)),
+    "PII_DELAY_MIN_S": 2.0,
+    "PII_DELAY_MAX_S": 10.0,
+    # Operators can turn the live option off (it costs ~0.3-0.4 CPU-s per audio-s).
+    "PII_LIVE": os.environ.get("PII_LIVE", "1") == "1",
     # A finished broadcast with less audio than this (seconds) is not kept: its
     # recording is deleted and session.ended says "recording_discarded": "too_short".
     "MIN_RECORDING_S": float(os.environ.get("MIN_RECORDING_S", 2.0)),

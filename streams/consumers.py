@@ -4,13 +4,14 @@ Thin by design: parse, authorise, call a service or the media server, reply.
 Protocol (JSON text frames; every reply to a bad frame is
 ``{"type": "error", "code", "message", "ref"}``):
 
-client → server: ``ping``; ``broadcast.start {sdp, denoise, title?}``;
+client → server: ``ping``; ``broadcast.start {sdp, denoise, title?, bleep?, delay_s?}``;
 ``broadcast.control {muted?, denoise?}``; ``broadcast.stop``;
 ``listen.start {session_id, sdp}``; ``listen.stop {session_id}``.
 
 server → client: ``hello``, ``pong``, ``broadcast.answer``, ``broadcast.ended``,
 ``listen.answer``, and events ``presence``, ``live``, ``friends.changed``,
-``session.stats``, ``session.state`` (muted, denoise), ``session.listeners`` (names,
+``session.stats``, ``session.state`` (muted, denoise), ``session.caption`` (masked
+live captions), ``session.listeners`` (names,
 to the broadcaster's page), ``session.warning``, ``session.ended``,
 ``recordings.changed``.
 """
@@ -143,6 +144,33 @@ def _title_parse(value: object) -> str:
     if not text_is_clean(title):
         raise ProtocolError(UNCLEAN_TEXT_MESSAGE)
     return title
+
+
+def _bleep_parse(content: dict[str, Any]) -> tuple[str, float]:
+    """``bleep`` ("tone", "silence", or false/absent) and ``delay_s`` of a go-live.
+
+    Raises:
+        ProtocolError: a value of the wrong kind, a delay outside
+            ``PII_DELAY_MIN_S``..``PII_DELAY_MAX_S``, or bleeping asked for on a server
+            that turned it off (``PII_LIVE``).
+    """
+    limits = settings.HEARTH
+    bleep = content.get("bleep", False)
+    if bleep is True:
+        bleep = "tone"
+    if bleep is False or bleep is None:
+        return "", 0.0
+    if bleep not in ("tone", "silence"):
+        raise ProtocolError('bleep must be "tone", "silence" or false.')
+    if not limits["PII_LIVE"]:
+        raise ProtocolError(
+            "Bleeping personal information is turned off on this server.", code="unavailable"
+        )
+    delay = content.get("delay_s", limits["PII_DELAY_S"])
+    low, high = limits["PII_DELAY_MIN_S"], limits["PII_DELAY_MAX_S"]
+    if isinstance(delay, bool) or not isinstance(delay, int | float) or not low <= delay <= high:
+        raise ProtocolError(f"delay_s must be a number of seconds from {low:g} to {high:g}.")
+    return bleep, float(delay)
 
 
 class HearthConsumer(ConsumerMetricsMixin, AsyncWebsocketConsumer):
@@ -315,11 +343,19 @@ class HearthConsumer(ConsumerMetricsMixin, AsyncWebsocketConsumer):
         if not isinstance(denoise, bool):
             raise ProtocolError("denoise must be true or false.")
         title = _title_parse(content.get("title", ""))
+        bleep, delay_s = _bleep_parse(content)
         sdp = sdp_validate(content.get("sdp"))
         if settings.HEARTH["MEDIA_IN_PROCESS"]:
             await media_server().ensure_started()  # this process's worker is placeable
         self.going_live = _GoLive(
-            request_id="", content={"sdp": sdp, "denoise": denoise, "title": title}
+            request_id="",
+            content={
+                "sdp": sdp,
+                "denoise": denoise,
+                "title": title,
+                "bleep": bleep,
+                "delay_s": delay_s,
+            },
         )
         try:
             await self._broadcast_place()

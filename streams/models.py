@@ -82,6 +82,10 @@ class Recording(models.Model):
     duration_s = models.FloatField(default=0.0)
     size_bytes = models.PositiveBigIntegerField(default=0)
     peaks = models.JSONField(default=list, blank=True)
+    # The redacted transcript of a broadcast with "bleep personal info" on: cues
+    # [{"start": s, "end": s, "text": "... [phone number] ..."}] (seconds into the
+    # recording); personal information only ever appears as a mask.
+    transcript = models.JSONField(default=list, blank=True)
 
     class Meta:
         ordering = ["-started_at"]
@@ -122,3 +126,26 @@ class MediaWorker(models.Model):
 
     def __str__(self) -> str:
         return f"media worker {self.host}:{self.pid} ({self.sessions}/{self.capacity})"
+
+
+class RedactionEvent(models.Model):
+    """One bleep (or mute) in a recording, for its owner's audit trail.
+
+    Times are seconds into the recording. ``entity`` is the PII label (e.g.
+    ``PHONE_NUMBER``) or ``UNCHECKED`` for audio muted because the analysis had not
+    decided it in time (fail closed); ``detector`` names what found it. Never the
+    recognised text or any audio.
+    """
+
+    recording = models.ForeignKey(Recording, on_delete=models.CASCADE, related_name="redactions")
+    start_s = models.FloatField()
+    end_s = models.FloatField()
+    entity = models.CharField(max_length=40)
+    confidence = models.FloatField(default=0.0)
+    detector = models.CharField(max_length=80, blank=True)
+
+    class Meta:
+        ordering = ["recording", "start_s"]
+
+    def __str__(self) -> str:
+        return f"{self.entity} {self.start_s:.2f}-{self.end_s:.2f} s"

@@ -43,11 +43,13 @@ from streams import selectors, services
 from streams.ice import ice_host_addresses_apply
 from streams.media.controls import DenoiseSwitchStage, MuteStage
 from streams.media.graph import Graph, GraphRunner, TrackSource
-from streams.media.items import Event
+from streams.media.items import SAMPLE_RATE, Event
+from streams.media.live_pii import LivePii
 from streams.media.metrics import MediaMetrics, StageTimer
 from streams.media.relay import OpusEncoder, Relay, RelaySink, RelayTrack
 from streams.media.sinks import RecorderSink
 from streams.media.workers import Workers
+from streams.pii_setup import build_analyser
 from streams.processors.denoise import ALGORITHMIC_DELAY_SAMPLES
 from streams.processors.factory import audio_chain_build
 from streams.recording import RecordingInfo, WavRecorder
@@ -176,8 +178,17 @@ class BroadcastRoom:
         denoise: bool,
         recording_file: Path,
         owner_page: str | None = None,
+        bleep: str = "",
+        delay_s: float = 3.0,
     ) -> None:
         self.server = server
+        # "tone"/"silence": spoken personal information is bleeped (or silenced)
+        # behind a delay line of delay_s seconds; "" off.
+        self.bleep = bleep
+        self.delay_s = delay_s
+        self.pii: LivePii | None = None
+        self._pii_task: asyncio.Task[None] | None = None
+        self.captions: list[dict[str, object]] = []  # cues sent so far (the transcript)
         self.owner_page = owner_page  # the broadcaster page's channel, when known
         self.session_id = session_id
         self.broadcaster_id = broadcaster_id
@@ -218,6 +229,18 @@ class BroadcastRoom:
         finally:
             self._open_done.set()
 
+    def _pii_build(self) -> LivePii:
+        """The live bleeping branch of this broadcast (load pool: loads the models).
+
+        Raises:
+            ModelIntegrityError, OSError: the Whisper files are missing or corrupt.
+        """
+        return LivePii(
+            lambda timeline: build_analyser(timeline, live=True, keep_transcript=True),
+            delay_s=self.delay_s,
+            bleep_tone=self.bleep == "tone",
+        )
+
     def _still_opening(self) -> None:
         if self.closing:
             raise SignalingError("This broadcast was stopped.", code="not_live")
@@ -237,6 +260,11 @@ class BroadcastRoom:
             )
             self.stage.processor_set(chain)
         self._still_opening()
+        if self.bleep:
+            # Whisper + spaCy load once per process (cached); each broadcast gets its
+            # own analyser, thread, timeline and delay line.
+            self.pii = await loop.run_in_executor(workers.load, self._pii_build)
+            self._still_opening()
         recorder = await loop.run_in_executor(workers.io, WavRecorder, self.recording_file)
         self.recorder_sink = RecorderSink(recorder, workers.io, on_failed=self._on_recorder_failed)
         self._still_opening()
@@ -283,6 +311,74 @@ class BroadcastRoom:
         self._start_graph(audio)
         self._connect_task = asyncio.ensure_future(self._connect_deadline(connected))
         return pc.localDescription.sdp
+
+    async def _pii_loop(self) -> None:
+        """Every second: masked captions of what left the delay line to the session's
+        pages (``session.caption``), and new redactions to the audit trail."""
+        while not self.closing:
+            await asyncio.sleep(1.0)
+            await self._pii_publish()
+
+    async def _pii_publish(self) -> None:
+        live = self.pii
+        if live is None:
+            return
+        origin = live.released_start or 0
+        layer = get_channel_layer()
+        for start, end, text in live.captions_due():
+            cue = {
+                "start": round((start - origin) / SAMPLE_RATE, 2),
+                "end": round((end - origin) / SAMPLE_RATE, 2),
+                "text": text,
+            }
+            self.captions.append(cue)
+            data = {"session_id": self.session_id, **cue}
+            with contextlib.suppress(Exception):
+                await layer.group_send(
+                    services.session_group(self.session_id),
+                    {"type": "hearth.event", "event": "session.caption", "data": data},
+                )
+        found = live.audit_drain()
+        if found:
+            events = [
+                services.RedactionInput(
+                    start_s=(r.start - origin) / SAMPLE_RATE,
+                    end_s=(r.end - origin) / SAMPLE_RATE,
+                    entity=r.label or "UNKNOWN",
+                    confidence=r.confidence,
+                    detector=r.source,
+                )
+                for r in found
+            ]
+            try:
+                await database_sync_to_async(services.redaction_events_add)(
+                    session_id=self.session_id, events=events
+                )
+            except Exception:
+                logger.exception("session %s: could not store redactions", self.session_id)
+
+    async def _pii_close(self) -> None:
+        """After the graph drained: finish the analysis, send the last captions and
+        redactions, and store the redacted transcript on the recording."""
+        live = self.pii
+        if live is None:
+            return
+        if self._pii_task is not None:
+            self._pii_task.cancel()
+        loop = asyncio.get_running_loop()
+        try:
+            await asyncio.wait_for(
+                loop.run_in_executor(self.server.workers.load, live.threaded.close, 10.0), 12.0
+            )
+        except TimeoutError:
+            logger.error("session %s: PII analysis did not finish", self.session_id)
+        await self._pii_publish()
+        try:
+            await database_sync_to_async(services.recording_transcript_set)(
+                session_id=self.session_id, cues=self.captions
+            )
+        except Exception:
+            logger.exception("session %s: could not store the transcript", self.session_id)
 
     async def _connect_deadline(self, connected: asyncio.Event) -> None:
         """End the broadcast ("failed") if its pc is not connected in time: a peer that
@@ -369,9 +465,17 @@ class BroadcastRoom:
 
     def _start_graph(self, track: Any) -> None:
         assert self.stage is not None and self.recorder_sink is not None and self.relay
-        graph = Graph(
-            stages=[self.mute, self.stage], sinks=[self.recorder_sink, RelaySink(self.relay)]
-        )
+        stages: list[Any] = [self.mute, self.stage]
+        sinks: list[Any] = [self.recorder_sink, RelaySink(self.relay)]
+        taps: dict[int, list[Any]] = {}
+        if self.pii is not None:
+            # Analysis reads the denoised audio (output of stage 1); listeners and
+            # the recorder get it only through the delay line.
+            stages += self.pii.stages()
+            taps[1] = [self.pii.tap()]
+            sinks.append(self.pii.released_sink())
+            self._pii_task = asyncio.ensure_future(self._pii_loop())
+        graph = Graph(stages=stages, sinks=sinks, taps=taps)
         self.runner = GraphRunner(
             graph,
             TrackSource(track),
@@ -391,6 +495,8 @@ class BroadcastRoom:
             self.server.broadcast_stop_soon(self.session_id, reason="disconnected")
 
     def _on_event(self, event: Event) -> None:
+        if self.pii is not None and self.pii.on_event(event):
+            return
         if event.kind == "stage.failed":
             logger.error("session %s: %s failed closed", self.session_id, event.data)
 
@@ -514,6 +620,8 @@ class BroadcastRoom:
             "muted": self.mute.muted,
             "denoise": self.denoise_on,
         }
+        if self.pii is not None:
+            data["pii"] = self.pii.stats()
         if media:
             snapshot = self.metrics.snapshot()
             snapshot["loop_lag"] = self.server.loop_lag.summary()
@@ -661,6 +769,8 @@ class BroadcastRoom:
                 logger.exception("session %s graph failed", self.session_id)
         if self.relay is not None:
             self.relay.close()
+        with contextlib.suppress(Exception):
+            await self._pii_close()
         info = self.recorder_sink.info if self.recorder_sink is not None else None
         if self.recorder_sink is not None and info is None and self.runner is None:
             # The graph never started: close the recorder here.
@@ -776,6 +886,8 @@ class MediaServer:
         denoise: bool,
         owner_page: str | None = None,
         title: str = "",
+        bleep: str = "",
+        delay_s: float = 3.0,
     ) -> tuple[int, str]:
         """Open a live session for ``user`` from their SDP offer; returns (session id, answer).
 
@@ -804,6 +916,8 @@ class MediaServer:
                 owner_page=owner_page,
                 title=title,
                 counted=counted,
+                bleep=bleep,
+                delay_s=delay_s,
             )
         finally:
             if counted[0]:
@@ -818,13 +932,20 @@ class MediaServer:
         owner_page: str | None,
         title: str,
         counted: list[bool],
+        bleep: str = "",
+        delay_s: float = 3.0,
     ) -> tuple[int, str]:
         channel = await self.ensure_started()
         assert channel is not None, "only a media worker holds broadcasts"
         # Everything that can be checked on the text is, before anything is created.
         offer_sdp = self.offer_prepare(sdp_validate(offer_sdp), role="broadcast")
         session, recording = await database_sync_to_async(services.live_session_start)(
-            broadcaster=user, denoise=denoise, owner_channel=channel, title=title
+            broadcaster=user,
+            denoise=denoise,
+            owner_channel=channel,
+            title=title,
+            bleep=bleep,
+            delay_s=delay_s,
         )
         room = BroadcastRoom(
             server=self,
@@ -833,6 +954,8 @@ class MediaServer:
             denoise=denoise,
             recording_file=services.recording_path(recording),
             owner_page=owner_page,
+            bleep=bleep,
+            delay_s=delay_s,
         )
         self.rooms[session.id] = room
         self._starting -= 1
@@ -1063,6 +1186,8 @@ class MediaServer:
                 denoise=bool(message.get("denoise", True)),
                 owner_page=reply_channel or None,
                 title=str(message.get("title") or ""),
+                bleep=str(message.get("bleep") or ""),
+                delay_s=float(message.get("delay_s") or settings.HEARTH["PII_DELAY_S"]),
             )
         except (SignalingError, services.LiveSessionError) as exc:
             await self._reply(reply_channel, refusal(exc.code, str(exc)))

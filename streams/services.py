@@ -23,7 +23,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from project.api import UNCLEAN_TEXT_MESSAGE, text_is_clean
-from streams.models import LiveSession, MediaWorker, Recording
+from streams.models import LiveSession, MediaWorker, Recording, RedactionEvent
 from streams.processors.factory import audio_chain_settings
 from streams.recording import (
     RecordingInfo,
@@ -138,7 +138,13 @@ def _go_live_limits_check(user_id: int) -> None:
 
 
 def live_session_start(
-    *, broadcaster: User, denoise: bool, owner_channel: str, title: str = ""
+    *,
+    broadcaster: User,
+    denoise: bool,
+    owner_channel: str,
+    title: str = "",
+    bleep: str = "",
+    delay_s: float = 0.0,
 ) -> tuple[LiveSession, Recording]:
     """Open a live session for ``broadcaster`` and the recording row it writes to.
 
@@ -183,7 +189,10 @@ def live_session_start(
             session=session,
             title=(title or default_title(broadcaster.username, now))[:120],
             file=f"recordings/{broadcaster.id}/{stamp}-session{session.id}.wav",
-            processing=audio_chain_settings(denoise=denoise),
+            processing={
+                **audio_chain_settings(denoise=denoise),
+                **({"bleep_pii": bleep, "delay_s": delay_s} if bleep else {}),
+            },
             started_at=now,
         )
         _notify_live(session, live=True)
@@ -832,3 +841,47 @@ def media_worker_end_dead(*, exclude_channel: str | None = None) -> int:
             id=worker.id, heartbeat_at__lt=media_worker_stale_cutoff()
         ).delete()
     return ended
+
+
+# --- Bleeping personal information: audit trail and transcript --------------------------
+
+
+@dataclass(frozen=True)
+class RedactionInput:
+    """One redaction to store: seconds into the recording, label, score, detector."""
+
+    start_s: float
+    end_s: float
+    entity: str
+    confidence: float
+    detector: str
+
+
+def redaction_events_add(*, session_id: int, events: list[RedactionInput]) -> int:
+    """Store ``events`` on the recording of session ``session_id``; returns how many.
+
+    A session without a recording (none yet, or discarded) stores nothing. Only
+    labels, times, scores and detector names are kept: never text or audio.
+    """
+    recording = Recording.objects.filter(session_id=session_id).first()
+    if recording is None or not events:
+        return 0
+    rows = [
+        RedactionEvent(
+            recording=recording,
+            start_s=max(0.0, e.start_s),
+            end_s=max(0.0, e.end_s),
+            entity=e.entity[:40],
+            confidence=e.confidence,
+            detector=e.detector[:80],
+        )
+        for e in events
+    ]
+    RedactionEvent.objects.bulk_create(rows)
+    return len(rows)
+
+
+def recording_transcript_set(*, session_id: int, cues: list[dict[str, object]]) -> None:
+    """Store the redacted transcript cues (``{"start", "end", "text"}``, seconds) on the
+    recording of session ``session_id`` (nothing if it has none)."""
+    Recording.objects.filter(session_id=session_id).update(transcript=cues)

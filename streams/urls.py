@@ -12,6 +12,11 @@ api_urlpatterns = [
 urlpatterns = [
     path("recordings/<id:recording_id>/audio", views.recording_audio, name="recording_audio"),
     path(
+        "recordings/<id:recording_id>/captions.vtt",
+        views.recording_captions,
+        name="recording_captions",
+    ),
+    path(
         "recordings/<id:recording_id>/download",
         views.recording_download,
         name="recording_download",

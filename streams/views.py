@@ -79,8 +79,22 @@ def recording_json(
         "audio_url": f"{reverse('recording_audio', args=[recording.id])}?v={fmt}",
         "download_url": reverse("recording_download", args=[recording.id]),
     }
+    if recording.transcript:
+        data["captions_url"] = reverse("recording_captions", args=[recording.id])
     if peaks:
         data["peaks"] = _recording_peaks(recording)
+        data["transcript"] = recording.transcript
+        if recording.owner_id == viewer_id:  # the audit trail is the owner's alone
+            data["redactions"] = [
+                {
+                    "start_s": round(r.start_s, 2),
+                    "end_s": round(r.end_s, 2),
+                    "entity": r.entity,
+                    "confidence": round(r.confidence, 2),
+                    "detector": r.detector,
+                }
+                for r in recording.redactions.all()
+            ]
     return data
 
 
@@ -260,6 +274,33 @@ def recording_download(request: HttpRequest, recording_id: int) -> HttpResponse:
     (``Content-Disposition: attachment``, RFC 6266); owner and friends only (else
     404), 409 while it is still being recorded."""
     return _recording_file_response(request, recording_id, download=True)
+
+
+def _vtt_time(seconds: float) -> str:
+    ms = max(0, round(seconds * 1000))
+    hours, ms = divmod(ms, 3_600_000)
+    minutes, ms = divmod(ms, 60_000)
+    secs, ms = divmod(ms, 1000)
+    return f"{hours:02d}:{minutes:02d}:{secs:02d}.{ms:03d}"
+
+
+def recording_captions(request: HttpRequest, recording_id: int) -> HttpResponse:
+    """GET the recording's redacted transcript as WebVTT (W3C WebVTT), for a
+    ``<track kind="captions">``; owner and friends only (else 404, also when the
+    recording has no transcript). Masks like "[phone number]" stand for PII."""
+    if not request.user.is_authenticated:
+        return json_error("Sign in first.", status=401)
+    recording = selectors.recording_visible_get(user=request.user, recording_id=recording_id)
+    if recording is None or not recording.transcript:
+        return json_error("No captions for this recording.", status=404)
+    lines = ["WEBVTT", ""]
+    for cue in recording.transcript:
+        start, end = float(cue["start"]), float(cue["end"])
+        text = str(cue["text"]).replace("-->", "→")
+        lines += [f"{_vtt_time(start)} --> {_vtt_time(max(end, start + 0.5))}", text, ""]
+    response = HttpResponse("\n".join(lines), content_type="text/vtt; charset=utf-8")
+    response["Cache-Control"] = "private"
+    return response
 
 
 _FILENAME_UNSAFE = re.compile(r'[\\/:*?"<>|\x00-\x1f\x7f]')

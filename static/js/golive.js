@@ -21,6 +21,9 @@ const els = {
   meterBar: $("mic-level-bar"),
   denoise: $("denoise"),
   title: $("live-title"),
+  bleep: $("bleep"),
+  bleepSound: $("bleep-sound"),
+  piiStatus: $("pii-status"),
   mute: $("live-mute"),
   listenersPanel: $("listeners-panel"),
   listenerNames: $("listener-names"),
@@ -84,6 +87,9 @@ function setState(next, { message = "", error = "" } = {}) {
   // Denoise can be switched while live (the server applies it), not mid-transition.
   els.denoise.disabled = next === "connecting" || next === "stopping";
   els.title.disabled = broadcasting;
+  els.bleep.disabled = broadcasting;
+  els.bleepSound.disabled = broadcasting;
+  if (!broadcasting) showMessage(els.piiStatus, "");
   els.mute.hidden = next !== "live";
   els.listenersPanel.hidden = next !== "live";
   if (next !== "live") {
@@ -286,7 +292,13 @@ async function start() {
     if (mine !== attempt) return;
     signalled = true;
     const reply = await socket.request(
-      { type: "broadcast.start", sdp, denoise: els.denoise.checked, title: els.title.value.trim() },
+      {
+        type: "broadcast.start",
+        sdp,
+        denoise: els.denoise.checked,
+        title: els.title.value.trim(),
+        bleep: els.bleep.checked ? els.bleepSound.value : false,
+      },
       "broadcast.answer",
       { timeout: 20_000 },
     );
@@ -332,7 +344,16 @@ async function stop() {
 // --- Events ----------------------------------------------------------------------
 
 socket.on("session.stats", (msg) => {
-  if (msg.session_id === sessionId) setListeners(msg.listeners);
+  if (msg.session_id !== sessionId) return;
+  setListeners(msg.listeners);
+  const pii = msg.pii;
+  if (pii && state === "live") {
+    // Fail closed, in the open: say when audio was muted because it could not be checked.
+    const parts = [`Friends hear you ${pii.delay_s} s late.`];
+    if (pii.redacted_s > 0) parts.push(`${pii.redacted_s} s bleeped so far.`);
+    if (pii.muted_s > 0) parts.push(`${pii.muted_s} s muted: the server could not check it in time.`);
+    showMessage(els.piiStatus, parts.join(" "));
+  }
 });
 
 // --- Live switches and who is listening ---------------------------------------------

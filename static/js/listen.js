@@ -216,6 +216,23 @@ socket.on("session.stats", (msg) => {
   setListeners(msg.listeners);
   if (typeof msg.muted === "boolean") showMuted(msg.muted);
 });
+// Live captions (bleeped broadcasts): personal information arrives already masked.
+const captionLines = [];
+socket.on("session.caption", (msg) => {
+  if (msg.session_id !== session.id) return;
+  const row = document.getElementById("listen-captions-row");
+  const box = document.getElementById("listen-captions");
+  if (!row || !box) return;
+  row.hidden = false;
+  captionLines.push(String(msg.text || ""));
+  while (captionLines.length > 2) captionLines.shift();
+  box.textContent = captionLines.join(" ");
+});
+document.getElementById("listen-captions-on")?.addEventListener("change", (event) => {
+  const box = document.getElementById("listen-captions");
+  if (box) box.hidden = !event.target.checked;
+});
+
 socket.on("session.state", (msg) => {
   if (msg.session_id === session.id) showMuted(Boolean(msg.muted));
 });

@@ -26,6 +26,10 @@ const els = {
   renameError: $("rename-error"),
   renameCancel: $("rename-cancel"),
   processing: $("recording-processing"),
+  redactions: $("recording-redactions"),
+  redactionList: $("redaction-list"),
+  transcript: $("recording-transcript"),
+  transcriptList: $("transcript-list"),
   file: $("recording-file"),
 };
 
@@ -34,6 +38,35 @@ const waveform = new Waveform(els.canvas, els.audio, rec.peaks, rec.duration_s);
 
 function megabytes(bytes) {
   return `${(bytes / 1e6).toFixed(bytes < 1e7 ? 2 : 1)} MB`;
+}
+
+const ENTITY_NAMES = {
+  PERSON: "name",
+  LOCATION: "place",
+  PHONE_NUMBER: "phone number",
+  CREDIT_CARD: "card number",
+  EMAIL_ADDRESS: "e-mail address",
+  STREET_ADDRESS: "street address",
+  POSTCODE: "postcode",
+  DIGIT_RUN: "number",
+  UNKNOWN: "unchecked (muted)",
+};
+
+/** A list of timed items ({start|start_s, end|end_s}) that seek the player when clicked. */
+function renderTimed(section, list, items, text) {
+  const rows = Array.isArray(items) ? items : [];
+  section.hidden = rows.length === 0;
+  list.replaceChildren(
+    ...rows.map((item) => {
+      const start = Number(item.start ?? item.start_s ?? 0);
+      const button = h("button", { type: "button", class: "cue-time mono" }, formatDuration(start));
+      button.addEventListener("click", () => {
+        els.audio.currentTime = start;
+        els.audio.play().catch(() => {});
+      });
+      return h("li", {}, button, " ", text(item));
+    }),
+  );
 }
 
 function render() {
@@ -73,6 +106,14 @@ function render() {
       els.audio.currentTime = at;
       if (playing) els.audio.play().catch(() => {});
     }, { once: true });
+  }
+  renderTimed(els.transcript, els.transcriptList, rec.transcript, (cue) => cue.text);
+  renderTimed(els.redactions, els.redactionList, rec.redactions, (r) =>
+    `${ENTITY_NAMES[r.entity] || r.entity.toLowerCase().replaceAll("_", " ")}` +
+    (r.detector ? ` (${Math.round(r.confidence * 100)}%, ${r.detector})` : ""),
+  );
+  if (rec.processing?.bleep_pii) {
+    els.processing.textContent += `; personal information ${rec.processing.bleep_pii === "tone" ? "bleeped" : "silenced"} (${rec.processing.delay_s} s delay)`;
   }
   waveform.peaks = Array.isArray(rec.peaks) ? rec.peaks : [];
   waveform.durationS = rec.duration_s;
