@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import functools
 import logging
 import os
@@ -790,6 +791,23 @@ class BroadcastRoom:
         return info
 
 
+@dataclass(frozen=True)
+class GoLiveOptions:
+    """What a broadcaster chose at go-live (validated by the page's consumer).
+
+    Attributes:
+        denoise: DeepFilterNet3 on at the start (switchable live).
+        title: Shown to friends and used for the recording ("" = a default title).
+        bleep: "tone" or "silence" to bleep spoken personal information, "" off.
+        delay_s: Broadcast delay D in seconds while bleeping.
+    """
+
+    denoise: bool = True
+    title: str = ""
+    bleep: str = ""
+    delay_s: float = 0.0
+
+
 class MediaServer:
     """A media worker: the broadcasts it holds, and the channel that reaches them.
 
@@ -909,15 +927,13 @@ class MediaServer:
         self._starting += 1
         counted = [True]
         try:
+            options = GoLiveOptions(denoise=denoise, title=title, bleep=bleep, delay_s=delay_s)
             return await self._broadcast_open(
                 user=user,
                 offer_sdp=offer_sdp,
-                denoise=denoise,
+                options=options,
                 owner_page=owner_page,
-                title=title,
                 counted=counted,
-                bleep=bleep,
-                delay_s=delay_s,
             )
         finally:
             if counted[0]:
@@ -928,34 +944,26 @@ class MediaServer:
         *,
         user: User,
         offer_sdp: str,
-        denoise: bool,
+        options: GoLiveOptions,
         owner_page: str | None,
-        title: str,
         counted: list[bool],
-        bleep: str = "",
-        delay_s: float = 3.0,
     ) -> tuple[int, str]:
         channel = await self.ensure_started()
         assert channel is not None, "only a media worker holds broadcasts"
         # Everything that can be checked on the text is, before anything is created.
         offer_sdp = self.offer_prepare(sdp_validate(offer_sdp), role="broadcast")
         session, recording = await database_sync_to_async(services.live_session_start)(
-            broadcaster=user,
-            denoise=denoise,
-            owner_channel=channel,
-            title=title,
-            bleep=bleep,
-            delay_s=delay_s,
+            broadcaster=user, owner_channel=channel, **dataclasses.asdict(options)
         )
         room = BroadcastRoom(
             server=self,
             session_id=session.id,
             broadcaster_id=user.id,
-            denoise=denoise,
+            denoise=options.denoise,
             recording_file=services.recording_path(recording),
             owner_page=owner_page,
-            bleep=bleep,
-            delay_s=delay_s,
+            bleep=options.bleep,
+            delay_s=options.delay_s,
         )
         self.rooms[session.id] = room
         self._starting -= 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -67,6 +68,26 @@ async def expect(
             return frame
         if frame["type"] == "error" and kind != "error":
             raise AssertionError(f"error frame while waiting for {kind!r}: {frame}")
+
+
+async def expect_matching(
+    comm: WebsocketCommunicator,
+    kind: str,
+    match: Callable[[dict[str, Any]], bool] = lambda frame: True,
+    *,
+    timeout: float = 15.0,
+) -> dict[str, Any]:
+    """The next frame of type ``kind`` that ``match``es; other frames are skipped, an
+    ``error`` frame fails the test unless ``kind == "error"``."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        remaining = deadline - loop.time()
+        assert remaining > 0, f"no {kind!r} frame within {timeout} s"
+        frame = await comm.receive_json_from(timeout=remaining)
+        if frame["type"] == kind and match(frame):
+            return frame
+        assert frame["type"] != "error" or kind == "error", frame
 
 
 def client_peer() -> RTCPeerConnection:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -17,24 +16,19 @@ from streams import rtc
 from streams.models import LiveSession, Recording
 from streams.recording import wav_info
 from tests.factories import befriend, make_user
-from tests.rtc_helpers import AudioSink, accept_answer, client_peer, close_all, connected, offer_sdp
+from tests.rtc_helpers import (
+    AudioSink,
+    accept_answer,
+    client_peer,
+    close_all,
+    connected,
+    expect_matching,
+    offer_sdp,
+)
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 WAIT_S = 15.0
-
-
-async def _frame(comm, kind: str, match=lambda f: True) -> dict[str, Any]:
-    """The next frame of type ``kind`` that ``match``es (others are skipped)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + WAIT_S
-    while True:
-        remaining = deadline - loop.time()
-        assert remaining > 0, f"no {kind!r} frame"
-        frame = await comm.receive_json_from(timeout=remaining)
-        if frame["type"] == kind and match(frame):
-            return frame
-        assert frame["type"] != "error" or kind == "error", frame
 
 
 async def _level(sink: AudioSink, seconds: float) -> float:
@@ -62,16 +56,16 @@ async def test_title_mute_denoise_switch_and_listener_names(noisy_jfk_wav: Path)
         pc.addTransceiver(player.audio, direction="sendonly")
         sdp = await offer_sdp(pc)
         await a.send_json_to({"type": "broadcast.start", "sdp": sdp, "title": "x\x00y"})
-        assert (await _frame(a, "error"))["ref"] == "broadcast.start"
+        assert (await expect_matching(a, "error"))["ref"] == "broadcast.start"
         await a.send_json_to({"type": "broadcast.start", "sdp": sdp, "title": "t" * 121})
-        assert (await _frame(a, "error"))["ref"] == "broadcast.start"
+        assert (await expect_matching(a, "error"))["ref"] == "broadcast.start"
 
         await a.send_json_to(
             {"type": "broadcast.start", "sdp": sdp, "denoise": False, "title": " Friday jam "}
         )
-        answer = await _frame(a, "broadcast.answer")
+        answer = await expect_matching(a, "broadcast.answer")
         session_id = answer["session_id"]
-        live = await _frame(b, "live", lambda f: f["session_id"] == session_id)
+        live = await expect_matching(b, "live", lambda f: f["session_id"] == session_id)
         assert live["title"] == "Friday jam"
         await accept_answer(pc, answer["sdp"])
         room = rtc.media_server().rooms[session_id]
@@ -90,15 +84,15 @@ async def test_title_mute_denoise_switch_and_listener_names(noisy_jfk_wav: Path)
         await b.send_json_to(
             {"type": "listen.start", "session_id": session_id, "sdp": await offer_sdp(listener)}
         )
-        await accept_answer(listener, (await _frame(b, "listen.answer"))["sdp"])
+        await accept_answer(listener, (await expect_matching(b, "listen.answer"))["sdp"])
         sink = AudioSink(await asyncio.wait_for(got, WAIT_S))
-        names = await _frame(a, "session.listeners", lambda f: f["listeners"])
+        names = await expect_matching(a, "session.listeners", lambda f: f["listeners"])
         assert names["listeners"] == [{"id": bob.id, "username": "bob"}]
         assert await _level(sink, 2.0) > 0.01
 
         # Muted: listeners get silence (and are told), the recording keeps it.
         await a.send_json_to({"type": "broadcast.control", "muted": True})
-        state = await _frame(b, "session.state")
+        state = await expect_matching(b, "session.state")
         assert state == {
             "type": "session.state",
             "session_id": session_id,
@@ -108,22 +102,22 @@ async def test_title_mute_denoise_switch_and_listener_names(noisy_jfk_wav: Path)
         await asyncio.sleep(0.5)  # what was already encoded drains
         assert await _level(sink, 2.0) < 1e-3
         await a.send_json_to({"type": "broadcast.control", "muted": False})
-        assert (await _frame(b, "session.state"))["muted"] is False
+        assert (await expect_matching(b, "session.state"))["muted"] is False
         await asyncio.sleep(0.5)
         assert await _level(sink, 2.0) > 0.01
 
         # Denoise switched on live (loaded now) and off again; audio keeps flowing.
         await a.send_json_to({"type": "broadcast.control", "denoise": True})
-        assert (await _frame(b, "session.state"))["denoise"] is True
+        assert (await expect_matching(b, "session.state"))["denoise"] is True
         assert room.stage is not None and room.stage.has_processor
         assert await _level(sink, 2.0) > 0.005
         await a.send_json_to({"type": "broadcast.control", "denoise": "yes"})
-        assert (await _frame(a, "error"))["ref"] == "broadcast.control"
+        assert (await expect_matching(a, "error"))["ref"] == "broadcast.control"
         await b.send_json_to({"type": "broadcast.control", "muted": True})  # not live
-        assert (await _frame(b, "error"))["code"] == "not_live"
+        assert (await expect_matching(b, "error"))["code"] == "not_live"
 
         await a.send_json_to({"type": "broadcast.stop"})
-        ended = await _frame(a, "broadcast.ended")
+        ended = await expect_matching(a, "broadcast.ended")
         await sink.stop()
     finally:
         if player.audio is not None:

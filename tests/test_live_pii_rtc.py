@@ -24,24 +24,20 @@ from streams.audio import load_audio, write_wav
 from streams.media.pii_analysis import PiiAnalyser
 from streams.models import Recording, RedactionEvent
 from tests.factories import befriend, make_user
-from tests.rtc_helpers import AudioSink, accept_answer, client_peer, close_all, connected, offer_sdp
+from tests.rtc_helpers import (
+    AudioSink,
+    accept_answer,
+    client_peer,
+    close_all,
+    connected,
+    expect_matching,
+    offer_sdp,
+)
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 WAIT_S = 30.0
 DIGIT_WORDS = {"zero", "oh", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"}
-
-
-async def _frame(comm, kind: str, match=lambda f: True, timeout: float = WAIT_S) -> dict[str, Any]:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        remaining = deadline - loop.time()
-        assert remaining > 0, f"no {kind!r} frame"
-        frame = await comm.receive_json_from(timeout=remaining)
-        if frame["type"] == kind and match(frame):
-            return frame
-        assert frame["type"] != "error" or kind == "error", frame
 
 
 async def _broadcast(a, b, wav: Path, *, bleep: str, delay_s: float, pcs: list[Any]):
@@ -60,7 +56,7 @@ async def _broadcast(a, b, wav: Path, *, bleep: str, delay_s: float, pcs: list[A
             "delay_s": delay_s,
         }
     )
-    answer = await _frame(a, "broadcast.answer", timeout=60)
+    answer = await expect_matching(a, "broadcast.answer", timeout=60)
     await accept_answer(pc, answer["sdp"])
     session_id = answer["session_id"]
     listener = client_peer()
@@ -76,7 +72,7 @@ async def _broadcast(a, b, wav: Path, *, bleep: str, delay_s: float, pcs: list[A
     await b.send_json_to(
         {"type": "listen.start", "session_id": session_id, "sdp": await offer_sdp(listener)}
     )
-    await accept_answer(listener, (await _frame(b, "listen.answer"))["sdp"])
+    await accept_answer(listener, (await expect_matching(b, "listen.answer"))["sdp"])
     return session_id, AudioSink(await asyncio.wait_for(got, WAIT_S)), player
 
 
@@ -115,7 +111,9 @@ async def test_a_stalled_analysis_mutes_the_live_audio(monkeypatch, noisy_jfk_wa
     player = None
     try:
         _, sink, player = await _broadcast(a, b, noisy_jfk_wav, bleep="tone", delay_s=2.0, pcs=pcs)
-        stats = await _frame(a, "session.stats", lambda f: f.get("pii", {}).get("muted_s", 0) > 2.0)
+        stats = await expect_matching(
+            a, "session.stats", lambda f: f.get("pii", {}).get("muted_s", 0) > 2.0, timeout=WAIT_S
+        )
         assert stats["pii"]["redacted_s"] == 0
         heard = sink.samples
         assert len(heard) > 48_000 and not heard.any(), "raw audio reached the listener"
@@ -157,7 +155,7 @@ async def test_a_phone_number_said_live_is_bleeped_captioned_masked_and_audited(
             if frame["type"] == "session.caption":
                 captions.append(frame["text"])
         await a.send_json_to({"type": "broadcast.stop"})
-        ended = await _frame(a, "broadcast.ended")
+        ended = await expect_matching(a, "broadcast.ended", timeout=WAIT_S)
         await sink.stop()
     finally:
         if player is not None and player.audio is not None:
