@@ -332,6 +332,11 @@ HEARTH = {
     # recordings are repaired by the next housekeeping pass of any process.
     "WORKER_HEARTBEAT_S": 2.0,
     "WORKER_STALE_S": float(os.environ.get("WORKER_STALE_S", 10.0)),
+    # A broadcasting page whose WebSocket drops (network blip, its server restarting)
+    # keeps its broadcast this many seconds while the media still flows; the page
+    # re-attaches (broadcast.resume) when its socket returns, else the broadcast ends
+    # ("disconnected"). 0 ends it at once.
+    "BROADCAST_GRACE_S": float(os.environ.get("BROADCAST_GRACE_S", 20.0)),
     # Seconds a page waits for a worker to answer (or refuse) a go-live or a stop.
     "BROADCAST_REPLY_TIMEOUT_S": float(os.environ.get("BROADCAST_REPLY_TIMEOUT_S", 15.0)),
     # Listens of one user still connecting (answered, not connected) per process;
