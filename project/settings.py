@@ -249,11 +249,15 @@ SESSION_COOKIE_HTTPONLY = True
 # fetches run under this policy). img-src allows data: for the empty favicon link
 # (``href="data:,"``); media-src is 'self' for the recordings' <audio src>; live audio
 # arrives through ``srcObject`` (a MediaStream), which media-src does not govern.
+# Turbo (static/vendor/turbo, nav.js) adds one fixed <style> for its progress bar to
+# every page when it starts; its hash is allowed, nothing else inline (a new Turbo
+# version changes the hash: the browser test fails on the CSP violation).
+TURBO_PROGRESS_STYLE_HASH = "'sha256-WAyOw4V+FqDc35lQPyRADLBWbuNK8ahvYEaQIYF1+Ps='"
 CONTENT_SECURITY_POLICY = {
     "DIRECTIVES": {
         "default-src": ["'self'"],
         "script-src": ["'self'"],
-        "style-src": ["'self'"],
+        "style-src": ["'self'", TURBO_PROGRESS_STYLE_HASH],
         "img-src": ["'self'", "data:"],
         "media-src": ["'self'"],
         "connect-src": ["'self'"],

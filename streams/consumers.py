@@ -9,7 +9,8 @@ client → server: ``ping``; ``broadcast.start {sdp, denoise, title?}``;
 ``broadcast.resume {session_id}`` (a reconnected page takes its live broadcast back);
 ``listen.start {session_id, sdp}``; ``listen.stop {session_id}``.
 
-server → client: ``hello {user, server}`` (``server``: this process's instance id),
+server → client: ``hello {user, server, live}`` (``server``: this process's instance
+id; ``live``: the user's own live session, or null),
 ``pong``, ``broadcast.answer``, ``broadcast.ended``, ``broadcast.resumed``,
 ``broadcast.moved`` (another page of the user took the broadcast over),
 ``listen.answer``, and events ``presence``, ``live``, ``friends.changed``,
@@ -191,11 +192,14 @@ class HearthConsumer(ConsumerMetricsMixin, AsyncWebsocketConsumer):
         await self.accept()
         await self._join(user_group(user.id))
         await database_sync_to_async(presence_connect)(user=user, channel_name=self.channel_name)
+        own = await database_sync_to_async(selectors.live_session_active_for)(user=user)
         await self._send(
             {
                 "type": "hello",
                 "user": {"id": user.id, "username": user.username},
                 "server": SERVER_INSTANCE,
+                # The user's own live broadcast (any tab's): pages show it in the live bar.
+                "live": {"id": own.id, "started_at": own.started_at.isoformat()} if own else None,
             }
         )
 
