@@ -249,11 +249,15 @@ SESSION_COOKIE_HTTPONLY = True
 # fetches run under this policy). img-src allows data: for the empty favicon link
 # (``href="data:,"``); media-src is 'self' for the recordings' <audio src>; live audio
 # arrives through ``srcObject`` (a MediaStream), which media-src does not govern.
+# Turbo (static/vendor/turbo, nav.js) adds one fixed <style> for its progress bar to
+# every page when it starts; its hash is allowed, nothing else inline (a new Turbo
+# version changes the hash: the browser test fails on the CSP violation).
+TURBO_PROGRESS_STYLE_HASH = "'sha256-WAyOw4V+FqDc35lQPyRADLBWbuNK8ahvYEaQIYF1+Ps='"
 CONTENT_SECURITY_POLICY = {
     "DIRECTIVES": {
         "default-src": ["'self'"],
         "script-src": ["'self'"],
-        "style-src": ["'self'"],
+        "style-src": ["'self'", TURBO_PROGRESS_STYLE_HASH],
         "img-src": ["'self'", "data:"],
         "media-src": ["'self'"],
         "connect-src": ["'self'"],
@@ -332,6 +336,11 @@ HEARTH = {
     # recordings are repaired by the next housekeeping pass of any process.
     "WORKER_HEARTBEAT_S": 2.0,
     "WORKER_STALE_S": float(os.environ.get("WORKER_STALE_S", 10.0)),
+    # A broadcasting page whose WebSocket drops (network blip, its server restarting)
+    # keeps its broadcast this many seconds while the media still flows; the page
+    # re-attaches (broadcast.resume) when its socket returns, else the broadcast ends
+    # ("disconnected"). 0 ends it at once.
+    "BROADCAST_GRACE_S": float(os.environ.get("BROADCAST_GRACE_S", 20.0)),
     # Seconds a page waits for a worker to answer (or refuse) a go-live or a stop.
     "BROADCAST_REPLY_TIMEOUT_S": float(os.environ.get("BROADCAST_REPLY_TIMEOUT_S", 15.0)),
     # Listens of one user still connecting (answered, not connected) per process;

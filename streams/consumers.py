@@ -6,9 +6,13 @@ Protocol (JSON text frames; every reply to a bad frame is
 
 client → server: ``ping``; ``broadcast.start {sdp, denoise, title?, bleep?, delay_s?}``;
 ``broadcast.control {muted?, denoise?}``; ``broadcast.stop``;
+``broadcast.resume {session_id}`` (a reconnected page takes its live broadcast back);
 ``listen.start {session_id, sdp}``; ``listen.stop {session_id}``.
 
-server → client: ``hello``, ``pong``, ``broadcast.answer``, ``broadcast.ended``,
+server → client: ``hello {user, server, live}`` (``server``: this process's instance
+id; ``live``: the user's own live session, or null),
+``pong``, ``broadcast.answer``, ``broadcast.ended``, ``broadcast.resumed``,
+``broadcast.moved`` (another page of the user took the broadcast over),
 ``listen.answer``, and events ``presence``, ``live``, ``friends.changed``,
 ``session.stats``, ``session.state`` (muted, denoise), ``session.caption`` (masked
 live captions), ``session.listeners`` (names,
@@ -43,6 +47,10 @@ from users.ratelimit import RATE_LIMITED_MESSAGE, user_limited
 from users.services import presence_connect, presence_disconnect, presence_touch
 
 logger = logging.getLogger("hearth.ws")
+
+SERVER_INSTANCE = secrets.token_hex(8)
+"""This process's id, sent in ``hello``: a page that sees it change knows its server
+restarted (its broadcast ended as ``server_shutdown``)."""
 
 Handler = Callable[[dict[str, Any]], Awaitable[None]]
 
@@ -182,6 +190,7 @@ class HearthConsumer(ConsumerMetricsMixin, AsyncWebsocketConsumer):
     going_live: _GoLive | None = None
     listening: dict[int, str]
     cleaned_up: bool = False
+    logged_out: bool = False  # closed by logout: a live broadcast ends at once (no grace)
     # session id → the task that gives up on the owner's reply (see on_listen_start)
     listen_replies: dict[int, asyncio.Task[None]]
 
@@ -211,10 +220,20 @@ class HearthConsumer(ConsumerMetricsMixin, AsyncWebsocketConsumer):
         await self.accept()
         await self._join(user_group(user.id))
         await database_sync_to_async(presence_connect)(user=user, channel_name=self.channel_name)
-        await self._send({"type": "hello", "user": {"id": user.id, "username": user.username}})
+        own = await database_sync_to_async(selectors.live_session_active_for)(user=user)
+        await self._send(
+            {
+                "type": "hello",
+                "user": {"id": user.id, "username": user.username},
+                "server": SERVER_INSTANCE,
+                # The user's own live broadcast (any tab's): pages show it in the live bar.
+                "live": {"id": own.id, "started_at": own.started_at.isoformat()} if own else None,
+            }
+        )
 
     async def disconnect(self, code: int) -> None:
-        """Stop this page's broadcast, leave listened sessions, update presence."""
+        """Detach this page from its broadcast (the worker keeps it ``BROADCAST_GRACE_S``
+        for the page to come back), leave listened sessions, update presence."""
         await self._cleanup()
 
     async def _cleanup(self) -> None:
@@ -230,11 +249,21 @@ class HearthConsumer(ConsumerMetricsMixin, AsyncWebsocketConsumer):
         steps: list[Callable[[], Awaitable[object]]] = []
         if self.broadcasting is not None:
             session_id, self.broadcasting = self.broadcasting, None
-            steps.append(
-                functools.partial(
+            if self.logged_out:
+                step = functools.partial(
                     self._broadcast_stop_send, session_id, self.broadcast_owner, "disconnected"
                 )
-            )
+            else:  # a dropped socket: the worker keeps the broadcast for a grace period
+                step = functools.partial(
+                    self.channel_layer.send,
+                    self.broadcast_owner,
+                    {
+                        "type": "rtc.broadcast.detach",
+                        "session_id": session_id,
+                        "reply_channel": self.channel_name,
+                    },
+                )
+            steps.append(step)
         for session_id, owner_channel in list(self.listening.items()):
             steps.append(functools.partial(self._listen_leave, session_id, owner_channel))
         for group in list(self.groups_joined):
@@ -310,6 +339,7 @@ class HearthConsumer(ConsumerMetricsMixin, AsyncWebsocketConsumer):
             "broadcast.start": self.on_broadcast_start,
             "broadcast.stop": self.on_broadcast_stop,
             "broadcast.control": self.on_broadcast_control,
+            "broadcast.resume": self.on_broadcast_resume,
             "listen.start": self.on_listen_start,
             "listen.stop": self.on_listen_stop,
         }
@@ -445,6 +475,83 @@ class HearthConsumer(ConsumerMetricsMixin, AsyncWebsocketConsumer):
             await self._error(
                 "Something went wrong on the server.", code="internal", ref="broadcast.start"
             )
+
+    async def on_broadcast_resume(self, content: dict[str, Any]) -> None:
+        """A page of the broadcaster (its socket back after a drop, or another tab)
+        takes the user's own live broadcast ``session_id`` back.
+
+        The worker holding it makes this page its owner (``rtc.broadcast.attach``) and
+        answers ``rtc.broadcast.attached`` → ``broadcast.resumed``. A session that has
+        ended gets an error: ``server_restarted`` when it ended with its server,
+        ``not_live`` otherwise.
+        """
+        session_id = _session_id(content)
+        if self.broadcasting == session_id:
+            await self._send({"type": "broadcast.resumed", "session_id": session_id})
+            return
+        if self.broadcasting is not None or self.going_live is not None:
+            raise ProtocolError("This page is already live.", code="already_live")
+        session = await database_sync_to_async(selectors.live_session_own_get)(
+            user=self.user, session_id=session_id
+        )
+        if session is None:
+            raise ProtocolError("That is not your broadcast.", code="not_allowed")
+        if session.ended_at is not None or not session.owner_channel:
+            raise self._ended_error(session.end_reason)
+        await self._join(services.session_group(session_id))  # no session.ended missed
+        await self.channel_layer.send(
+            session.owner_channel,
+            {
+                "type": "rtc.broadcast.attach",
+                "session_id": session_id,
+                "user_id": self.user.id,
+                "reply_channel": self.channel_name,
+            },
+        )
+
+    @staticmethod
+    def _ended_error(reason: str) -> ProtocolError:
+        if reason == "server_shutdown":
+            return ProtocolError(
+                "The server restarted, so the broadcast ended.", code="server_restarted"
+            )
+        return ProtocolError("This broadcast has ended.", code="not_live")
+
+    async def rtc_broadcast_attached(self, event: dict[str, Any]) -> None:
+        """The worker made this page the owner of the broadcast: it is live again here."""
+        session_id = int(event["session_id"])
+        if self.broadcasting is not None and self.broadcasting != session_id:
+            return  # went live anew meanwhile (cannot happen while that one is live)
+        self.broadcasting, self.broadcast_owner = session_id, str(event["worker_channel"])
+        await self._send(
+            {
+                "type": "broadcast.resumed",
+                "session_id": session_id,
+                **{k: event[k] for k in ("listeners", "muted", "denoise") if k in event},
+            }
+        )
+
+    async def rtc_broadcast_attach_error(self, event: dict[str, Any]) -> None:
+        """The worker no longer holds the broadcast: tell the page why it ended."""
+        session_id = int(event["session_id"])
+        if self.broadcasting != session_id:
+            await self._session_forget(session_id)
+        session = await database_sync_to_async(selectors.live_session_own_get)(
+            user=self.user, session_id=session_id
+        )
+        error = self._ended_error(session.end_reason if session is not None else "")
+        await self._error(str(error), code=error.code, ref="broadcast.resume")
+
+    async def rtc_broadcast_detached(self, event: dict[str, Any]) -> None:
+        """Another page of the user took our broadcast over: this page is no longer live."""
+        session_id = int(event["session_id"])
+        if self.broadcasting != session_id:
+            return
+        self.broadcasting = None
+        group = services.session_group(session_id)
+        if group in self.groups_joined:
+            await self._leave(group)
+        await self._send({"type": "broadcast.moved", "session_id": session_id})
 
     async def on_broadcast_control(self, content: dict[str, Any]) -> None:
         """Switch this page's live broadcast: ``muted`` and/or ``denoise`` (booleans).
@@ -616,6 +723,7 @@ class HearthConsumer(ConsumerMetricsMixin, AsyncWebsocketConsumer):
         """The session this socket was opened with logged out: close (4401)."""
         session = self.scope.get("session")
         if session is not None and event.get("session_key") == session.session_key:
+            self.logged_out = True
             await self.close(code=4401)
 
     async def rtc_listen_answer(self, event: dict[str, Any]) -> None:

@@ -209,6 +209,7 @@ class BroadcastRoom:
         self._connect_task: asyncio.Task[None] | None = None
         self._limits_task: asyncio.Task[None] | None = None
         self._published_listeners = 0  # the count last stored and sent
+        self._grace_task: asyncio.Task[None] | None = None  # see detach()
         self.closing = False
         self._open_done = asyncio.Event()  # cleared while open() runs
         self._open_done.set()
@@ -735,6 +736,49 @@ class BroadcastRoom:
             except Exception:
                 logger.exception("could not publish stats of session %s", self.session_id)
 
+    # -- the broadcaster's page: detached for a grace period, re-attached -----------
+    def detach(self, page: str | None) -> bool:
+        """The broadcaster's page ``page`` is gone (socket closed, presence row gone):
+        keep the broadcast ``BROADCAST_GRACE_S`` while its media flows, for the page
+        to re-attach (:meth:`attach`); end it (``disconnected``) if none does.
+
+        Does nothing (False) unless ``page`` is the room's current page: a page that
+        another one replaced no longer speaks for the broadcast.
+        """
+        if self.closing or page is None or self.owner_page != page:
+            return False
+        self.owner_page = None
+        grace = settings.HEARTH["BROADCAST_GRACE_S"]
+        if grace <= 0:
+            self.server.broadcast_stop_soon(self.session_id, reason="disconnected")
+            return True
+        logger.info(
+            "session %s: the broadcaster's page is gone; %.1f s grace", self.session_id, grace
+        )
+        if self._grace_task is not None:
+            self._grace_task.cancel()
+        self._grace_task = asyncio.ensure_future(self._grace_end(grace))
+        return True
+
+    async def _grace_end(self, grace: float) -> None:
+        await asyncio.sleep(grace)
+        if self.owner_page is None and not self.closing:
+            logger.info("session %s: no page re-attached within %.1f s", self.session_id, grace)
+            self.server.broadcast_stop_soon(self.session_id, reason="disconnected")
+
+    def attach(self, page: str) -> str | None:
+        """Make ``page`` the broadcaster's page (a reconnected socket, or another tab of
+        the broadcaster); returns the page it replaces, if any. Ends any grace period.
+        """
+        previous = self.owner_page
+        self.owner_page = page
+        if self._grace_task is not None:
+            self._grace_task.cancel()
+            self._grace_task = None
+        self._published_names = (-1,)  # the new page gets who is listening
+        self.server.spawn(self.publish_stats())
+        return previous if previous != page else None
+
     async def close(self) -> RecordingInfo | None:
         """Close every peer connection, let the graph flush and drain, finalise the WAV.
 
@@ -749,6 +793,8 @@ class BroadcastRoom:
                 await self.remove_listener(key=key)
         if self._stats_task is not None:
             self._stats_task.cancel()
+        if self._grace_task is not None and self._grace_task is not asyncio.current_task():
+            self._grace_task.cancel()
         if self._connect_task is not None:
             self._connect_task.cancel()
         if self._limits_task is not None and self._limits_task is not asyncio.current_task():
@@ -1165,8 +1211,58 @@ class MediaServer:
             )
         elif kind == "rtc.listen.stop" and room is not None:
             await room.remove_listener(key=reply_channel)
+        elif kind in ("rtc.broadcast.detach", "rtc.broadcast.attach"):
+            await self._page_message(kind, message, room, reply_channel)
         else:
             logger.warning("media server ignored message of type %r", kind)
+
+    async def _page_message(
+        self,
+        kind: str,
+        message: dict[str, Any],
+        room: BroadcastRoom | None,
+        reply_channel: str,
+    ) -> None:
+        """``rtc.broadcast.detach``: the broadcasting page's socket closed (grace starts).
+        ``rtc.broadcast.attach``: a page of the broadcaster takes the broadcast over
+        (its consumer checked the session is the user's own); answered
+        ``rtc.broadcast.attached`` or ``rtc.broadcast.attach_error``, and the page it
+        replaces, if any, is told ``rtc.broadcast.detached``."""
+        if kind == "rtc.broadcast.detach":
+            if room is not None:
+                room.detach(reply_channel)
+            return
+        session_id = int(message.get("session_id") or 0)
+        if (
+            room is None
+            or room.closing
+            or room.broadcaster_id != int(message.get("user_id") or 0)
+            or not reply_channel
+        ):
+            await self._reply(
+                reply_channel,
+                {
+                    "type": "rtc.broadcast.attach_error",
+                    "session_id": session_id,
+                    "code": "not_live",
+                    "message": "This broadcast has ended.",
+                },
+            )
+            return
+        previous = room.attach(reply_channel)
+        if previous is not None:
+            await self._reply(
+                previous, {"type": "rtc.broadcast.detached", "session_id": session_id}
+            )
+        await self._reply(
+            reply_channel,
+            {
+                "type": "rtc.broadcast.attached",
+                "session_id": session_id,
+                "worker_channel": self.channel_name,
+                **room.stats(media=False),
+            },
+        )
 
     async def _broadcast_start_message(self, message: dict[str, Any], reply_channel: str) -> None:
         """Open a go-live placed on this worker and answer (or refuse) its page."""
@@ -1318,8 +1414,9 @@ class MediaServer:
         A listener whose user is no longer an active friend of the broadcaster
         (unfriended, account deactivated or deleted) or whose page is gone (closed,
         logged out: its presence row is removed) loses its peer connection here,
-        whatever its own socket does. A broadcast whose page is gone is stopped
-        (``disconnected``). Only rooms and listeners present before the query are judged.
+        whatever its own socket does. A broadcast whose page is gone is detached: it
+        is stopped (``disconnected``) after ``BROADCAST_GRACE_S`` unless a page
+        re-attaches. Only rooms and listeners present before the query are judged.
         """
         rooms = [room for room in self.rooms.values() if not room.closing]
         for room in rooms:
@@ -1331,12 +1428,8 @@ class MediaServer:
                 gone = await database_sync_to_async(selectors.pages_gone)(
                     channel_names=[room.owner_page]
                 )
-                if gone and not room.closing:
-                    logger.warning(
-                        "session %s: the broadcaster's page is gone; stopping", room.session_id
-                    )
-                    self.broadcast_stop_soon(room.session_id, reason="disconnected")
-                    continue
+                if gone and not room.closing and room.detach(room.owner_page):
+                    continue  # ended after BROADCAST_GRACE_S unless a page re-attaches
             for key, user_id in listeners.items():
                 listener = room.listeners.get(key)
                 if key in allowed or listener is None or listener.user_id != user_id:

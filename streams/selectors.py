@@ -32,6 +32,11 @@ def live_session_active_for(*, user: User) -> LiveSession | None:
     return _fresh_live().filter(broadcaster=user).first()
 
 
+def live_session_own_get(*, user: User, session_id: int) -> LiveSession | None:
+    """``user``'s own session ``session_id`` (live or ended), else None."""
+    return LiveSession.objects.filter(id=session_id, broadcaster=user).first()
+
+
 def live_session_visible_get(*, user: User, session_id: int) -> LiveSession | None:
     """The live session ``session_id`` if ``user`` may listen to it, else None.
 

@@ -14,7 +14,7 @@ PASSWORD = "a-long-test-passphrase-42"
 EXPECTED = {
     "default-src": {"'self'"},
     "script-src": {"'self'"},
-    "style-src": {"'self'"},
+    "style-src": {"'self'", "'sha256-WAyOw4V+FqDc35lQPyRADLBWbuNK8ahvYEaQIYF1+Ps='"},
     "connect-src": {"'self'"},
     "media-src": {"'self'"},
     "img-src": {"'self'", "data:"},

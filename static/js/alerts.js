@@ -7,6 +7,7 @@
 // "live" event (someone going live now) alerts: sessions already live at load are
 // counted, not announced. The user's own broadcasts are neither.
 import { api } from "./api.js";
+import { visit } from "./nav.js";
 import { socket } from "./socket.js";
 import { h, listenUrl, readJson } from "./ui.js";
 
@@ -14,7 +15,7 @@ const STORAGE_KEY = "hearth.desktopAlerts"; // "on" once the user opted in
 const MAX_TOASTS = 3;
 
 const me = readJson("current-user", {});
-const shown = readJson("live-session", null); // the listen page's session: no toast for it
+let shown = readJson("live-session", null); // the listen page's session: no toast for it
 const els = {
   toasts: document.getElementById("toasts"),
   badge: document.getElementById("nav-live-count"),
@@ -41,15 +42,41 @@ function renderCount() {
   applyTitle();
 }
 
-/** "(n) " before the page's own title while n friends are live; pages may retitle themselves. */
+let titleStatus = ""; // the live bar's "● Live", shown before the page's title
+const appliedStatuses = new Set(); // every status shown so far, stripped before the next
+
+/**
+ * "(n) " before the page's own title while n friends are live, then the live bar's
+ * status ("(2) ● Live · Home · Hearth"); pages may retitle themselves.
+ */
 function applyTitle() {
-  const base = document.title.replace(/^\(\d+\) /, "");
-  const want = live.size ? `(${live.size}) ${base}` : base;
+  let base = document.title.replace(/^\(\d+\) /, "");
+  for (const prefix of appliedStatuses) if (base.startsWith(prefix)) base = base.slice(prefix.length);
+  const status = titleStatus ? `${titleStatus} · ` : "";
+  if (status) appliedStatuses.add(status);
+  const want = `${live.size ? `(${live.size}) ` : ""}${status}${base}`;
   if (document.title !== want) document.title = want;
 }
 
-const titleEl = document.querySelector("title");
-if (titleEl) new MutationObserver(applyTitle).observe(titleEl, { childList: true, characterData: true, subtree: true });
+/** The live bar's status for the tab title ("" for none). */
+export function setTitleStatus(text) {
+  titleStatus = text;
+  applyTitle();
+}
+
+const titleObserver = new MutationObserver(applyTitle);
+function observeTitle() {
+  titleObserver.disconnect();
+  const titleEl = document.querySelector("title");
+  if (titleEl) titleObserver.observe(titleEl, { childList: true, characterData: true, subtree: true });
+}
+observeTitle();
+// In-app navigation (nav.js) brings a new <title> and maybe a listen page's session.
+document.addEventListener("turbo:load", () => {
+  shown = readJson("live-session", null);
+  observeTitle();
+  applyTitle();
+});
 
 // --- Toasts -----------------------------------------------------------------------
 
@@ -170,7 +197,7 @@ function notifyDesktop(session) {
     notification.close();
     window.focus();
     if (newTab()) window.open(listenUrl(session.id), "_blank", "noopener");
-    else location.assign(listenUrl(session.id));
+    else visit(listenUrl(session.id));
   });
   notifications.set(session.id, notification);
 }

@@ -1,6 +1,9 @@
-// Runs on every signed-in page: opens the shared socket and drives the header's
-// connection indicator; alerts about friends going live; one player at a time.
+// Runs once per document (in-app links keep it, see nav.js): opens the shared socket
+// and drives the header's connection indicator; alerts about friends going live; the
+// live bar; one player at a time.
 import "./alerts.js";
+import "./livebar.js";
+import "./nav.js";
 import "./playback.js";
 import { socket } from "./socket.js";
 

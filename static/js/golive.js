@@ -2,12 +2,16 @@
 // WebRTC (signalled on the page's WebSocket). States: idle, connecting, live, ended,
 // error, and "elsewhere" (this user is live from another tab).
 import { errorMessage } from "./api.js";
+import { setBroadcast } from "./livebar.js";
 import { socket } from "./socket.js";
 import { formatDuration, readJson, secondsSince, setListeners, showMessage } from "./ui.js";
 import { closePeer, createOfferSdp, createPeerConnection } from "./webrtc.js";
 
 const $ = (id) => document.getElementById(id);
-const els = {
+// The go-live page's elements. This module is evaluated once per document and owns the
+// broadcast across in-app navigation (nav.js): bindPage() re-binds a new go-live page.
+const els = {};
+const page = () => ({
   section: $("go-live"),
   status: $("live-status"),
   message: $("live-message"),
@@ -31,7 +35,8 @@ const els = {
   start: $("go-live-start"),
   stop: $("go-live-stop"),
   ended: $("live-ended"),
-};
+});
+Object.assign(els, page());
 
 const me = readJson("current-user", {});
 const STATUS_TEXT = {
@@ -66,10 +71,18 @@ let attempt = 0; // bumps on every start/stop so stale async steps give up
 let limitWarning = ""; // the latest session.warning of this broadcast, kept while live
 let muted = false; // as the server last confirmed (session.state)
 let discardedNote = null; // why the stopping broadcast's recording was not kept
+// Kept for the live bar and for a go-live page bound again after navigation:
+let listenerCount = 0;
+let shown = { message: "", error: "" }; // the status texts last shown
+let liveSince = null; // ISO time the broadcast went live (its elapsed clock)
+let resuming = false; // the socket dropped while live: re-attach when it is back
 
 // --- State and display -----------------------------------------------------------
 
 function setState(next, { message = "", error = "" } = {}) {
+  if (next === "live" && state !== "live") liveSince = new Date().toISOString();
+  if (next !== "live") resuming = false;
+  shown = { message, error };
   state = next;
   els.section.dataset.state = next;
   els.status.dataset.state = next;
@@ -100,15 +113,39 @@ function setState(next, { message = "", error = "" } = {}) {
   els.ended.hidden = next !== "ended";
 
   if (next === "live") {
-    els.elapsed.dataset.elapsedSince = new Date().toISOString();
+    els.elapsed.dataset.elapsedSince = liveSince;
   } else if (next === "elsewhere" && elsewhereSession) {
     els.elapsed.dataset.elapsedSince = elsewhereSession.started_at;
   } else {
     delete els.elapsed.dataset.elapsedSince;
     if (next === "connecting" || next === "idle") els.elapsed.textContent = formatDuration(0);
   }
-  if (next === "connecting" || next === "idle") setListeners(0);
+  if (next === "connecting" || next === "idle") showListeners(0);
   if (next === "elsewhere") els.listeners.textContent = "–"; // counted by the other tab's page
+  publish();
+}
+
+function showListeners(n) {
+  listenerCount = n;
+  if (els.section?.isConnected) setListeners(n);
+  publish();
+}
+
+/** Tell the live bar (every page) how this tab's broadcast is. */
+function publish(extra = {}) {
+  setBroadcast({
+    state,
+    sessionId,
+    listeners: listenerCount,
+    muted,
+    reconnecting: resuming,
+    stop,
+    toggleMute,
+    goLiveAgain: () => {
+      if (!$("go-live")) document.getElementById("livebar-open")?.click();
+    },
+    ...extra,
+  });
 }
 
 function showElsewhere() {
@@ -345,7 +382,7 @@ async function stop() {
 
 socket.on("session.stats", (msg) => {
   if (msg.session_id !== sessionId) return;
-  setListeners(msg.listeners);
+  showListeners(msg.listeners);
   const pii = msg.pii;
   if (pii && state === "live") {
     // Fail closed, in the open: say when audio was muted because it could not be checked.
@@ -362,6 +399,7 @@ function showMuted() {
   els.mute.textContent = muted ? "Unmute" : "Mute";
   els.mute.setAttribute("aria-pressed", String(muted));
   els.status.textContent = state === "live" && muted ? "Live · muted" : STATUS_TEXT[state] ?? state;
+  publish();
 }
 
 function showListenerNames(listeners) {
@@ -376,14 +414,10 @@ function showListenerNames(listeners) {
   els.listenerNamesEmpty.hidden = listeners.length > 0;
 }
 
-els.mute.addEventListener("click", () => {
+function toggleMute() {
   if (state !== "live") return;
   socket.send({ type: "broadcast.control", muted: !muted });
-});
-
-els.denoise.addEventListener("change", () => {
-  if (state === "live") socket.send({ type: "broadcast.control", denoise: els.denoise.checked });
-});
+}
 
 socket.on("session.state", (msg) => {
   if (sessionId === null || msg.session_id !== sessionId) return;
@@ -422,6 +456,7 @@ socket.on("session.ended", (msg) => {
     teardownPeer();
     closeMic();
     setState("ended", { message: END_REASONS[msg.reason] ?? "The broadcast ended." });
+    if (msg.reason === "server_shutdown") publish({ restarted: true });
   } else if (state === "elsewhere" && elsewhereSession?.id === msg.session_id) {
     elsewhereSession = null;
     setState("idle");
@@ -440,17 +475,81 @@ socket.on("live", (msg) => {
   }
 });
 
-// The server ends a page's broadcast when its socket closes.
+// The socket dropped: the server keeps a live broadcast (its media still flows) for a
+// grace period; take it back once the socket returns. A go-live still being answered
+// is lost with the socket.
 socket.onState((connState) => {
-  if (connState === "open" || !(state === "live" || state === "connecting")) return;
+  if (state === "live" && sessionId !== null) {
+    if (connState !== "open") {
+      resuming = true;
+      els.message.textContent = "Reconnecting to the server… (you are still live)";
+      publish();
+    } else if (resuming) {
+      resume();
+    }
+    return;
+  }
+  if (connState === "open" || state !== "connecting") return;
   attempt += 1;
   teardownPeer();
   closeMic();
-  setState("error", { error: "Lost the connection to the server, so the broadcast ended." });
+  setState("error", { error: "Lost the connection to the server, so the broadcast did not start." });
 });
 
-els.start.addEventListener("click", start);
-els.stop.addEventListener("click", stop);
+async function resume() {
+  const mine = attempt;
+  const id = sessionId;
+  try {
+    const reply = await socket.request({ type: "broadcast.resume", session_id: id }, "broadcast.resumed", {
+      match: (msg) => msg.session_id === id,
+    });
+    if (mine !== attempt || !resuming) return;
+    resuming = false;
+    if (typeof reply.listeners === "number") showListeners(reply.listeners);
+    if (typeof reply.muted === "boolean") muted = reply.muted;
+    els.message.textContent = limitWarning;
+    showMuted();
+  } catch (error) {
+    if (mine !== attempt || !resuming) return;
+    if (["timeout", "disconnected", "offline"].includes(error?.code)) return; // next "open" retries
+    attempt += 1;
+    teardownPeer();
+    closeMic();
+    if (error?.code === "server_restarted") {
+      setState("ended", { message: END_REASONS.server_shutdown });
+      publish({ restarted: true });
+    } else {
+      setState("ended", { message: END_REASONS.disconnected });
+    }
+  }
+}
+
+// Another tab of ours took the broadcast over (broadcast.resume there).
+socket.on("broadcast.moved", (msg) => {
+  if (msg.session_id !== sessionId) return;
+  attempt += 1;
+  teardownPeer();
+  closeMic();
+  setState("idle");
+});
+
+/** Bind the go-live page's elements (the first page, or one navigated to) and show
+ * the broadcast's current state on them. */
+function bindPage() {
+  Object.assign(els, page());
+  els.start.addEventListener("click", start);
+  els.stop.addEventListener("click", stop);
+  els.mute.addEventListener("click", toggleMute);
+  els.denoise.addEventListener("change", () => {
+    if (state === "live") socket.send({ type: "broadcast.control", denoise: els.denoise.checked });
+  });
+  bindMic();
+  if (!navigator.mediaDevices?.getUserMedia) {
+    els.micHelp.textContent = "Microphone access needs a secure (HTTPS) connection and a modern browser.";
+  }
+}
+
+function bindMic() {
 els.micEnable.addEventListener("click", async () => {
   els.micEnable.disabled = true;
   try {
@@ -471,14 +570,37 @@ els.mic.addEventListener("change", async () => {
     showMessage(els.error, micErrorMessage(error));
   }
 });
+}
+
+// In-app navigation brought a go-live page again: bind it, show where things are.
+document.addEventListener("turbo:load", () => {
+  const section = $("go-live");
+  if (!section || section === els.section) return;
+  const title = els.title?.value ?? "";
+  const denoise = els.denoise?.checked ?? true;
+  bindPage();
+  if (state !== "idle") {
+    els.title.value = title;
+    els.denoise.checked = denoise;
+  }
+  elsewhereSession = state === "idle" ? readJson("active-session") : elsewhereSession;
+  setState(state, shown);
+  if (state === "live") showMuted();
+  if (state === "live" || state === "elsewhere") showListeners(listenerCount);
+  if (stream) {
+    startMeter(stream);
+    els.micEnable.hidden = true;
+  }
+  if (state === "idle" && elsewhereSession) showElsewhere();
+  refreshDevices();
+});
+
 navigator.mediaDevices?.addEventListener?.("devicechange", refreshDevices);
 window.addEventListener("pagehide", () => {
   if (signalled) socket.send({ type: "broadcast.stop" });
 });
 
-if (!navigator.mediaDevices?.getUserMedia) {
-  els.micHelp.textContent = "Microphone access needs a secure (HTTPS) connection and a modern browser.";
-}
+bindPage();
 setState("idle");
 if (elsewhereSession) showElsewhere();
 refreshDevices();

@@ -1,8 +1,10 @@
 // Dashboard: friends who are live, friends with presence, friend search and requests.
 // Loads from the API, then stays current from WebSocket events without reloading.
 import { api, errorMessage } from "./api.js";
-import { socket } from "./socket.js";
+import { pageSocket } from "./nav.js";
 import { formatDuration, h, listenUrl, plural, readJson, refreshElapsed, secondsSince, showMessage } from "./ui.js";
+
+const socket = pageSocket(); // its subscriptions end when the page is left (nav.js)
 
 const $ = (id) => document.getElementById(id);
 const els = {

@@ -7,9 +7,11 @@
 // click, "Click to play" is the one thing left to press.
 import { api, errorMessage } from "./api.js";
 import { onPreempt } from "./playback.js";
-import { socket } from "./socket.js";
+import { pageSignal, pageSocket } from "./nav.js";
 import { readJson, setListeners, showMessage } from "./ui.js";
 import { closePeer, createOfferSdp, createPeerConnection } from "./webrtc.js";
+
+const socket = pageSocket(); // its subscriptions end when the page is left (nav.js)
 
 const $ = (id) => document.getElementById(id);
 const els = {
@@ -292,6 +294,11 @@ onPreempt(els.audio, () => {
 });
 window.addEventListener("pagehide", () => {
   if (pc) socket.send({ type: "listen.stop", session_id: session.id });
+});
+// Another page of the app replaces this one (nav.js): its player goes with it.
+pageSignal().addEventListener("abort", () => {
+  if (pc) socket.send({ type: "listen.stop", session_id: session.id });
+  teardown();
 });
 
 setState("idle");

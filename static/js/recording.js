@@ -2,9 +2,11 @@
 // play/pause, download, and rename/delete for the owner. Refreshes itself on
 // "recordings.changed" (a rename elsewhere, or the file compressed after the end).
 import { api, errorMessage } from "./api.js";
-import { socket } from "./socket.js";
+import { pageSocket } from "./nav.js";
 import { formatDuration, h, readJson, showMessage } from "./ui.js";
 import { Waveform } from "./waveform.js";
+
+const socket = pageSocket(); // its subscriptions end when the page is left (nav.js)
 
 const $ = (id) => document.getElementById(id);
 const els = {

@@ -5,8 +5,10 @@
 // or stops ("live"), without interrupting a playing item. Times are the server's
 // labels (one format everywhere, see streams/when.py).
 import { api, errorMessage } from "./api.js";
-import { socket } from "./socket.js";
+import { pageSocket } from "./nav.js";
 import { formatDuration, h, readJson, showMessage } from "./ui.js";
+
+const socket = pageSocket(); // its subscriptions end when the page is left (nav.js)
 
 const $ = (id) => document.getElementById(id);
 const els = {
