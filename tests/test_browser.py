@@ -816,9 +816,7 @@ def test_a_broadcast_too_short_to_keep_says_so(server, noisy_jfk_wav: Path) -> N
         _sign_up(page, base, "alice")
         page.goto(f"{base}/live/")
         page.click("#go-live-start")
-        expect(page.locator("#live-status")).to_have_attribute(
-            "data-state", "live", timeout=20_000
-        )
+        expect(page.locator("#live-status")).to_have_attribute("data-state", "live", timeout=20_000)
         page.click("#go-live-stop")
         expect(page.locator("#live-status")).to_have_attribute(
             "data-state", "ended", timeout=20_000
