@@ -31,13 +31,11 @@ from users.ratelimit import request_limited
 from users.selectors import block_list, friend_list
 
 
-def _page(
-    request: HttpRequest, template: str, *, status: int = 200, **context: Any
-) -> HttpResponse:
+def _page(request: HttpRequest, template: str, **context: Any) -> HttpResponse:
     """Render ``template`` with what every signed-in page's scripts need."""
     context.setdefault("ice_servers", settings.ICE_SERVERS)
     context["hearth_user"] = {"id": request.user.pk, "username": request.user.get_username()}
-    return render(request, template, context, status=status)
+    return render(request, template, context)
 
 
 @require_safe
@@ -151,28 +149,21 @@ def account(request: HttpRequest) -> HttpResponse:
     user = request.user
     initial = {"display_name": user.display_name, "email": user.email}
     form = ProfileForm(request.POST or None, initial=initial)
-    status = 200
-    if request.method == "POST":
-        if form.is_valid():
-            try:
-                user_services.user_profile_update(
-                    user=user,
-                    display_name=form.cleaned_data["display_name"],
-                    email=form.cleaned_data["email"],
-                )
-            except user_services.AccountError as exc:
-                form.add_error("display_name", str(exc))
-            else:
-                messages.success(request, "Profile saved.")
-                return redirect("account")
-        status = 400
-    return _page(
-        request,
-        "frontend/account.html",
-        form=form,
-        blocks=block_list(user=user),
-        status=status,
-    )
+    if request.method == "POST" and form.is_valid():
+        try:
+            user_services.user_profile_update(
+                user=user,
+                display_name=form.cleaned_data["display_name"],
+                email=form.cleaned_data["email"],
+            )
+        except user_services.AccountError as exc:
+            form.add_error("display_name", str(exc))
+        else:
+            messages.success(request, "Profile saved.")
+            return redirect("account")
+    # An invalid form comes back with 200, as Django's own form views do (browsers
+    # log a 4xx page load as a console error).
+    return _page(request, "frontend/account.html", form=form, blocks=block_list(user=user))
 
 
 @login_required
