@@ -6,11 +6,15 @@ from __future__ import annotations
 from typing import Any
 
 from django.conf import settings
+from django.contrib import messages
 from django.contrib.auth import login
+from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
-from django.views.decorators.http import require_http_methods, require_safe
+from django.template.response import TemplateResponse
+from django.urls import reverse_lazy
+from django.views.decorators.http import require_http_methods, require_POST, require_safe
 
 from streams.selectors import (
     live_session_active_for,
@@ -21,9 +25,10 @@ from streams.selectors import (
 )
 from streams.views import live_session_json, recording_json
 from streams.when import when_label
-from users.forms import SignupForm
+from users import services as user_services
+from users.forms import ProfileForm, SignupForm
 from users.ratelimit import request_limited
-from users.selectors import friend_list
+from users.selectors import block_list, friend_list
 
 
 def _page(request: HttpRequest, template: str, **context: Any) -> HttpResponse:
@@ -135,3 +140,64 @@ def recording_page(request: HttpRequest, recording_id: int) -> HttpResponse:
         recording=recording,
         recording_json=recording_json(recording, viewer_id=request.user.id, peaks=True),
     )
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def account(request: HttpRequest) -> HttpResponse:
+    """Account settings: profile (display name, e-mail), password, blocked people."""
+    user = request.user
+    initial = {"display_name": user.display_name, "email": user.email}
+    form = ProfileForm(request.POST or None, initial=initial)
+    if request.method == "POST" and form.is_valid():
+        try:
+            user_services.user_profile_update(
+                user=user,
+                display_name=form.cleaned_data["display_name"],
+                email=form.cleaned_data["email"],
+            )
+        except user_services.AccountError as exc:
+            form.add_error("display_name", str(exc))
+        else:
+            messages.success(request, "Profile saved.")
+            return redirect("account")
+    # An invalid form comes back with 200, as Django's own form views do (browsers
+    # log a 4xx page load as a console error).
+    return _page(request, "frontend/account.html", form=form, blocks=block_list(user=user))
+
+
+@login_required
+@require_POST
+def account_unblock(request: HttpRequest, user_id: int) -> HttpResponse:
+    """Lift the user's block of ``user_id`` (a form on the account page)."""
+    try:
+        user_services.block_delete(user=request.user, blocked_id=user_id)
+    except user_services.AccountError as exc:
+        raise Http404(str(exc)) from exc
+    messages.success(request, "Unblocked.")
+    return redirect("account")
+
+
+class PasswordResetView(auth_views.PasswordResetView):
+    """Django's "forgot your password" form, in Hearth's templates, limited per IP.
+
+    Past ``HEARTH["PASSWORD_RESET_RATE"]`` POSTs from one address the form comes back
+    with HTTP 429 and no e-mail is sent (whether or not the address is known, the
+    answer is the same "check your inbox" page otherwise, as in Django).
+    """
+
+    template_name = "frontend/password_reset.html"
+    email_template_name = "frontend/email/password_reset.txt"
+    subject_template_name = "frontend/email/password_reset_subject.txt"
+    success_url = reverse_lazy("password_reset_done")
+
+    def post(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        """Refuse over the limit, else send the e-mail as Django does."""
+        if request_limited(
+            request, group="password_reset", key="ip", rate_setting="PASSWORD_RESET_RATE"
+        ):
+            context = self.get_context_data(
+                refusal="Too many reset requests from this address. Try again later."
+            )
+            return TemplateResponse(request, self.template_name, context, status=429)
+        return super().post(request, *args, **kwargs)

@@ -198,6 +198,25 @@ LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "home"
 LOGOUT_REDIRECT_URL = "login"
 
+# E-mail (password resets only): printed on the console unless EMAIL_HOST names an
+# SMTP server; EMAIL_PORT, EMAIL_HOST_USER, EMAIL_HOST_PASSWORD, EMAIL_USE_TLS (1,
+# STARTTLS) or EMAIL_USE_SSL (1, implicit TLS) and DEFAULT_FROM_EMAIL go with it.
+EMAIL_HOST = os.environ.get("EMAIL_HOST", "")
+if EMAIL_HOST:
+    EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
+    EMAIL_PORT = int(os.environ.get("EMAIL_PORT", "587"))
+    EMAIL_HOST_USER = os.environ.get("EMAIL_HOST_USER", "")
+    EMAIL_HOST_PASSWORD = os.environ.get("EMAIL_HOST_PASSWORD", "")
+    EMAIL_USE_TLS = os.environ.get("EMAIL_USE_TLS", "1") == "1"
+    EMAIL_USE_SSL = os.environ.get("EMAIL_USE_SSL", "0") == "1"
+    if EMAIL_USE_SSL:
+        EMAIL_USE_TLS = False  # Django refuses both at once
+    EMAIL_TIMEOUT = 10
+else:
+    EMAIL_BACKEND = "django.core.mail.backends.console.EmailBackend"
+DEFAULT_FROM_EMAIL = os.environ.get("DEFAULT_FROM_EMAIL", "Hearth <hearth@localhost>")
+PASSWORD_RESET_TIMEOUT = 60 * 60 * 24  # a reset link works for a day
+
 LANGUAGE_CODE = "en-gb"
 # The site's time zone: every date and time Hearth shows (and default recording
 # titles) are in it, formatted by ``streams.when.when_label``.
@@ -357,6 +376,9 @@ HEARTH = {
     "SIGNUP_RATE": "10/h",
     # Friend requests one user may send; more get HTTP 429 JSON.
     "FRIEND_REQUEST_RATE": "30/h",
+    # Password-reset requests (POSTs of the "forgot your password" form) from one IP
+    # address; more get the form back with HTTP 429 and no e-mail is sent.
+    "PASSWORD_RESET_RATE": "5/h",
     # Go-live (broadcast.start) and listen (listen.start) attempts per user over the
     # WebSocket, all processes together; more get the error frame "rate_limited".
     "BROADCAST_START_RATE": "10/m",

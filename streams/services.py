@@ -107,6 +107,7 @@ def _notify_live(session: LiveSession, *, live: bool) -> None:
         data={
             "user_id": session.broadcaster_id,
             "username": session.broadcaster.username,
+            "display_name": session.broadcaster.display_name,
             "live": live,
             "session_id": session.id,
             "started_at": session.started_at.isoformat(),

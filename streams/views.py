@@ -36,7 +36,11 @@ def live_session_json(session: LiveSession, *, listeners: int | None = None) -> 
     """
     return {
         "id": session.id,
-        "broadcaster": {"id": session.broadcaster_id, "username": session.broadcaster.username},
+        "broadcaster": {
+            "id": session.broadcaster_id,
+            "username": session.broadcaster.username,
+            "display_name": session.broadcaster.display_name,
+        },
         "started_at": session.started_at.isoformat(),
         "denoise": session.denoise,
         "listeners": listeners,
@@ -65,7 +69,11 @@ def recording_json(
     data: dict[str, object] = {
         "id": recording.id,
         "title": recording.title,
-        "owner": {"id": recording.owner_id, "username": recording.owner.username},
+        "owner": {
+            "id": recording.owner_id,
+            "username": recording.owner.username,
+            "display_name": recording.owner.display_name,
+        },
         "is_owner": recording.owner_id == viewer_id,
         "started_at": recording.started_at.isoformat(),
         "started_label": when_label(recording.started_at),

@@ -195,6 +195,8 @@ def test_friend_list_shape(as_alice, alice, bob, carol):
     befriend(alice, bob)
     befriend(alice, carol)
     befriend(alice, dave)
+    bob.display_name = "Bob B."
+    bob.save()
     PresenceConnection.objects.create(user=bob, channel_name="b", last_seen=timezone.now())
     PresenceConnection.objects.create(
         user=dave, channel_name="d", last_seen=timezone.now() - timedelta(hours=1)
@@ -206,26 +208,27 @@ def test_friend_list_shape(as_alice, alice, bob, carol):
     outgoing = FriendRequest.objects.create(from_user=alice, to_user=frank)
     data = as_alice.get("/api/friends").json()
     assert data["friends"] == [
-        {"id": bob.id, "username": "bob", "online": True, "live": None},
+        {"id": bob.id, "username": "bob", "display_name": "Bob B.", "online": True, "live": None},
         {
             "id": carol.id,
             "username": "carol",
+            "display_name": "",
             "online": False,
             "live": {"session_id": session.id, "started_at": session.started_at.isoformat()},
         },
-        {"id": dave.id, "username": "dave", "online": False, "live": None},
+        {"id": dave.id, "username": "dave", "display_name": "", "online": False, "live": None},
     ]
     assert data["incoming"] == [
         {
             "id": incoming.id,
-            "user": {"id": erin.id, "username": "erin"},
+            "user": {"id": erin.id, "username": "erin", "display_name": ""},
             "created_at": incoming.created_at.isoformat(),
         }
     ]
     assert data["outgoing"] == [
         {
             "id": outgoing.id,
-            "user": {"id": frank.id, "username": "frank"},
+            "user": {"id": frank.id, "username": "frank", "display_name": ""},
             "created_at": outgoing.created_at.isoformat(),
         }
     ]
@@ -336,7 +339,7 @@ def test_live_list_shows_only_friends_sessions(as_alice, alice, bob, carol):
         "sessions": [
             {
                 "id": session.id,
-                "broadcaster": {"id": bob.id, "username": "bob"},
+                "broadcaster": {"id": bob.id, "username": "bob", "display_name": ""},
                 "started_at": session.started_at.isoformat(),
                 "denoise": True,
                 "listeners": 0,
@@ -374,7 +377,7 @@ def test_recording_list(as_alice, alice, bob, carol):
     assert data[1] == {
         "id": own.id,
         "title": "alice rec",
-        "owner": {"id": alice.id, "username": "alice"},
+        "owner": {"id": alice.id, "username": "alice", "display_name": ""},
         "is_owner": True,
         "started_at": own.started_at.isoformat(),
         "ended_at": own.ended_at.isoformat(),

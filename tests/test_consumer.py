@@ -174,6 +174,7 @@ async def test_presence_counts_tabs_as_one(pair) -> None:
         "type": "presence",
         "user_id": ann.id,
         "username": "ann",
+        "display_name": "",
         "online": True,
     }
     tab2 = await _connected(ann)

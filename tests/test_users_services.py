@@ -252,7 +252,10 @@ def test_presence_prune_deletes_stale_and_notifies_friends(
     }
     # Only alice went offline; carol still has a fresh tab.
     assert bob_inbox.events() == [
-        ("presence", {"user_id": alice.id, "username": "alice", "online": False})
+        (
+            "presence",
+            {"user_id": alice.id, "username": "alice", "display_name": "", "online": False},
+        )
     ]
     with django_capture_on_commit_callbacks(execute=True):
         assert services.presence_prune() == 0
@@ -276,7 +279,7 @@ def test_presence_events_go_to_friends(
         services.presence_disconnect(user=alice, channel_name="tab-1")
     with django_capture_on_commit_callbacks(execute=True):
         services.presence_disconnect(user=alice, channel_name="tab-2")
-    data = {"user_id": alice.id, "username": "alice"}
+    data = {"user_id": alice.id, "username": "alice", "display_name": ""}
     assert bob_inbox.events() == [
         ("presence", {**data, "online": True}),
         ("presence", {**data, "online": False}),

@@ -6,6 +6,7 @@ from django import forms
 from django.contrib.auth import get_user_model
 from django.contrib.auth.forms import UserCreationForm
 
+from users.models import DISPLAY_NAME_MAX_LENGTH
 from users.selectors import user_lookalike_exists
 
 
@@ -47,6 +48,32 @@ class SignupForm(UserCreationForm):
             )
         return username
 
+    def validate_password_for_user(self, user: object, **kwargs: object) -> None:
+        """Run the password validators on the first password field, so that "too short"
+        or "too common" shows under "Password" (Django puts it under the confirmation);
+        a mismatch still shows under "Password confirmation"."""
+        super().validate_password_for_user(user, password_field_name="password1")
+
     class Meta(UserCreationForm.Meta):
         model = get_user_model()
         fields = ("username",)
+
+
+class ProfileForm(forms.Form):
+    """The account page's profile: display name and e-mail address, both optional.
+
+    Only shape is checked here; ``users.services.user_profile_update`` cleans and
+    stores them (its ``AccountError`` is shown on the form).
+    """
+
+    display_name = forms.CharField(
+        max_length=DISPLAY_NAME_MAX_LENGTH,
+        required=False,
+        strip=False,
+        help_text="Shown to your friends next to your username. Leave empty to show the username.",
+    )
+    email = forms.EmailField(
+        label="E-mail address",
+        required=False,
+        help_text="Only used to send you a link if you forget your password.",
+    )

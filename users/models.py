@@ -6,9 +6,22 @@ from django.contrib.auth.models import AbstractUser
 from django.db import models
 from django.db.models import F, Q
 
+DISPLAY_NAME_MAX_LENGTH = 50
+
 
 class User(AbstractUser):
-    """A Hearth account (Django's user with room to grow; custom from migration 0001)."""
+    """A Hearth account: Django's user plus an optional display name.
+
+    ``display_name`` is what friends see next to the username (which stays the handle
+    people search for and that cannot change); empty means "show the username".
+    """
+
+    display_name = models.CharField(max_length=DISPLAY_NAME_MAX_LENGTH, blank=True, default="")
+
+    @property
+    def shown_name(self) -> str:
+        """The name to show others: the display name, or the username when none is set."""
+        return self.display_name or self.username
 
 
 class FriendRequest(models.Model):
@@ -64,3 +77,22 @@ class PresenceConnection(models.Model):
 
     def __str__(self) -> str:
         return f"{self.user} @ {self.channel_name}"
+
+
+class Block(models.Model):
+    """``blocker`` blocked ``blocked``: no friendship, requests, presence or listening
+    between the two, either way, and neither finds the other in search."""
+
+    blocker = models.ForeignKey(User, on_delete=models.CASCADE, related_name="blocks_made")
+    blocked = models.ForeignKey(User, on_delete=models.CASCADE, related_name="blocks_received")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["blocker", "blocked"], name="block_unique"),
+            models.CheckConstraint(condition=~Q(blocker=F("blocked")), name="block_not_self"),
+        ]
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.blocker} blocks {self.blocked}"

@@ -9,7 +9,7 @@ from django.conf import settings
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 
-from users.models import FriendRequest, Friendship, PresenceConnection, User
+from users.models import Block, FriendRequest, Friendship, PresenceConnection, User
 
 SEARCH_MIN_CHARS = 2
 
@@ -60,8 +60,32 @@ def user_search(*, user: User, query: str, limit: int = 10) -> list[User]:
     return list(
         User.objects.filter(username__icontains=query, is_active=True)
         .exclude(id=user.id)
+        .exclude(id__in=block_related_ids(user=user))
         .order_by("username")[:limit]
     )
+
+
+def block_exists_between(*, user_a: User | int, user_b: User | int) -> bool:
+    """Whether either of the two users blocked the other."""
+    a = user_a if isinstance(user_a, int) else user_a.id
+    b = user_b if isinstance(user_b, int) else user_b.id
+    return Block.objects.filter(
+        Q(blocker_id=a, blocked_id=b) | Q(blocker_id=b, blocked_id=a)
+    ).exists()
+
+
+def block_related_ids(*, user: User | int) -> set[int]:
+    """Ids of the users ``user`` blocked and of those who blocked ``user``."""
+    user_id = user if isinstance(user, int) else user.id
+    pairs = Block.objects.filter(Q(blocker_id=user_id) | Q(blocked_id=user_id)).values_list(
+        "blocker_id", "blocked_id"
+    )
+    return {blocked if blocker == user_id else blocker for blocker, blocked in pairs}
+
+
+def block_list(*, user: User) -> QuerySet[Block]:
+    """The blocks ``user`` made (not those against them), newest first."""
+    return Block.objects.filter(blocker=user).select_related("blocked")
 
 
 # ASCII look-alikes, applied in this order by ``username_skeleton``. Capital I is

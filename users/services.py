@@ -10,18 +10,37 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from django.core.exceptions import ValidationError
+from django.core.validators import validate_email
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from project.api import UNCLEAN_TEXT_MESSAGE, text_is_clean
 from users.events import users_notify
-from users.models import FriendRequest, Friendship, PresenceConnection, User
-from users.selectors import friend_ids, friendship_exists, presence_stale_cutoff
+from users.models import (
+    DISPLAY_NAME_MAX_LENGTH,
+    Block,
+    FriendRequest,
+    Friendship,
+    PresenceConnection,
+    User,
+)
+from users.selectors import (
+    block_exists_between,
+    friend_ids,
+    friendship_exists,
+    presence_stale_cutoff,
+)
 
 FRIEND_REQUEST_UNKNOWN_MESSAGE = "Could not send a friend request to that username."
 
 
 class FriendshipError(Exception):
     """A friend action that breaks a rule; ``str(error)`` is a user-facing message."""
+
+
+class AccountError(Exception):
+    """An account change that breaks a rule; ``str(error)`` is a user-facing message."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,11 +76,13 @@ def friend_request_send(*, from_user: User, to_username: str) -> FriendRequestRe
 
     Raises:
         FriendshipError: unknown or deactivated user (one message for both that does
-            not repeat the name, so answers do not tell which names exist), self-request,
+            not repeat the name, so answers do not tell which names exist; a block either
+            way gets the same one, so nobody learns they were blocked), self-request,
             already friends, or a request already pending.
     """
     to_user = User.objects.filter(username__iexact=to_username.strip(), is_active=True).first()
-    if to_user is None:  # one message for unknown and deactivated names alike
+    if to_user is None or block_exists_between(user_a=from_user, user_b=to_user):
+        # One message for unknown, deactivated and blocked (either way) names alike.
         raise FriendshipError(FRIEND_REQUEST_UNKNOWN_MESSAGE)
     if to_user.id == from_user.id:
         raise FriendshipError("You can't send a friend request to yourself.")
@@ -138,6 +159,96 @@ def friendship_delete(*, user: User, friend_id: int) -> None:
     _notify_friends_changed(user.id, friend_id)
 
 
+# --- Blocks --------------------------------------------------------------------
+
+
+@transaction.atomic
+def block_create(*, user: User, blocked_id: int) -> Block:
+    """Block user ``blocked_id`` for ``user`` (blocking twice is a no-op).
+
+    Ends their friendship and deletes pending requests both ways in the same
+    transaction. With the friendship gone, presence and ``live`` events stop reaching
+    either of them, and the media worker's ``access_check`` cuts a listener who is no
+    longer a friend within ~2 s. Both users' pages get ``friends.changed``.
+
+    Raises:
+        AccountError: ``blocked_id`` is ``user`` or no user.
+    """
+    if blocked_id == user.id:
+        raise AccountError("You can't block yourself.")
+    other = User.objects.filter(id=blocked_id).first()
+    if other is None:
+        raise AccountError("No such user.")
+    block, _ = Block.objects.get_or_create(blocker=user, blocked=other)
+    low, high = sorted((user.id, other.id))
+    Friendship.objects.filter(user_low_id=low, user_high_id=high).delete()
+    FriendRequest.objects.filter(from_user_id__in=(low, high), to_user_id__in=(low, high)).delete()
+    _notify_friends_changed(user.id, other.id)
+    return block
+
+
+@transaction.atomic
+def block_delete(*, user: User, blocked_id: int) -> None:
+    """Lift ``user``'s block of user ``blocked_id`` (friendship is not restored).
+
+    Raises:
+        AccountError: ``user`` has not blocked that user.
+    """
+    deleted, _ = Block.objects.filter(blocker=user, blocked_id=blocked_id).delete()
+    if not deleted:
+        raise AccountError("You have not blocked that user.")
+    _notify_friends_changed(user.id)
+
+
+# --- Profile ---------------------------------------------------------------------
+
+
+def display_name_clean(*, display_name: str) -> str:
+    """``display_name`` trimmed, with runs of spaces made one; empty clears it.
+
+    Raises:
+        AccountError: control characters or lone surrogates, or over
+            ``DISPLAY_NAME_MAX_LENGTH`` characters.
+    """
+    if not text_is_clean(display_name):
+        raise AccountError(f"Bad display name: {UNCLEAN_TEXT_MESSAGE}")
+    cleaned = " ".join(display_name.split())
+    if len(cleaned) > DISPLAY_NAME_MAX_LENGTH:
+        raise AccountError(
+            f"Keep your display name to {DISPLAY_NAME_MAX_LENGTH} characters or fewer."
+        )
+    return cleaned
+
+
+@transaction.atomic
+def user_profile_update(*, user: User, display_name: str, email: str) -> User:
+    """Set ``user``'s display name and e-mail address ("" clears either).
+
+    The e-mail address is only used for password resets. When the display name
+    changes, the pages of ``user`` and their friends get ``friends.changed`` and
+    reload their lists.
+
+    Raises:
+        AccountError: a bad display name (see :func:`display_name_clean`) or an
+            invalid e-mail address.
+    """
+    cleaned = display_name_clean(display_name=display_name)
+    email = email.strip()
+    if email:
+        try:
+            validate_email(email)
+        except ValidationError as exc:
+            raise AccountError("Enter a valid e-mail address.") from exc
+        email = User.objects.normalize_email(email)
+    changed = cleaned != user.display_name
+    user.display_name = cleaned
+    user.email = email
+    user.save(update_fields=["display_name", "email"])
+    if changed:
+        _notify_friends_changed(user.id, *friend_ids(user=user))
+    return user
+
+
 # --- Presence ------------------------------------------------------------------
 
 
@@ -145,7 +256,12 @@ def _presence_broadcast(*, user: User, online: bool) -> None:
     users_notify(
         user_ids=friend_ids(user=user),
         event="presence",
-        data={"user_id": user.id, "username": user.username, "online": online},
+        data={
+            "user_id": user.id,
+            "username": user.username,
+            "display_name": user.display_name,
+            "online": online,
+        },
     )
 
 

@@ -13,4 +13,6 @@ urlpatterns = [
         name="api_friend_request_action",
     ),
     path("friends/<id:user_id>/unfriend", views.friend_remove, name="api_friend_remove"),
+    path("blocks", views.block_collection, name="api_block_collection"),
+    path("blocks/<id:user_id>/unblock", views.block_remove, name="api_block_remove"),
 ]

@@ -1,4 +1,4 @@
-"""JSON API for friends: search, requests, unfriend, friend list with presence."""
+"""JSON API for friends: search, requests, unfriend, friend list with presence, blocks."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from users.ratelimit import RATE_LIMITED_MESSAGE, request_limited
 
 
 def _user_json(user: User) -> dict[str, object]:
-    return {"id": user.id, "username": user.username}
+    return {"id": user.id, "username": user.username, "display_name": user.display_name}
 
 
 def _request_json(request: FriendRequest, other: User) -> dict[str, object]:
@@ -30,6 +30,7 @@ def user_search(request: HttpRequest) -> JsonResponse:
 
     An empty query finds no one; 400 for a query of one character or one holding
     control characters or lone surrogates (SQLite would match ``\\x00`` against names).
+    Users blocked by ``request.user``, or who blocked them, are never listed.
     """
     me = request.user
     query = request.GET.get("q", "").strip()[:150]
@@ -142,5 +143,42 @@ def friend_remove(request: HttpRequest, user_id: int) -> JsonResponse:
     try:
         services.friendship_delete(user=request.user, friend_id=user_id)
     except services.FriendshipError as exc:
+        raise ApiError(str(exc), status=404) from exc
+    return JsonResponse({"ok": True})
+
+
+@api_view(("GET", "POST"))
+def block_collection(request: HttpRequest) -> JsonResponse:
+    """GET → ``{"blocked": [{id, username, display_name, created_at}]}`` (blocks I made);
+    POST ``{"user_id"}`` → 201 ``{"ok": true}``: block that user (ends any friendship and
+    pending requests both ways). 400 for a bad id or oneself, 404 for no such user.
+    """
+    if request.method == "GET":
+        return JsonResponse(
+            {
+                "blocked": [
+                    {**_user_json(b.blocked), "created_at": b.created_at.isoformat()}
+                    for b in selectors.block_list(user=request.user)
+                ]
+            }
+        )
+    user_id = json_body(request).get("user_id")
+    if isinstance(user_id, bool) or not isinstance(user_id, int) or user_id <= 0:
+        raise ApiError("Give the id of the user to block.")
+    if user_id == request.user.id:
+        raise ApiError("You can't block yourself.")
+    try:
+        services.block_create(user=request.user, blocked_id=user_id)
+    except services.AccountError as exc:
+        raise ApiError(str(exc), status=404) from exc
+    return JsonResponse({"ok": True}, status=201)
+
+
+@api_view(("POST",))
+def block_remove(request: HttpRequest, user_id: int) -> JsonResponse:
+    """POST → lift my block of user ``user_id``; 404 when there is none."""
+    try:
+        services.block_delete(user=request.user, blocked_id=user_id)
+    except services.AccountError as exc:
         raise ApiError(str(exc), status=404) from exc
     return JsonResponse({"ok": True})

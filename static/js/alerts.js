@@ -223,7 +223,7 @@ async function load() {
     const ids = new Set(data.sessions.map((s) => s.id));
     for (const id of [...live.keys()]) if (!ids.has(id)) forget(id);
     for (const s of data.sessions) {
-      live.set(s.id, { id: s.id, userId: s.broadcaster.id, username: s.broadcaster.username, title: s.title ?? "" });
+      live.set(s.id, { id: s.id, userId: s.broadcaster.id, username: s.broadcaster.display_name || s.broadcaster.username, title: s.title ?? "" });
     }
     for (const msg of missed) apply(msg, { announce: false });
     renderCount();
@@ -244,7 +244,7 @@ function apply(msg, { announce }) {
     if (s.userId === msg.user_id && !(msg.live && id === msg.session_id)) forget(id);
   }
   if (!msg.live) return;
-  const session = { id: msg.session_id, userId: msg.user_id, username: msg.username ?? "A friend", title: msg.title ?? "" };
+  const session = { id: msg.session_id, userId: msg.user_id, username: msg.display_name || msg.username || "A friend", title: msg.title ?? "" };
   live.set(session.id, session);
   if (announce) {
     showToast(session);

@@ -2,7 +2,18 @@
 // Loads from the API, then stays current from WebSocket events without reloading.
 import { api, errorMessage } from "./api.js";
 import { pageSocket } from "./nav.js";
-import { formatDuration, h, listenUrl, plural, readJson, refreshElapsed, secondsSince, showMessage } from "./ui.js";
+import {
+  formatDuration,
+  h,
+  listenUrl,
+  nameParts,
+  plural,
+  readJson,
+  refreshElapsed,
+  secondsSince,
+  showMessage,
+  shownName,
+} from "./ui.js";
 
 const socket = pageSocket(); // its subscriptions end when the page is left (nav.js)
 
@@ -88,7 +99,7 @@ function renderLive() {
       h(
         "span",
         { class: "row-main" },
-        h("strong", { class: "broadcaster-name" }, s.broadcaster.username),
+        ...nameParts(s.broadcaster, "broadcaster-name"),
         h(
           "span",
           { class: "row-meta" },
@@ -102,7 +113,7 @@ function renderLive() {
         {
           class: "btn btn-primary btn-small listen-link",
           href: listenUrl(s.id),
-          "aria-label": `Listen to ${s.broadcaster.username}`,
+          "aria-label": `Listen to ${shownName(s.broadcaster)}`,
         },
         "Listen",
       ),
@@ -128,21 +139,26 @@ function renderFriends() {
       h(
         "span",
         { class: "row-main" },
-        h("strong", { class: "friend-name" }, friend.username),
+        ...nameParts(friend, "friend-name"),
         h("span", { class: "row-meta presence-text" }, PRESENCE_TEXT[presence]),
       ),
       presence === "live" && sessionId
-        ? h("a", { class: "btn btn-small listen-link", href: listenUrl(sessionId), "aria-label": `Listen to ${friend.username}` }, "Listen")
+        ? h("a", { class: "btn btn-small listen-link", href: listenUrl(sessionId), "aria-label": `Listen to ${shownName(friend)}` }, "Listen")
         : null,
       h(
-        "button",
-        {
-          type: "button",
-          class: "btn btn-ghost btn-small unfriend-button",
-          "aria-label": `Unfriend ${friend.username}`,
-          onclick: (event) => unfriend(friend, event.currentTarget),
-        },
-        "Unfriend",
+        "span",
+        { class: "row-actions" },
+        h(
+          "button",
+          {
+            type: "button",
+            class: "btn btn-ghost btn-small unfriend-button",
+            "aria-label": `Unfriend ${friend.username}`,
+            onclick: (event) => unfriend(friend, event.currentTarget),
+          },
+          "Unfriend",
+        ),
+        blockButton(friend),
       ),
     );
   });
@@ -153,7 +169,7 @@ function requestItem(request, buttons) {
   return h(
     "li",
     { class: "request-item row", dataset: { requestId: request.id, userId: request.user.id } },
-    h("span", { class: "row-main" }, h("strong", {}, request.user.username)),
+    h("span", { class: "row-main" }, ...nameParts(request.user)),
     h("span", { class: "row-actions" }, buttons),
   );
 }
@@ -212,6 +228,31 @@ function unfriend(friend, button) {
   runAction(button, () => api(`/api/friends/${encodeURIComponent(friend.id)}/unfriend`, { method: "POST" }));
 }
 
+function blockButton(user) {
+  return h(
+    "button",
+    {
+      type: "button",
+      class: "btn btn-ghost btn-small block-button",
+      "aria-label": `Block ${user.username}`,
+      onclick: (event) => block(user, event.currentTarget),
+    },
+    "Block",
+  );
+}
+
+function block(user, button) {
+  const question = `Block ${user.username}? You will stop being friends, and neither of you can send requests, see the other online or listen to the other. You can unblock on your account page.`;
+  if (!window.confirm(question)) return;
+  runAction(button, async () => {
+    await api("/api/blocks", { method: "POST", body: { user_id: user.id } });
+    lastResults = lastResults.filter((u) => u.id !== user.id);
+    renderSearchResults();
+    els.searchStatus.textContent = `You blocked ${user.username}.`;
+    actionNote = null;
+  });
+}
+
 function requestAction(request, action, button) {
   runAction(button, () =>
     api(`/api/friends/requests/${encodeURIComponent(request.id)}/${action}`, { method: "POST" }),
@@ -223,6 +264,10 @@ function requestAction(request, action, button) {
 let searchSeq = 0;
 let searchTimer = null;
 let lastResults = [];
+let lastFoundText = "";
+// The status line after "Add friend" ("Friend request sent."): it holds only while the
+// relation it reported holds; a cancel, decline or unfriend puts the count back.
+let actionNote = null; // {userId, relation}
 
 // What each relation shows instead of an "Add friend" button.
 const RELATION_TEXT = { friend: "Friends", outgoing: "Request sent" };
@@ -256,8 +301,8 @@ function searchResultItem(user) {
   return h(
     "li",
     { class: "search-result row", dataset: { userId: user.id, username: user.username, relation } },
-    h("span", { class: "row-main" }, h("strong", {}, user.username)),
-    action,
+    h("span", { class: "row-main" }, ...nameParts(user)),
+    h("span", { class: "row-actions" }, action, relation === "friend" ? null : blockButton(user)),
   );
 }
 
@@ -266,11 +311,20 @@ function renderSearchResults() {
 }
 
 function refreshSearchRelations() {
-  if (lastResults.length) renderSearchResults();
+  if (!lastResults.length) return;
+  renderSearchResults();
+  if (actionNote) {
+    const user = lastResults.find((u) => u.id === actionNote.userId);
+    if (!user || currentRelation(user) !== actionNote.relation) {
+      actionNote = null;
+      els.searchStatus.textContent = lastFoundText;
+    }
+  }
 }
 
 async function search(query) {
   const seq = ++searchSeq;
+  actionNote = null;
   query = query.trim();
   if (!query) {
     lastResults = [];
@@ -284,9 +338,10 @@ async function search(query) {
     if (seq !== searchSeq) return;
     lastResults = data.users;
     renderSearchResults();
-    els.searchStatus.textContent = lastResults.length
+    lastFoundText = lastResults.length
       ? `${lastResults.length} ${lastResults.length === 1 ? "person" : "people"} found.`
       : `Nobody called “${query}”.`;
+    els.searchStatus.textContent = lastFoundText;
   } catch (error) {
     if (seq !== searchSeq) return;
     els.searchStatus.textContent = errorMessage(error);
@@ -300,6 +355,7 @@ async function addFriend(user, button) {
     els.searchStatus.textContent =
       result?.message || (result?.status === "accepted" ? `You and ${user.username} are now friends.` : `Request sent to ${user.username}.`);
     user.relation = result?.status === "accepted" ? "friend" : "outgoing";
+    actionNote = { userId: user.id, relation: user.relation };
     await load();
     renderSearchResults();
   } catch (error) {
@@ -338,7 +394,7 @@ socket.on("live", (msg) => {
   if (msg.live) {
     state.sessions.set(msg.session_id, {
       id: msg.session_id,
-      broadcaster: { id: msg.user_id, username: msg.username },
+      broadcaster: { id: msg.user_id, username: msg.username, display_name: msg.display_name ?? "" },
       started_at: msg.started_at,
       listeners: 0,
     });

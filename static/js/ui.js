@@ -94,3 +94,20 @@ export const refreshElapsed = tick;
 export function listenUrl(id) {
   return `/listen/${encodeURIComponent(id)}/?autoplay=1`;
 }
+
+/** The name to show for a user {username, display_name}: the display name when set. */
+export function shownName(user) {
+  return user?.display_name || user?.username || "";
+}
+
+/**
+ * A user's name for a list row: the display name, then the username in muted text when
+ * they differ; the whole username is in the title (long names are cut on screen).
+ */
+export function nameParts(user, className = "") {
+  const shown = shownName(user);
+  return [
+    h("strong", { class: className || null, title: user.username }, shown),
+    shown !== user.username ? h("span", { class: "row-meta handle" }, `@${user.username}`) : null,
+  ];
+}
