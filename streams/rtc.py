@@ -684,11 +684,20 @@ class BroadcastRoom:
             return
         self._published_names = ids
         names = await database_sync_to_async(
-            lambda: dict(User.objects.filter(id__in=ids).values_list("id", "username"))
+            lambda: {
+                uid: (username, display)
+                for uid, username, display in User.objects.filter(id__in=ids).values_list(
+                    "id", "username", "display_name"
+                )
+            }
         )()
         data = {
             "session_id": self.session_id,
-            "listeners": [{"id": uid, "username": names[uid]} for uid in ids if uid in names],
+            "listeners": [
+                {"id": uid, "username": names[uid][0], "display_name": names[uid][1]}
+                for uid in ids
+                if uid in names
+            ],
         }
         await self.server._reply(
             self.owner_page, {"type": "hearth.event", "event": "session.listeners", "data": data}

@@ -406,7 +406,8 @@ function showListenerNames(listeners) {
   els.listenerNames.replaceChildren(
     ...listeners.map((person) => {
       const item = document.createElement("li");
-      item.textContent = person.username;
+      item.textContent = person.display_name || person.username;
+      item.title = person.username;
       item.dataset.userId = String(person.id);
       return item;
     }),
