@@ -471,7 +471,7 @@ def fd_kinds(proc: psutil.Process, fds: int, redis_port: int) -> Counter[str]:
         elif conn.type == socket.SOCK_DGRAM:
             kinds["udp"] += 1
         elif conn.raddr and conn.raddr.port == redis_port:
-            kinds["redis"] += 1
+            kinds[f"redis {conn.status.lower()}"] += 1
         elif conn.raddr and conn.raddr.port == 5432:
             kinds["postgres"] += 1
         else:
@@ -541,6 +541,20 @@ class Watched:
     def max_of(self, attr: str) -> int:
         """Largest ``attr`` over the samples (0 without samples)."""
         return max((getattr(s, attr) for s in self.samples), default=0)
+
+    def series(self, start: float, points: int = 6) -> str:
+        """fds/threads/RSS MiB at ``points`` evenly spaced samples since ``start``
+        (monotonic s), e.g. ``0 s 17/3/129, 60 s 21/3/130, ...``."""
+        picked = [s for s in self.samples if s.t >= start]
+        if not picked:
+            return "n/a"
+        step = max(1, (len(picked) - 1) // max(1, points - 1))
+        chosen = picked[::step]
+        if chosen[-1] is not picked[-1]:
+            chosen.append(picked[-1])
+        return ", ".join(
+            f"{s.t - start:.0f} s {s.fds}/{s.threads}/{s.rss / MiB:.0f}" for s in chosen
+        )
 
     def replacement_baseline(self) -> ProcSample | None:
         """First idle sample after the worker held a session, else its first sample."""
@@ -834,6 +848,17 @@ class Page:
 
 
 @dataclass
+class Deadline:
+    """A page's planned end (monotonic seconds); the warm-up moves it."""
+
+    at: float
+
+    def left(self) -> float:
+        """Seconds left (negative when past)."""
+        return self.at - time.monotonic()
+
+
+@dataclass
 class LiveInfo:
     """A broadcast the bench's broadcasters hold: its session, planned end (monotonic),
     whether it is denoised, when it was answered, and its listeners now."""
@@ -1109,6 +1134,18 @@ def db_close() -> None:
     connections.close_all()
 
 
+SESSION_END_LINE = re.compile(r"session \d+ ended \([^)]*\): (\d+) blocks in, (\d+) silenced")
+
+
+def blocks_failed_closed(text: str) -> tuple[int, int]:
+    """(blocks in, blocks silenced) summed over a worker log's "session N ended" lines."""
+    total = silenced = 0
+    for match in SESSION_END_LINE.finditer(text):
+        total += int(match.group(1))
+        silenced += int(match.group(2))
+    return total, silenced
+
+
 LOG_PROBLEM = re.compile(r"\b(ERROR|CRITICAL)\b|Traceback")
 
 
@@ -1137,6 +1174,8 @@ class Options:
     capacity: int
     worker_stale_s: float
     seed: int
+    kill: bool = True
+    redis_restart: bool = True
 
 
 class Soak:
@@ -1318,15 +1357,17 @@ class Soak:
         """The worker kill at ``KILL_AT`` and the Redis restart at ``REDIS_RESTART_AT``."""
         d = self.opts.duration_s
         await self.sleep_until(self.churn_start + d * KILL_AT)
-        await self.kill_worker()
+        if self.opts.kill:
+            await self.kill_worker()
         await self.sleep_until(self.churn_start + d * REDIS_RESTART_AT)
-        await self.restart_redis()
+        if self.opts.redis_restart:
+            await self.restart_redis()
 
     # -- broadcasters ------------------------------------------------------------
     async def broadcast_once(
-        self, page: Page, page_end: float, rng: random.Random, *, denoise: bool, fig: Figures
+        self, page: Page, deadline: Deadline, rng: random.Random, *, denoise: bool, fig: Figures
     ) -> str:
-        """Go live on ``page`` until ``page_end``; returns how it ended: ``stopped``,
+        """Go live on ``page`` until ``deadline``; returns how it ended: ``stopped``,
         ``ended`` (by the server), ``dropped``/``lost`` (socket), ``refused``, ``timeout``."""
         pc = client_peer()
         track = NoiseTrack(self.noise, rng)
@@ -1352,17 +1393,17 @@ class Soak:
             session_id = int(got.frame["session_id"])
             fig.session_ids.add(session_id)
             await pc.setRemoteDescription(RTCSessionDescription(got.frame["sdp"], "answer"))
-            self.live[session_id] = LiveInfo(session_id, page_end, denoise, time.monotonic())
+            self.live[session_id] = LiveInfo(session_id, deadline.at, denoise, time.monotonic())
             for _ in range(MAX_FRAMES_PER_WAIT):
-                left = page_end - time.monotonic()
+                left = deadline.left()
                 if left <= 0:
                     break
                 frame = await page.wait(
                     lambda f: f["type"] == "session.ended" and f.get("session_id") == session_id,
-                    left,
+                    min(left, 1.0),
                 )
                 if frame is None:
-                    break
+                    continue
                 self.live.pop(session_id, None)
                 if frame["type"] == "_dropped":
                     fig.broadcasts_cut_by_drop += 1
@@ -1401,11 +1442,11 @@ class Soak:
                 self.fig.pages_not_opened += 1
                 return
             self.fig.pages_opened += 1
-            page_end = min(time.monotonic() + hold_s, self.churn_end)
+            deadline = Deadline(min(time.monotonic() + hold_s, self.churn_end))
             for _ in range(MAX_GO_LIVES_PER_PAGE):
-                if page_end - time.monotonic() < MIN_BROADCAST_LEFT_S:
+                if deadline.left() < MIN_BROADCAST_LEFT_S:
                     break
-                outcome = await self.broadcast_once(page, page_end, rng, denoise=True, fig=self.fig)
+                outcome = await self.broadcast_once(page, deadline, rng, denoise=True, fig=self.fig)
                 if outcome in ("stopped", "lost"):
                     break
                 await asyncio.sleep(1.0)
@@ -1615,14 +1656,14 @@ class Soak:
         ``WARMUP_LISTEN_S``; stop everything."""
         fig = self.warm_fig
         rng = random.Random(self.opts.seed)
-        end = time.monotonic() + WARMUP_LISTEN_S + 6.0
+        deadline = Deadline(math.inf)  # until the listens are done
         broadcasts = []
         for i, account in enumerate(self.control_b):
             page = Page(self.daphnes[i % 2], account, fig)
             if not await page.open():
                 raise RuntimeError(f"warm-up page {page.name} did not open")
             task = asyncio.ensure_future(
-                self.broadcast_once(page, end, rng, denoise=i > 0, fig=fig)
+                self.broadcast_once(page, deadline, rng, denoise=i > 0, fig=fig)
             )
             broadcasts.append((page, task))
             for _ in range(100):  # next go-live once this one is answered (placement order)
@@ -1640,6 +1681,7 @@ class Soak:
             listen_end = time.monotonic() + WARMUP_LISTEN_S
             listens.append((page, self.listen_once(page, info, listen_end, fig)))
         await asyncio.gather(*(coro for _, coro in listens), return_exceptions=True)
+        deadline.at = time.monotonic()
         await asyncio.gather(*(task for _, task in broadcasts), return_exceptions=True)
         for page, _ in [*listens, *broadcasts]:
             await page.close()
@@ -1691,6 +1733,15 @@ class Soak:
             if not w.proc.running:
                 self.died.append(f"{w.name} exited with {w.proc.returncode}")
         self.note("end samples taken")
+        dump = {
+            w.name: [
+                {"t": s.t - self.churn_start, "fds": s.fds, "threads": s.threads, "rss": s.rss}
+                | {"sessions": s.sessions, "fd_kinds": dict(s.fd_kinds)}
+                for s in w.samples
+            ]
+            for w in self.watched
+        }
+        (self.workdir / "samples.json").write_text(json.dumps(dump))
 
 
 # ==============================================================================
@@ -1791,8 +1842,14 @@ def report(
             all(reason == "worker_lost" for reason, _ in sessions.killed.values()),
             "a session of the killed worker did not end as worker_lost",
         )
-    verdict.check(bool(soak.killed_name), "no worker was killed")
+    verdict.check(bool(soak.killed_name) or not soak.opts.kill, "no worker was killed")
 
+    w = soak.warm_fig
+    print(
+        f"  warm-up: {w.go_live_answered}/{w.go_live_attempts} go-lives answered "
+        f"({counter_text(w.go_live_refused)} refused), {w.listen_answered}/{w.listen_attempts} "
+        f"listens answered ({counter_text(w.listen_refused)} refused)"
+    )
     print("\nClients (churn):")
     print(
         f"  go-live: {fig.go_live_attempts} attempts, {fig.go_live_answered} answered, "
@@ -1835,6 +1892,11 @@ def report(
             else ""
         )
         + f", {fig.reconnect_failures} failed"
+    )
+    silent = fig.ws_connect_failures["no hello"]
+    print(
+        f"  sockets accepted but never served (no hello within {HELLO_WAIT_S:g} s, closed and "
+        f"retried): {silent}"
     )
     verdict.check(fig.go_live_answered > 0 and fig.listen_answered > 0, "no broadcast or no listen")
     verdict.check(
@@ -1894,6 +1956,7 @@ def report(
         print(f"  | {w.name} ({w.role}) | {cells} | {exit_text} | {count} |")
         for line in distinct:
             print(f"      {line}")
+        print(f"      fds/threads/RSS MiB over the run: {w.series(soak.churn_start)}")
         if b is not None and e is not None:
             print(f"      fds by kind: {counter_diff(b.fd_kinds, e.fd_kinds)}")
             print(f"      threads by name: {counter_diff(b.thread_names, e.thread_names)}")
@@ -1905,6 +1968,12 @@ def report(
     for line in soak.died:
         print(f"  ! {line}")
 
+    blocks = [blocks_failed_closed(w.proc.log_text()) for w in soak.watched if w.role != "web"]
+    total, silenced = sum(b for b, _ in blocks), sum(s for _, s in blocks)
+    print(
+        f"\nBlocks the workers' graphs failed closed (silence; overload): {silenced}/{total} "
+        f"({100 * silenced / max(1, total):.1f}%, sessions that ended on a live worker)"
+    )
     print("\nCPU over the whole run, % of one core:")
     print("  " + ", ".join(f"{k} {v:.0f}%" for k, v in cpu.items()))
     print()
@@ -2057,6 +2126,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--seed", type=int, default=1, help="random seed of the clients")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (logs)")
+    parser.add_argument("--no-kill", action="store_true", help="do not kill a worker (diagnosis)")
+    parser.add_argument(
+        "--no-redis-restart", action="store_true", help="do not restart Redis (diagnosis)"
+    )
     args = parser.parse_args(argv)
     if not 60 <= args.duration <= 3600:
         parser.error("--duration takes 60..3600")
@@ -2071,6 +2144,8 @@ def main(argv: list[str] | None = None) -> int:
         capacity=args.capacity,
         worker_stale_s=args.worker_stale_s,
         seed=args.seed,
+        kill=not args.no_kill,
+        redis_restart=not args.no_redis_restart,
     )
     signal.signal(signal.SIGTERM, _terminate)
     return in_temp_workdir("hearth-soak-", lambda workdir: run(opts, workdir), keep=args.keep)
