@@ -73,7 +73,12 @@ Figures (and the hard requirements: the exit status is 1 if one fails):
   first sample idle (no session on its ``MediaWorker`` row) after it had held one,
   else its first sample after start. Flagged (a failure) when the end exceeds the
   baseline by more than ``FD_TOLERANCE`` fds, ``THREAD_TOLERANCE`` threads, or
-  ``max(RSS_TOLERANCE_MIB, RSS_TOLERANCE_PCT of baseline)`` of RSS.
+  ``max(RSS_TOLERANCE_MIB, RSS_TOLERANCE_PCT of baseline)`` of RSS. Client connections
+  to Redis and PostgreSQL are printed apart and not counted: their pools grow to the
+  peak of concurrent commands and keep those connections (a plateau, not a leak; the
+  series over the run shows which). fds are sorted by kind and threads by name so a
+  flag says what grew. Also counted from the logs: ERROR/Traceback lines, and daphne's
+  "took too long to shut down and was killed" (a page's consumer that never ended).
 * **raw-audio exposure**, defined as: a 1 s window (50 consecutive decoded 20 ms
   frames) of a listener of a *denoised* broadcast whose RMS is within
   ``EXPOSURE_MARGIN_DB`` (10 dB) of the raw signal's RMS (-20 dBFS), i.e. at or above
@@ -196,6 +201,7 @@ MAX_PICK_TRIES = 20
 MAX_SAMPLES = 10_000
 
 FD_TOLERANCE = 8
+POOLED_KINDS = ("redis", "postgres")
 THREAD_TOLERANCE = 4
 RSS_TOLERANCE_MIB = 48.0
 RSS_TOLERANCE_PCT = 20.0
@@ -447,8 +453,8 @@ class ProcSample:
     and, for a media worker, the sessions its ``MediaWorker`` row counts (else -1).
 
     ``fd_kinds`` sorts the fds (``redis``/``postgres`` TCP connections, ``udp`` sockets
-    such as ICE transports, ``unix``, other TCP by state, ``non-socket``) and
-    ``thread_names`` counts threads by their kernel name, to tell what grew.
+    such as ICE transports, ``unix``, other TCP by state, pipes, eventfd/epoll, files)
+    and ``thread_names`` counts threads by their kernel name, to tell what grew.
     """
 
     t: float
@@ -476,8 +482,46 @@ def fd_kinds(proc: psutil.Process, fds: int, redis_port: int) -> Counter[str]:
             kinds["postgres"] += 1
         else:
             kinds[f"tcp {conn.status.lower()}"] += 1
-    kinds["non-socket"] = fds - sockets
+    kinds.update(non_socket_fds(proc.pid, sockets))
+    del fds  # the kinds add up to the count taken just before
     return kinds
+
+
+def non_socket_fds(pid: int, sockets_seen: int) -> Counter[str]:
+    """``pid``'s fds that are not the ``sockets_seen`` inet/unix sockets, by kind: pipes,
+    eventfd/epoll, other sockets (netlink...), files by suffix."""
+    kinds: Counter[str] = Counter()
+    sockets = 0
+    with contextlib.suppress(OSError):
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            try:
+                target = os.readlink(fd)
+            except OSError:
+                continue
+            if target.startswith("socket:"):
+                sockets += 1
+            elif target.startswith("pipe:"):
+                kinds["pipe"] += 1
+            elif target.startswith("anon_inode:"):
+                kinds[target.removeprefix("anon_inode:").strip("[]")] += 1
+            elif target.startswith("/dev/"):
+                kinds[target] += 1
+            else:
+                kinds[f"file *{Path(target).suffix or '/' + Path(target).parent.name}"] += 1
+    if sockets > sockets_seen:
+        kinds["other socket"] = sockets - sockets_seen
+    return kinds
+
+
+def pooled_fds(sample: ProcSample) -> int:
+    """Client connections to Redis and PostgreSQL in ``sample`` (their pools grow to
+    the peak number of concurrent commands and keep them)."""
+    return sum(n for kind, n in sample.fd_kinds.items() if kind.startswith(POOLED_KINDS))
+
+
+def unpooled_fds(sample: ProcSample) -> int:
+    """Every other fd of ``sample`` (what the leak check counts)."""
+    return sample.fds - pooled_fds(sample)
 
 
 def thread_names(pid: int) -> Counter[str]:
@@ -572,8 +616,8 @@ class Watched:
             return []
         found = []
         b, e = self.baseline, self.end
-        if e.fds - b.fds > FD_TOLERANCE:
-            found.append(f"fds {b.fds}→{e.fds}")
+        if unpooled_fds(e) - unpooled_fds(b) > FD_TOLERANCE:
+            found.append(f"fds other than pooled connections {unpooled_fds(b)}→{unpooled_fds(e)}")
         if e.threads - b.threads > THREAD_TOLERANCE:
             found.append(f"threads {b.threads}→{e.threads}")
         limit = max(RSS_TOLERANCE_MIB * MiB, b.rss * RSS_TOLERANCE_PCT / 100)
@@ -1345,7 +1389,10 @@ class Soak:
         replacement.proc.start(wait=False)
         await asyncio.to_thread(replacement.proc.wait_healthy, timeout=PROCESS_START_S)
         self.replacement_ready_s = time.monotonic() - started
-        self.note(f"replacement worker-3 ready in {self.replacement_ready_s:.1f} s")
+        self.note(
+            f"replacement worker-3 (pid {replacement.proc.pid}) ready in "
+            f"{self.replacement_ready_s:.1f} s"
+        )
 
     async def restart_redis(self) -> None:
         """Stop Redis (SIGTERM) and start it again on the same port."""
@@ -1951,12 +1998,25 @@ def report(
                 f"{b.threads} → {e.threads} (max {w.max_of('threads')}) | "
                 f"{b.rss / MiB:.0f} → {e.rss / MiB:.0f} (max {w.max_of('rss') / MiB:.0f})"
             )
-        count, distinct = log_problems(w.proc.log_text())
+        log = w.proc.log_text()
+        count, distinct = log_problems(log)
+        hung = log.count("took too long to shut down and was killed")
         exit_text = "SIGKILL (bench)" if w.killed else str(w.exit_code)
         print(f"  | {w.name} ({w.role}) | {cells} | {exit_text} | {count} |")
         for line in distinct:
             print(f"      {line}")
         print(f"      fds/threads/RSS MiB over the run: {w.series(soak.churn_start)}")
+        if b is not None and e is not None:
+            print(
+                f"      pooled Redis/PostgreSQL connections {pooled_fds(b)} → {pooled_fds(e)} "
+                f"(max {max(pooled_fds(s) for s in w.samples)}; not counted as a leak), "
+                f"other fds {unpooled_fds(b)} → {unpooled_fds(e)}"
+            )
+        if hung:
+            print(
+                f'      {hung} consumer(s) that daphne killed: "took too long to shut down" '
+                "(a cancelled channel-layer receive that never finished)"
+            )
         if b is not None and e is not None:
             print(f"      fds by kind: {counter_diff(b.fd_kinds, e.fd_kinds)}")
             print(f"      threads by name: {counter_diff(b.thread_names, e.thread_names)}")
