@@ -586,9 +586,9 @@ class Watched:
         """Largest ``attr`` over the samples (0 without samples)."""
         return max((getattr(s, attr) for s in self.samples), default=0)
 
-    def series(self, start: float, points: int = 6) -> str:
-        """fds/threads/RSS MiB at ``points`` evenly spaced samples since ``start``
-        (monotonic s), e.g. ``0 s 17/3/129, 60 s 21/3/130, ...``."""
+    def series(self, start: float, points: int = 8) -> str:
+        """fds (of them pooled connections)/threads/RSS MiB at ``points`` evenly spaced
+        samples since ``start`` (monotonic s), e.g. ``0 s 17(2)/3/129, 60 s 21(5)/3/130``."""
         picked = [s for s in self.samples if s.t >= start]
         if not picked:
             return "n/a"
@@ -597,7 +597,8 @@ class Watched:
         if chosen[-1] is not picked[-1]:
             chosen.append(picked[-1])
         return ", ".join(
-            f"{s.t - start:.0f} s {s.fds}/{s.threads}/{s.rss / MiB:.0f}" for s in chosen
+            f"{s.t - start:.0f} s {s.fds}({pooled_fds(s)})/{s.threads}/{s.rss / MiB:.0f}"
+            for s in chosen
         )
 
     def replacement_baseline(self) -> ProcSample | None:
@@ -2005,7 +2006,7 @@ def report(
         print(f"  | {w.name} ({w.role}) | {cells} | {exit_text} | {count} |")
         for line in distinct:
             print(f"      {line}")
-        print(f"      fds/threads/RSS MiB over the run: {w.series(soak.churn_start)}")
+        print(f"      fds(pooled)/threads/RSS MiB over the run: {w.series(soak.churn_start)}")
         if b is not None and e is not None:
             print(
                 f"      pooled Redis/PostgreSQL connections {pooled_fds(b)} → {pooled_fds(e)} "
