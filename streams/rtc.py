@@ -55,7 +55,7 @@ from streams.processors.denoise import ALGORITHMIC_DELAY_SAMPLES
 from streams.processors.factory import audio_chain_build
 from streams.recording import RecordingInfo, WavRecorder
 from streams.sdp import OfferError, Role, candidates_filter, deny_networks_parse, offer_check
-from users.events import user_group
+from users.events import layer_call, user_group
 from users.models import User
 from users.selectors import friend_ids
 from users.services import presence_prune
@@ -336,7 +336,8 @@ class BroadcastRoom:
             self.captions.append(cue)
             data = {"session_id": self.session_id, **cue}
             with contextlib.suppress(Exception):
-                await layer.group_send(
+                await layer_call(
+                    layer.group_send,
                     services.session_group(self.session_id),
                     {"type": "hearth.event", "event": "session.caption", "data": data},
                 )
@@ -461,7 +462,9 @@ class BroadcastRoom:
         }
         message = {"type": "hearth.event", "event": "session.warning", "data": data}
         try:
-            await get_channel_layer().group_send(services.session_group(self.session_id), message)
+            await layer_call(
+                get_channel_layer().group_send, services.session_group(self.session_id), message
+            )
         except Exception:
             logger.exception("could not warn session %s", self.session_id)
 
@@ -667,7 +670,9 @@ class BroadcastRoom:
         data = {"session_id": self.session_id, "muted": self.mute.muted, "denoise": self.denoise_on}
         message = {"type": "hearth.event", "event": "session.state", "data": data}
         try:
-            await get_channel_layer().group_send(services.session_group(self.session_id), message)
+            await layer_call(
+                get_channel_layer().group_send, services.session_group(self.session_id), message
+            )
         except Exception:
             logger.exception("could not publish the state of session %s", self.session_id)
 
@@ -725,7 +730,7 @@ class BroadcastRoom:
             groups = [services.session_group(self.session_id)]
             groups += [user_group(uid) for uid in sorted(friends)]
             for group in groups:
-                await layer.group_send(group, message)
+                await layer_call(layer.group_send, group, message)
         except Exception:
             logger.exception("could not publish listener count of session %s", self.session_id)
 
@@ -741,7 +746,7 @@ class BroadcastRoom:
                 "data": self.stats(media=True),
             }
             try:
-                await layer.group_send(group, message)
+                await layer_call(layer.group_send, group, message)
             except Exception:
                 logger.exception("could not publish stats of session %s", self.session_id)
 
@@ -1141,8 +1146,10 @@ class MediaServer:
 
     # -- cross-process signaling ---------------------------------------------
     async def _reply(self, channel: str, message: dict[str, Any]) -> None:
-        with contextlib.suppress(Exception):
-            await get_channel_layer().send(channel, message)
+        try:
+            await layer_call(get_channel_layer().send, channel, message)
+        except Exception as exc:  # the page is gone, or the layer is down for good
+            logger.info("could not reach %s with %s: %r", channel, message.get("type"), exc)
 
     async def _handle(self, message: dict[str, Any]) -> None:
         kind = message.get("type")

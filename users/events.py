@@ -12,12 +12,13 @@ import asyncio
 import concurrent.futures
 import logging
 import os
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, TypeVar
 
 from asgiref.sync import SyncToAsync, async_to_sync
 from channels.layers import get_channel_layer
 from django.db import transaction
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 logger = logging.getLogger("hearth.events")
 
@@ -36,6 +37,35 @@ def _server_loop() -> asyncio.AbstractEventLoop | None:
     if getattr(SyncToAsync.threadlocal, "main_event_loop_pid", None) != os.getpid():
         return None
     return getattr(SyncToAsync.threadlocal, "main_event_loop", None)
+
+
+T = TypeVar("T")
+
+LAYER_ATTEMPTS = 4
+"""Tries of a channel-layer call that fails on a dead connection (see :func:`layer_call`)."""
+
+
+async def layer_call(fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+    """Await the channel-layer coroutine ``fn(*args)``, retrying connection errors.
+
+    After a Redis restart, channels_redis's pool still holds connections to the old
+    server; each fails once (``redis.exceptions.ConnectionError``) when next used and
+    is reconnected afterwards, so with a pool of N dead connections up to N sends in
+    a row were lost — a stop reply, a ``session.ended`` — long after Redis was back
+    (found by ``bench/soak.py``). A failed write sent nothing, so trying again is safe;
+    up to :data:`LAYER_ATTEMPTS` tries, 50-150 ms apart.
+
+    Raises:
+        redis.exceptions.ConnectionError, OSError: still failing after every try.
+    """
+    for attempt in range(LAYER_ATTEMPTS):
+        try:
+            return await fn(*args)
+        except (RedisConnectionError, OSError):
+            if attempt == LAYER_ATTEMPTS - 1:
+                raise
+            await asyncio.sleep(0.05 * (attempt + 1))
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def group_send_from_sync(group: str, message: dict[str, Any]) -> None:
@@ -60,12 +90,12 @@ def group_send_from_sync(group: str, message: dict[str, Any]) -> None:
     if loop is None or loop.is_closed():
         # No server loop (or a finished async_to_sync's loop recorded in this thread,
         # which asgiref also skips): run the send on a loop of its own.
-        async_to_sync(layer.group_send)(group, message)
+        async_to_sync(layer_call)(layer.group_send, group, message)
         return
     if not loop.is_running():  # stopped, not closed: the server is shutting down
         logger.warning("event loop stopped; %s to %s not sent", message.get("type"), group)
         return
-    future = asyncio.run_coroutine_threadsafe(layer.group_send(group, message), loop)
+    future = asyncio.run_coroutine_threadsafe(layer_call(layer.group_send, group, message), loop)
     try:
         future.result(timeout=SEND_TIMEOUT_S)
     except concurrent.futures.TimeoutError:
