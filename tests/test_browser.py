@@ -202,26 +202,42 @@ def _orm(fn: Callable[[], T]) -> T:
         return pool.submit(run).result()
 
 
-def _audio_level(page: Page) -> float:
-    """The listen page's remote audio level (0..1), waiting up to 10 s for one > 0.01."""
-    level = 0.0
-    for _ in range(40):
-        level = page.evaluate(
-            """async () => {
-                const stats = await window.hearthListener.pc.getStats();
-                let level = 0;
-                stats.forEach((s) => {
-                    if (s.type === "inbound-rtp" && s.kind === "audio") {
-                        level = s.audioLevel || 0;
-                    }
-                });
-                return level;
-            }"""
-        )
-        if level > 0.01:
+LEVEL_JS = """async () => {
+    let level = 0;
+    (await window.hearthListener.pc.getStats()).forEach((s) => {
+        if (s.type === "inbound-rtp" && s.kind === "audio") level = s.audioLevel || 0;
+    });
+    return level;
+}"""
+"""The listen page's remote audio level (0..1), from its peer connection's stats."""
+
+
+def _audio_level_until(page: Page, check: Callable[[float], bool], *, tries: int = 40) -> float:
+    """The listen page's remote audio level, read up to ``tries`` times 250 ms apart
+    until ``check(level)`` holds; returns the last level read."""
+    level = page.evaluate(LEVEL_JS)
+    for _ in range(tries - 1):
+        if check(level):
             break
         page.wait_for_timeout(250)
+        level = page.evaluate(LEVEL_JS)
     return level
+
+
+def _audio_level(page: Page) -> float:
+    """The listen page's remote audio level (0..1), waiting up to 10 s for one > 0.01."""
+    return _audio_level_until(page, lambda level: level > 0.01)
+
+
+def _befriend(a: str, b: str) -> None:
+    """Make the users named ``a`` and ``b`` friends, straight in the database."""
+    from users.models import Friendship, User
+
+    def make() -> None:
+        low, high = sorted(User.objects.filter(username__in=[a, b]), key=lambda u: u.id)
+        Friendship.objects.create(user_low=low, user_high=high)
+
+    _orm(make)
 
 
 def _launch(audio: Path, *, autoplay_anything: bool = True) -> tuple[Playwright, Browser]:
@@ -386,7 +402,6 @@ def test_a_listener_resumes_after_a_network_drop_and_learns_of_a_missed_end(
     # the server." for good, and after a missed end it still said "alice is live"
     # while Listen answered "You can only listen to friends who are live".
     from streams.models import LiveSession
-    from users.models import Friendship, User
 
     ns, base = server
     errors: list[str] = []
@@ -400,13 +415,7 @@ def test_a_listener_resumes_after_a_network_drop_and_learns_of_a_missed_end(
             _watch_console(page, errors)
         _sign_up(alice, base, "alice")
         _sign_up(bob, base, "bob")
-
-        def befriend() -> None:
-            pair = User.objects.filter(username__in=["alice", "bob"])
-            low, high = sorted(pair, key=lambda u: u.id)
-            Friendship.objects.create(user_low=low, user_high=high)
-
-        _orm(befriend)
+        _befriend("alice", "bob")
 
         alice.goto(f"{base}/live/")
         alice.click("#go-live-start")
@@ -713,7 +722,7 @@ def test_listen_links_play_under_the_browsers_own_autoplay_policy(
 def test_broadcaster_titles_mutes_switches_denoise_and_sees_who_listens(
     server, noisy_jfk_wav: Path
 ) -> None:
-    from users.models import Friendship, User
+    from users.models import User
 
     ns, base = server
     errors: list[str] = []
@@ -725,14 +734,7 @@ def test_broadcaster_titles_mutes_switches_denoise_and_sees_who_listens(
             _watch_console(page, errors)
         _sign_up(alice, base, "alice")
         _sign_up(bob, base, "bob")
-
-        def befriend() -> None:
-            low, high = sorted(
-                User.objects.filter(username__in=["alice", "bob"]), key=lambda u: u.id
-            )
-            Friendship.objects.create(user_low=low, user_high=high)
-
-        _orm(befriend)
+        _befriend("alice", "bob")
         alice.goto(f"{base}/live/")
         alice.fill("#live-title", "Friday jam")
         alice.click("#go-live-start")
@@ -750,26 +752,8 @@ def test_broadcaster_titles_mutes_switches_denoise_and_sees_who_listens(
         )
         expect(alice.locator("#listener-names li")).to_have_text(["bob"], timeout=10_000)
 
-        def bob_level() -> float:
-            return bob.evaluate(
-                """async () => {
-                    let level = 0;
-                    (await window.hearthListener.pc.getStats()).forEach((s) => {
-                        const inbound = s.type === "inbound-rtp" && s.kind === "audio";
-                        if (inbound) level = s.audioLevel || 0;
-                    });
-                    return level;
-                }"""
-            )
-
-        def wait_level(check) -> float:
-            level = bob_level()
-            for _ in range(60):
-                if check(level):
-                    break
-                bob.wait_for_timeout(250)
-                level = bob_level()
-            return level
+        def wait_level(check: Callable[[float], bool]) -> float:
+            return _audio_level_until(bob, check, tries=61)
 
         assert wait_level(lambda v: v > 0.01) > 0.01
         alice.click("#live-mute")

@@ -21,6 +21,7 @@ from tests import test_browser
 from tests.netns import inside
 
 server = test_browser.server  # the fixture, bound here (an import would trip ruff F811)
+_befriend = test_browser._befriend
 _launch = test_browser._launch
 _orm = test_browser._orm
 _sign_up = test_browser._sign_up
@@ -29,16 +30,6 @@ _watch_console = test_browser._watch_console
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
 PASSWORD = "a-long-Passphrase-42"  # what _sign_up uses
-
-
-def _befriend(a: str, b: str) -> None:
-    from users.models import Friendship, User
-
-    def make() -> None:
-        low, high = sorted(User.objects.filter(username__in=[a, b]), key=lambda u: u.id)
-        Friendship.objects.create(user_low=low, user_high=high)
-
-    _orm(make)
 
 
 def _log_in(page: Page, base: str, username: str, password: str) -> None:

@@ -16,6 +16,8 @@ from playwright.sync_api import Page, expect
 from tests.netns import inside
 from tests.test_browser import (
     CUTTABLE_WEBSOCKET,
+    _audio_level,
+    _befriend,
     _launch,
     _orm,
     _sign_up,
@@ -25,44 +27,18 @@ from tests.test_browser import (
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
-LEVEL_JS = """async () => {
-    let level = 0;
-    (await window.hearthListener.pc.getStats()).forEach((s) => {
-        if (s.type === "inbound-rtp" && s.kind === "audio") level = s.audioLevel || 0;
-    });
-    return level;
-}"""
-
-
-def _hears(page: Page) -> float:
-    """The listener's audio level, waiting up to 10 s for one above 0.01."""
-    level = 0.0
-    for _ in range(40):
-        level = page.evaluate(LEVEL_JS)
-        if level > 0.01:
-            break
-        page.wait_for_timeout(250)
-    return level
-
 
 def _befriend_and_go_live(base: str, alice: Page, bob: Page) -> None:
-    from users.models import Friendship, User
-
     _sign_up(alice, base, "alice")
     _sign_up(bob, base, "bob")
-
-    def befriend() -> None:
-        low, high = sorted(User.objects.filter(username__in=["alice", "bob"]), key=lambda u: u.id)
-        Friendship.objects.create(user_low=low, user_high=high)
-
-    _orm(befriend)
+    _befriend("alice", "bob")
     alice.goto(f"{base}/live/")
     alice.click("#go-live-start")
     expect(alice.locator("#live-status")).to_have_attribute("data-state", "live", timeout=20_000)
     bob.goto(f"{base}/")
     bob.locator(".live-now-item .listen-link").click()
     expect(bob.locator("#listen-status")).to_have_attribute("data-state", "live", timeout=20_000)
-    assert _hears(bob) > 0.01
+    assert _audio_level(bob) > 0.01
 
 
 def test_navigating_while_live_keeps_the_broadcast_and_one_recording(
@@ -101,7 +77,7 @@ def test_navigating_while_live_keeps_the_broadcast_and_one_recording(
             assert alice.evaluate("window.sameDocument") is True, "the page was reloaded"
             assert alice.title().startswith("● Live · ")
             assert alice.evaluate("window.hearthBroadcaster.pc.connectionState") == "connected"
-            assert _hears(bob) > 0.01, f"bob hears nothing after alice opened {name}"
+            assert _audio_level(bob) > 0.01, f"bob hears nothing after alice opened {name}"
             alice.wait_for_timeout(1500)
         expect(bob.locator("#listen-status")).to_have_attribute("data-state", "live")
 
@@ -149,7 +125,7 @@ def test_a_broadcasters_dropped_socket_reattaches_within_the_grace(
         alice.evaluate("networkCut(true)")
         expect(alice.locator("#livebar")).to_have_attribute("data-state", "reconnecting")
         expect(alice.locator("#ws-status")).not_to_have_attribute("data-state", "open")
-        assert _hears(bob) > 0.01, "the media stops with the socket"
+        assert _audio_level(bob) > 0.01, "the media stops with the socket"
         alice.wait_for_timeout(2000)
         alice.evaluate("networkCut(false)")
         expect(alice.locator("#ws-status")).to_have_attribute("data-state", "open", timeout=20_000)
