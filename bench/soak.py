@@ -122,7 +122,7 @@ import sys
 import time
 import wave
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -1503,28 +1503,56 @@ class Soak:
 
     async def broadcaster_slot(self, slot: int) -> None:
         """Broadcast page after broadcast page until the churn ends."""
-        rng = random.Random(self.opts.seed * 1000 + slot)
-        await asyncio.sleep(slot * 3.0)
+        await self._churn_slot(
+            slot,
+            kind="broadcast",
+            pool=self.b_pool,
+            page=self.broadcast_page,
+            seed=self.opts.seed * 1000 + slot,
+            start_s=slot * 3.0,
+            min_left_s=MIN_BROADCAST_LEFT_S,
+            hold_s=BROADCAST_HOLD_S,
+            pause_s=(0.5, 2.0),
+        )
+
+    async def _churn_slot(
+        self,
+        slot: int,
+        *,
+        kind: str,
+        pool: AccountPool,
+        page: Callable[..., Awaitable[None]],
+        seed: int,
+        start_s: float,
+        min_left_s: float,
+        hold_s: tuple[float, float],
+        pause_s: tuple[float, float],
+    ) -> None:
+        """One churn slot: after ``start_s``, open ``page`` with an account from
+        ``pool`` on the daphnes in turn, each held a random ``hold_s`` (bounded by
+        ``PAGE_SLACK_S`` more), a random ``pause_s`` apart, until less than
+        ``min_left_s`` of the churn is left (at most ``MAX_PAGES_PER_SLOT`` pages).
+        Timeouts and exceptions are counted under ``kind``."""
+        rng = random.Random(seed)
+        await asyncio.sleep(start_s)
         for n in range(MAX_PAGES_PER_SLOT):
-            if time.monotonic() >= self.churn_end - MIN_BROADCAST_LEFT_S:
+            if time.monotonic() >= self.churn_end - min_left_s:
                 return
-            account = self.b_pool.take()
+            account = pool.take()
             if account is None:
                 await asyncio.sleep(1.0)
                 continue
             server = self.daphnes[(slot + n) % len(self.daphnes)]
-            hold = rng.uniform(*BROADCAST_HOLD_S)
+            hold = rng.uniform(*hold_s)
             try:
-                await asyncio.wait_for(
-                    self.broadcast_page(account, server, hold, rng), hold + PAGE_SLACK_S
-                )
+                await asyncio.wait_for(page(account, server, hold, rng), hold + PAGE_SLACK_S)
             except TimeoutError:
-                self.fig.page_timeouts["broadcast"] += 1
+                self.fig.page_timeouts[kind] += 1
             except Exception as exc:
-                self.fig.client_exceptions[f"broadcast: {type(exc).__name__}: {exc}"[:120]] += 1
+                self.fig.client_exceptions[f"{kind}: {type(exc).__name__}: {exc}"[:120]] += 1
             finally:
-                self.b_pool.give_back(account)
-            await asyncio.sleep(rng.uniform(0.5, 2.0))
+                pool.give_back(account)
+            await asyncio.sleep(rng.uniform(*pause_s))
 
     # -- listeners ---------------------------------------------------------------
     async def pick_session(self, rng: random.Random) -> LiveInfo | None:
@@ -1674,28 +1702,17 @@ class Soak:
 
     async def listener_slot(self, slot: int) -> None:
         """Listen page after listen page until the churn ends."""
-        rng = random.Random(self.opts.seed * 1000 + 500 + slot)
-        await asyncio.sleep(2.0 + slot * 1.5)
-        for n in range(MAX_PAGES_PER_SLOT):
-            if time.monotonic() >= self.churn_end - MIN_LISTEN_LEFT_S:
-                return
-            account = self.l_pool.take()
-            if account is None:
-                await asyncio.sleep(1.0)
-                continue
-            server = self.daphnes[(slot + n) % len(self.daphnes)]
-            hold = rng.uniform(*LISTEN_HOLD_S)
-            try:
-                await asyncio.wait_for(
-                    self.listen_page(account, server, hold, rng), hold + PAGE_SLACK_S
-                )
-            except TimeoutError:
-                self.fig.page_timeouts["listen"] += 1
-            except Exception as exc:
-                self.fig.client_exceptions[f"listen: {type(exc).__name__}: {exc}"[:120]] += 1
-            finally:
-                self.l_pool.give_back(account)
-            await asyncio.sleep(rng.uniform(0.3, 1.5))
+        await self._churn_slot(
+            slot,
+            kind="listen",
+            pool=self.l_pool,
+            page=self.listen_page,
+            seed=self.opts.seed * 1000 + 500 + slot,
+            start_s=2.0 + slot * 1.5,
+            min_left_s=MIN_LISTEN_LEFT_S,
+            hold_s=LISTEN_HOLD_S,
+            pause_s=(0.3, 1.5),
+        )
 
     # -- warm-up and live control ------------------------------------------------
     async def warmup(self) -> None:
