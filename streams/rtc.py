@@ -326,7 +326,6 @@ class BroadcastRoom:
         if live is None:
             return
         origin = live.released_start or 0
-        layer = get_channel_layer()
         for start, end, text in live.captions_due():
             cue = {
                 "start": round((start - origin) / SAMPLE_RATE, 2),
@@ -334,13 +333,7 @@ class BroadcastRoom:
                 "text": text,
             }
             self.captions.append(cue)
-            data = {"session_id": self.session_id, **cue}
-            with contextlib.suppress(Exception):
-                await layer_call(
-                    layer.group_send,
-                    services.session_group(self.session_id),
-                    {"type": "hearth.event", "event": "session.caption", "data": data},
-                )
+            await self._tell_session("session.caption", {"session_id": self.session_id, **cue})
         found = live.audit_drain()
         if found:
             events = [
@@ -460,13 +453,7 @@ class BroadcastRoom:
             "seconds_left": left,
             "message": f"Broadcasts are limited in length: this one ends in {left} s.",
         }
-        message = {"type": "hearth.event", "event": "session.warning", "data": data}
-        try:
-            await layer_call(
-                get_channel_layer().group_send, services.session_group(self.session_id), message
-            )
-        except Exception:
-            logger.exception("could not warn session %s", self.session_id)
+        await self._tell_session("session.warning", data)
 
     def _start_graph(self, track: Any) -> None:
         assert self.stage is not None and self.recorder_sink is not None and self.relay
@@ -668,13 +655,7 @@ class BroadcastRoom:
                     self.stage.processor_set(chain)
             self.stage.enabled = denoise
         data = {"session_id": self.session_id, "muted": self.mute.muted, "denoise": self.denoise_on}
-        message = {"type": "hearth.event", "event": "session.state", "data": data}
-        try:
-            await layer_call(
-                get_channel_layer().group_send, services.session_group(self.session_id), message
-            )
-        except Exception:
-            logger.exception("could not publish the state of session %s", self.session_id)
+        await self._tell_session("session.state", data)
 
     async def _publish_names(self) -> None:
         """Tell the broadcaster's page who is listening (connected), when it changed.
@@ -734,21 +715,22 @@ class BroadcastRoom:
         except Exception:
             logger.exception("could not publish listener count of session %s", self.session_id)
 
+    async def _tell_session(self, event: str, data: dict[str, Any]) -> None:
+        """Send the event ``event`` with ``data`` to every page of this session (its
+        ``session_group``); a failure is logged, never raised."""
+        message = {"type": "hearth.event", "event": event, "data": data}
+        try:
+            await layer_call(
+                get_channel_layer().group_send, services.session_group(self.session_id), message
+            )
+        except Exception:
+            logger.exception("could not send %s to session %s", event, self.session_id)
+
     async def _stats_loop(self) -> None:
         """Every ``STATS_INTERVAL_S``: the engine's figures to the session's pages."""
-        layer = get_channel_layer()
-        group = services.session_group(self.session_id)
         while not self.closing:
             await asyncio.sleep(settings.HEARTH["STATS_INTERVAL_S"])
-            message = {
-                "type": "hearth.event",
-                "event": "session.stats",
-                "data": self.stats(media=True),
-            }
-            try:
-                await layer_call(layer.group_send, group, message)
-            except Exception:
-                logger.exception("could not publish stats of session %s", self.session_id)
+            await self._tell_session("session.stats", self.stats(media=True))
 
     # -- the broadcaster's page: detached for a grace period, re-attached -----------
     def detach(self, page: str | None) -> bool:
