@@ -271,7 +271,12 @@ async def test_daphne_ends_a_crashed_session_at_start_up_without_any_go_live(
     assert recording.ended_at is not None
     assert recording.duration_s == pytest.approx(frames / 48_000)  # header repaired
     assert recording.size_bytes == 44 + 2 * frames
-    assert "media worker on" in daphne.log_text()
+    # The worker logs its start once registered, after the orphan cleanup above has
+    # run, so the line may still be on its way when the session is seen ended.
+    deadline = loop.time() + 15.0
+    while "media worker on" not in daphne.log_text():
+        assert loop.time() < deadline, "no 'media worker on' line\n" + daphne.log_tail()
+        await asyncio.sleep(0.2)
 
 
 # -- 6. unused tracks are not received ----------------------------------------------
