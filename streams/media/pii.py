@@ -103,6 +103,33 @@ _HOME_CUE = re.compile(
 )
 """A house number and up to three capitalised words after "I live at"/"moved to" ...:
 an address whatever the street word became in the transcript ("42Bcast Read")."""
+_GIVEN_NAME_LIST = """
+    Aaron Abdul Abigail Adam Adrian Ahmed Aidan Aisha Alan Albert Alejandro Alexander
+    Alexandra Alice Alison Amanda Amelia Amir Amy Andrea Andrew Angela Anna Anne Anthony
+    Antonio Arjun Ashley Barbara Benjamin Bethany Brandon Brian Caroline Carlos Catherine
+    Charles Charlotte Chloe Christine Christopher Claire Daniel Daniela David Deborah
+    Dennis Diana Diego Dmitri Donald Dorothy Edward Elena Eleanor Elizabeth Ellie Emily
+    Emma Eric Ethan Fatima Fernando Fiona Francesca Gabriel Gareth George Hannah
+    Harry Harriet Heather Helen Henry Ian Imran Isaac Isabel Isabella Isla Jacob James
+    Jamie Jane Janet Jasmine Jason Jennifer Jessica Joanna John Jonathan Jose Joseph
+    Joshua Juan Julia Karen Katherine Kathleen Kevin Kimberly Laura Lauren Leah Liam
+    Linda Lisa Lucas Lucy Luis Margaret Maria Mariam Marie Matthew Megan Melissa Michael
+    Michelle Mohammed Muhammad Nancy Natalie Nathan Nicholas Nicole Noah Olivia Oliver
+    Omar Patricia Patrick Paul Peter Priya Rachel Rahul Rebecca Richard Robert Ryan
+    Samantha Samuel Sandra Sarah Sean Sebastian Sharon Simon Sofia Sophia Sophie Stephanie
+    Stephen Steven Susan Thomas Timothy Vikram William Yusuf Zachary Zara Zoe
+"""
+_GIVEN_NAMES: frozenset[str] = frozenset(_GIVEN_NAME_LIST.split())
+"""Common given names (UK, US, Irish, South Asian, Arabic, Hispanic), written out for
+Hearth from general knowledge of the most frequent names in public birth-name
+statistics. Names that are also everyday English words or places (Will, May, Mark,
+Grace, Hope, Bill, Jack, Rose, Frank, Faith, April, Florence, Georgia, Victoria) are
+left out. spaCy's small model misses a name when the transcript around it is
+garbled ("ask for Emily 'clock"); a capitalised known given name catches it."""
+_GIVEN_NAME = re.compile(
+    r"\b(?P<name>(?:" + "|".join(sorted(_GIVEN_NAMES)) + r")(?:\s+[A-Z][a-z'’\-]+)?)\b"
+)
+"""A capitalised given name, with the capitalised word after it (a surname) when any."""
 _UK_POSTCODE = r"\b[A-Z]{1,2}\d[A-Z\d]?\s*\d\s*[A-Z]\s*[A-Z]\b"
 _US_ZIP = r"\b\d{5}(?:-\d{4})?\b"
 
@@ -160,7 +187,8 @@ def asr_recognizers(min_digits: int = 6) -> list[Any]:
     Returns:
         ``EntityRecognizer`` objects: DIGIT_RUN (labelled PHONE_NUMBER for 7-12
         digits, CREDIT_CARD for 13-19), spoken EMAIL_ADDRESS, STREET_ADDRESS (number +
-        name + street word, or number + names after "I live at"), POSTCODE.
+        name + street word, or number + names after "I live at"), POSTCODE, PERSON
+        (a capitalised common given name, for when spaCy misses it).
     """
     from presidio_analyzer import EntityRecognizer, Pattern, PatternRecognizer, RecognizerResult
 
@@ -207,6 +235,20 @@ def asr_recognizers(min_digits: int = 6) -> list[Any]:
                 for m in _HOME_CUE.finditer(text)
             ]
 
+    class GivenNameRecognizer(EntityRecognizer):  # type: ignore[misc]
+        """A capitalised common given name (+ surname), see ``_GIVEN_NAMES``."""
+
+        def load(self) -> None:
+            return None
+
+        def analyze(self, text: str, entities: list[str], nlp_artifacts: Any = None) -> list[Any]:
+            if "PERSON" not in entities:
+                return []
+            return [
+                RecognizerResult("PERSON", m.start("name"), m.end("name"), 0.6)
+                for m in _GIVEN_NAME.finditer(text)
+            ]
+
     spoken_email = PatternRecognizer(
         supported_entity="EMAIL_ADDRESS",
         name="SpokenEmailRecognizer",
@@ -234,7 +276,8 @@ def asr_recognizers(min_digits: int = 6) -> list[Any]:
     home = HomeAddressRecognizer(
         supported_entities=["STREET_ADDRESS"], name="HomeAddressRecognizer"
     )
-    return [digit_run, spoken_email, street, home, postcode]
+    given_name = GivenNameRecognizer(supported_entities=["PERSON"], name="GivenNameRecognizer")
+    return [digit_run, spoken_email, street, home, postcode, given_name]
 
 
 def build_analyzer(spacy_model: str = SPACY_MODEL) -> Any:
