@@ -20,6 +20,11 @@ def shared_data_dir() -> Path:
     return (Path(override) if override else REPO_ROOT.parent / "shared") / "data"
 
 
+def shared_models_dir() -> Path:
+    """``$HEARTH_SHARED_DIR/models``, else ``<repo>/../shared/models`` (YuNet's ONNX)."""
+    return shared_data_dir().parent / "models"
+
+
 def in_temp_workdir(prefix: str, run: Callable[[Path], T], *, keep: bool) -> T:
     """Call ``run(workdir)`` with a fresh temporary folder; remove it afterwards
     unless ``keep`` (then its path is printed)."""

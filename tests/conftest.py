@@ -7,9 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench._common import shared_data_dir
+from bench._common import shared_data_dir, shared_models_dir
 
 DATA_DIR = shared_data_dir()
+MODELS_DIR = shared_models_dir()
 
 
 @pytest.fixture(autouse=True)
@@ -30,6 +31,8 @@ def _hearth_settings(settings, tmp_path: Path) -> None:
         "RECORDING_COMPRESS": False,
         "MIN_RECORDING_S": 0.0,
         "BROADCAST_GRACE_S": 0.0,
+        # YuNet's verified ONNX from ../shared/models (as CI has it).
+        "MODEL_DIR": str(MODELS_DIR),
     }
 
 

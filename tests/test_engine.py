@@ -189,7 +189,8 @@ def _assert_recorded_as_heard(recorded: np.ndarray, collect: CollectSink) -> Non
 def test_engine_imports_nothing_from_django() -> None:
     code = (
         "import sys; import streams.media.graph, streams.media.relay, streams.media.sinks, "
-        "streams.media.timeline, streams.media.workers; "
+        "streams.media.timeline, streams.media.workers, streams.media.video, "
+        "streams.media.detectors, streams.media.video_io; "
         "bad = [m for m in sys.modules if m == 'django' or m.startswith(('django.', 'channels'))]; "
         "print(bad); sys.exit(1 if bad else 0)"
     )

@@ -97,3 +97,108 @@ def test_errors_are_clear(tmp_path: Path, noisy_jfk_speech_level_wav: Path):
     with pytest.raises(CommandError, match="cannot read reference"):
         run(str(noisy_jfk_speech_level_wav), str(tmp_path / "o.wav"), "--reference", str(text))
     assert not (tmp_path / "o.wav").exists()
+
+
+# -- video --------------------------------------------------------------------------
+def _summary_counts(summary: str) -> dict[str, int]:
+    match = re.search(
+        r"frames processed (\d+), fail-closed \(fully blurred\) (\d+); faces blurred (\d+), "
+        r"plates blurred (\d+)",
+        summary,
+    )
+    assert match, summary
+    keys = ("processed", "failed_closed", "faces", "plates")
+    return dict(zip(keys, (int(v) for v in match.groups()), strict=True))
+
+
+def _decoded(path: Path) -> tuple[av.video.stream.VideoStream, list[np.ndarray], list[str]]:
+    with av.open(str(path)) as container:
+        video = container.streams.video[0]
+        frames = [f.to_ndarray(format="bgr24") for f in container.decode(video)]
+        audio = [s.codec_context.name for s in container.streams.audio]
+        return video, frames, audio
+
+
+@pytest.fixture(scope="module")
+def face_detectors():
+    from streams.media.detectors import YUNET_FILE, CenterFaceDetector, YuNetDetector
+    from tests.conftest import MODELS_DIR
+
+    return YuNetDetector(MODELS_DIR / YUNET_FILE.name), CenterFaceDetector()
+
+
+def _faces(frames: list[np.ndarray], detectors) -> list[int]:
+    return [sum(len(d.detect(frame)) for d in detectors) for frame in frames]
+
+
+def test_video_with_audio_becomes_a_redacted_mp4(tmp_path: Path, face_detectors):
+    from bench._video_material import write_pan_video
+
+    clip = write_pan_video(tmp_path / "walk.mkv", frames=6, width=480, height=320, rate=12)
+    _, raw, _ = _decoded(clip.path)
+    assert min(_faces(raw, face_detectors)) >= 10  # the input is full of faces
+    output = tmp_path / "walk.mp4"
+    summary = run(str(clip.path), str(output))
+    assert "video 480x320 at 12 fps, 6 frames" in summary
+    assert "detectors face yunet, plate haar_plate" in summary
+    assert "audio: chain deepfilternet3" in summary
+    counts = _summary_counts(summary)
+    assert counts["processed"] == 6 and counts["failed_closed"] == 0
+    assert counts["faces"] >= 6 * 7
+    video, frames, audio = _decoded(output)
+    assert video.codec_context.name == "h264"
+    assert (video.width, video.height) == (480, 320)
+    assert video.average_rate == 12
+    assert len(frames) == 6
+    assert audio == ["aac"]
+    with av.open(str(output)) as container:
+        sound = container.streams.audio[0]
+        seconds = float(sound.duration * sound.time_base)
+    assert seconds == pytest.approx(clip.audio_s, abs=0.03)
+    # No face left for either detector at Hearth's thresholds.
+    assert _faces(frames, face_detectors) == [0] * 6
+
+
+def test_video_without_audio_with_centerface_and_no_plates(tmp_path: Path, face_detectors):
+    from bench._video_material import write_pan_video
+
+    clip = write_pan_video(tmp_path / "mute.mp4", frames=4, width=320, height=240, audio=False)
+    output = tmp_path / "out.mp4"
+    summary = run(str(clip.path), str(output), "--face-detector", "centerface", "--no-blur-plates")
+    assert "detectors face centerface;" in summary
+    assert "audio: none in the input" in summary
+    assert _summary_counts(summary)["processed"] == 4
+    video, frames, audio = _decoded(output)
+    assert (video.width, video.height, video.average_rate) == (320, 240, 12)
+    assert audio == [] and len(frames) == 4
+    assert _faces(frames, face_detectors) == [0] * 4
+
+
+def test_video_with_blurring_off_passes_the_picture(tmp_path: Path, face_detectors):
+    from bench._video_material import write_pan_video
+
+    clip = write_pan_video(tmp_path / "in.mkv", frames=3, width=320, height=240, audio=False)
+    output = tmp_path / "plain.mp4"
+    summary = run(str(clip.path), str(output), "--no-blur-faces", "--no-blur-plates")
+    assert "detectors none (frames pass unchanged)" in summary
+    _, frames, _ = _decoded(output)
+    _, raw, _ = _decoded(clip.path)
+    assert min(_faces(frames, face_detectors)) >= 5
+    for got, want in zip(frames, raw, strict=True):  # only H.264's loss
+        assert np.abs(got.astype(int) - want.astype(int)).mean() < 4
+
+
+def test_video_errors_are_clear(tmp_path: Path, settings):
+    from bench._video_material import write_pan_video
+    from streams.media.detectors import YUNET_FILE
+
+    clip = write_pan_video(tmp_path / "in.mkv", frames=2, width=160, height=120, audio=False)
+    with pytest.raises(CommandError, match="--reference is for audio files"):
+        run(str(clip.path), str(tmp_path / "o.mp4"), "--reference", str(clip.path))
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / YUNET_FILE.name).write_bytes(b"not the reviewed model")
+    settings.HEARTH = {**settings.HEARTH, "MODEL_DIR": str(models)}
+    with pytest.raises(CommandError, match="face model refused"):
+        run(str(clip.path), str(tmp_path / "o.mp4"))
+    assert not (tmp_path / "o.mp4").exists()

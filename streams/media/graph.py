@@ -1,5 +1,13 @@
 """A media graph and the runner that drives it, the same live and over files.
 
+Audio graphs (below) cut their source into 20 ms blocks; a video graph runs the same
+runner over :class:`~streams.media.items.VideoFrame` items, one frame at a time (no
+re-blocking, no trimming: each frame is its own unit), e.g. decode → detect faces →
+detect plates → track/hold → blur (:mod:`streams.media.video`). Every rule below —
+stages in the stream's worker with a deadline, fail-closed output for a stage that
+raised, stalled or was skipped to catch up, sink queues with policies — holds for
+frames as for blocks; a video stage's fail-closed output is the whole frame blurred.
+
 ::
 
     Source ──▶ re-block (960) ──▶ [stage 0 ─▶ stage 1 ─▶ …] ──▶ trim ──▶ tee ─┬▶ sink (queue policy)
@@ -51,6 +59,8 @@ from streams.media.items import (
     AudioChunk,
     Event,
     Item,
+    MediaItem,
+    VideoFrame,
     silence,
 )
 from streams.media.metrics import MediaMetrics
@@ -66,11 +76,11 @@ re-anchors instead of filling the gap with silence."""
 
 # -- sources --------------------------------------------------------------------
 class Source(ABC):
-    """Where a graph's audio comes from."""
+    """Where a graph's media comes from: audio chunks, or video frames."""
 
     @abstractmethod
-    async def read(self) -> AudioChunk | None:
-        """The next chunk (float32 mono 48 kHz), or None at the end of the stream."""
+    async def read(self) -> MediaItem | None:
+        """The next chunk (float32 mono 48 kHz) or video frame; None at the end."""
 
     def close(self) -> None:  # noqa: B027 (optional hook)
         """Release the source (idempotent)."""
@@ -315,6 +325,7 @@ class _SinkQueue:
         self.metrics = metrics
         self.items: deque[Item] = deque()
         self.wakeup = asyncio.Event()
+        self.room = asyncio.Event()  # set whenever the drain takes an item
         self.closed = False
         self.failed = False
         self.task = asyncio.ensure_future(self._drain())
@@ -337,11 +348,18 @@ class _SinkQueue:
         self.closed = True
         self.wakeup.set()
 
+    async def wait_room(self) -> None:
+        """Wait until the queue is below its bound (or its sink failed)."""
+        while len(self.items) >= self.sink.max_items and not self.failed and not self.closed:
+            self.room.clear()
+            await self.room.wait()
+
     async def _drain(self) -> None:
         try:
             while True:
                 while self.items:
                     item = self.items.popleft()
+                    self.room.set()
                     if self.failed:
                         continue
                     try:
@@ -405,6 +423,10 @@ class GraphRunner:
             None (files): never skip.
         on_event: Called on the loop for every :class:`Event` (stage failures too).
         metrics: Where to count (shared with a relay); a new one by default.
+        backpressure: Files only: before the next block, wait until every sink queue
+            is below its bound, so a sink slower than the stages (an H.264 encoder)
+            slows the run instead of overflowing its queue. Live streams leave it
+            off: a slow consumer must never delay the others.
     """
 
     def __init__(
@@ -418,6 +440,7 @@ class GraphRunner:
         max_lag_s: float | None = 0.25,
         on_event: Callable[[Event], None] | None = None,
         metrics: MediaMetrics | None = None,
+        backpressure: bool = False,
     ) -> None:
         self.graph = graph
         self.source = source
@@ -427,10 +450,11 @@ class GraphRunner:
         self.max_lag_s = max_lag_s
         self.on_event = on_event
         self.metrics = metrics if metrics is not None else MediaMetrics()
+        self.backpressure = backpressure
         self.stage_failed: dict[int, str] = {}
         self.source_error = ""
         self._worker: StreamWorker | None = None
-        self._current: tuple[int, AudioChunk] | None = None  # set by the worker thread
+        self._current: tuple[int, MediaItem] | None = None  # set by the worker thread
         self._generation = 0  # bumped when a worker is abandoned: its late work is void
         self._range_start: int | None = None
         self._range_end: int | None = None
@@ -451,7 +475,7 @@ class GraphRunner:
             stage = self.graph.stages[index]
             out: list[Item] = []
             for item in items:
-                if not isinstance(item, AudioChunk):
+                if not isinstance(item, AudioChunk | VideoFrame):
                     out.append(item)
                     continue
                 if generation != self._generation:
@@ -464,8 +488,13 @@ class GraphRunner:
                 try:
                     out.extend(stage.process(item))
                 except Exception as exc:
-                    logger.exception("stage %s of %s failed; fails closed", stage.name, self.name)
-                    self._mark_failed(index, f"{type(exc).__name__}: {exc}")
+                    if stage.fails_per_item:
+                        self._item_failed(stage, exc)
+                    else:
+                        logger.exception(
+                            "stage %s of %s failed; fails closed", stage.name, self.name
+                        )
+                        self._mark_failed(index, f"{type(exc).__name__}: {exc}")
                     out.extend(stage.fail_closed(item))
                 self.metrics.timer(stage.name).add(time.perf_counter() - started)
             self._current = None
@@ -474,16 +503,32 @@ class GraphRunner:
                 taps[index] = list(items)
         return _ChainResult(items, taps)
 
-    def _fail_closed_chain(self, block: AudioChunk) -> list[Item]:
+    def _fail_closed_chain(self, block: MediaItem) -> list[Item]:
         """Every stage's fail-closed output in turn (cheap by the stage contract)."""
         items: list[Item] = [block]
         for stage in self.graph.stages:
             items = [
                 out
                 for item in items
-                for out in (stage.fail_closed(item) if isinstance(item, AudioChunk) else [item])
+                for out in (
+                    stage.fail_closed(item) if isinstance(item, AudioChunk | VideoFrame) else [item]
+                )
             ]
         return items
+
+    def _item_failed(self, stage: Stage, exc: Exception) -> None:
+        """A per-item stage raised: count it; log the first and every 100th."""
+        errors = self.metrics.stage_errors
+        errors[stage.name] = errors.get(stage.name, 0) + 1
+        if errors[stage.name] % 100 == 1:
+            logger.error(
+                "stage %s of %s failed on an item (%d so far); that item fails closed: %s: %s",
+                stage.name,
+                self.name,
+                errors[stage.name],
+                type(exc).__name__,
+                exc,
+            )
 
     def _mark_failed(self, index: int, reason: str) -> None:
         if index not in self.stage_failed:
@@ -549,6 +594,7 @@ class GraphRunner:
         )
 
     def _deliver(self, result: _ChainResult, *, count_blocks: bool) -> None:
+        metrics = self.metrics
         for index, items in result.taps.items():
             for item in items:
                 trimmed = self._trim(item) if isinstance(item, AudioChunk) else item
@@ -558,6 +604,16 @@ class GraphRunner:
         for item in result.outputs:
             if isinstance(item, Event):
                 self._emit_event(item)
+                continue
+            if isinstance(item, VideoFrame):
+                if item.failed_closed:
+                    metrics.frames_failed_closed += 1
+                else:
+                    metrics.frames_processed += 1
+                for kind, count in item.blurred.items():
+                    metrics.regions_blurred[kind] = metrics.regions_blurred.get(kind, 0) + count
+                for queue in self._queues:
+                    queue.push(item)
                 continue
             if not isinstance(item, AudioChunk):
                 continue
@@ -571,9 +627,12 @@ class GraphRunner:
                 for queue in self._queues:
                     queue.push(trimmed)
 
-    async def _process_block(self, block: AudioChunk, ready: float) -> None:
+    async def _process_block(self, block: MediaItem, ready: float) -> None:
         now = time.monotonic()
-        self.metrics.blocks_in += 1
+        if isinstance(block, VideoFrame):
+            self.metrics.frames_in += 1
+        else:
+            self.metrics.blocks_in += 1
         self.metrics.timer("queue").add(now - ready)
         lagging = self.max_lag_s is not None and now - block.arrived > self.max_lag_s
         if lagging:
@@ -588,13 +647,18 @@ class GraphRunner:
         self.metrics.timer("process").add(time.perf_counter() - started)
         self._deliver(result, count_blocks=True)
 
-    async def _read(self, blocks: asyncio.Queue[tuple[AudioChunk, float] | None]) -> None:
+    async def _read(self, blocks: asyncio.Queue[tuple[MediaItem, float] | None]) -> None:
         reblocker = Reblocker(self.graph.block_samples)
         try:
             while not self._stop.is_set():
                 chunk = await self.source.read()
                 if chunk is None:
                     break
+                if isinstance(chunk, VideoFrame):  # a frame is its own block
+                    ready = time.monotonic()
+                    self.metrics.timer("receive").add(ready - chunk.arrived)
+                    await blocks.put((chunk, ready))
+                    continue
                 if self._range_start is None:
                     self._range_start = chunk.pts
                 blocks_ready = reblocker.push(chunk)
@@ -626,7 +690,7 @@ class GraphRunner:
             index: [_SinkQueue(sink, self.metrics) for sink in sinks]
             for index, sinks in self.graph.taps.items()
         }
-        blocks: asyncio.Queue[tuple[AudioChunk, float] | None] = asyncio.Queue(maxsize=500)
+        blocks: asyncio.Queue[tuple[MediaItem, float] | None] = asyncio.Queue(maxsize=500)
         reader = self._reader = asyncio.ensure_future(self._read(blocks))
         after_pts: int | None = None
         try:
@@ -637,6 +701,9 @@ class GraphRunner:
                 block, ready = entry
                 await self._process_block(block, ready)
                 after_pts = block.end_pts
+                if self.backpressure:
+                    for queue in self._all_queues():
+                        await queue.wait_room()
             if after_pts is not None:
                 await self._flush(after_pts)
         finally:
@@ -694,8 +761,8 @@ class GraphRunner:
                 logger.exception("closing stage %s failed", stage.name)
 
 
-def _first_chunk(items: list[Item]) -> AudioChunk:
-    return next(i for i in items if isinstance(i, AudioChunk))
+def _first_chunk(items: list[Item]) -> MediaItem:
+    return next(i for i in items if isinstance(i, AudioChunk | VideoFrame))
 
 
 __all__ = [

@@ -1,12 +1,15 @@
-"""What flows through a media graph: timestamped audio chunks, encoded packets, events.
+"""What flows through a media graph: timestamped audio chunks, video frames, encoded
+packets, events.
 
 Every item carries ``pts`` (presentation timestamp, an integer count of ``time_base``
 units) of the *content* it holds, as the source track stamped it; stages that delay
 audio (DeepFilterNet3's 30 ms look-ahead, a broadcast delay line) keep that content
 time, so a recording, a delay line or an audit trail can line items up with the
 source. Audio uses ``time_base = 1/48000`` (one tick per sample at 48 kHz, the RTP
-clock rate of Opus, RFC 7587 §4.1). Same model as PyAV/FFmpeg (``AVFrame.pts`` in
-``time_base``) and aiortc (``Frame.pts``/``Frame.time_base``).
+clock rate of Opus, RFC 7587 §4.1). Video frames keep the time base their source
+stamped them in (a container stream's, e.g. ``1/15360``, or RTP's ``1/90000``, RFC 3551
+§5). Same model as PyAV/FFmpeg (``AVFrame.pts`` in ``time_base``) and aiortc
+(``Frame.pts``/``Frame.time_base``).
 """
 
 from __future__ import annotations
@@ -120,7 +123,129 @@ class Event:
         return float(self.end_pts * self.time_base)
 
 
-Item = AudioChunk | EncodedPacket | Event
+@dataclass(frozen=True, slots=True)
+class Box:
+    """An axis-aligned region of a video frame to redact, in full-frame pixels.
+
+    Attributes:
+        x0: Left edge, pixels from the frame's left (float; may lie outside the frame).
+        y0: Top edge, pixels from the top.
+        x1: Right edge (exclusive), ``> x0``.
+        y1: Bottom edge (exclusive), ``> y0``.
+        kind: What it covers: ``"face"``, ``"plate"``, ``"text"``.
+        score: Detector confidence in [0, 1] (1.0 for detectors without one).
+    """
+
+    x0: float
+    y0: float
+    x1: float
+    y1: float
+    kind: str
+    score: float = 1.0
+
+    @property
+    def width(self) -> float:
+        """``x1 - x0`` in pixels."""
+        return self.x1 - self.x0
+
+    @property
+    def height(self) -> float:
+        """``y1 - y0`` in pixels."""
+        return self.y1 - self.y0
+
+    def scaled(self, factor: float) -> Box:
+        """This box with every coordinate multiplied by ``factor`` (analysis → frame)."""
+        return Box(
+            self.x0 * factor,
+            self.y0 * factor,
+            self.x1 * factor,
+            self.y1 * factor,
+            self.kind,
+            self.score,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Detections:
+    """One detector's result: the boxes it found in the frame stamped ``pts``.
+
+    A video frame carries the newest result of each detector; when a detector did not
+    run on that frame (it runs every n-th frame, or fell behind) the result is an older
+    frame's, and ``frame.pts - pts`` is its age, which the blur stage compares with its
+    staleness budget.
+
+    Attributes:
+        detector: The detector's name (``"face"``, ``"plate"``).
+        pts: pts of the frame the detector analysed, in that frame's ``time_base``.
+        boxes: What it found, in full-frame pixels.
+    """
+
+    detector: str
+    pts: int
+    boxes: tuple[Box, ...]
+
+
+@dataclass(slots=True)
+class VideoFrame:
+    """One decoded picture with its content timestamp and what the stages found in it.
+
+    Attributes:
+        image: uint8 BGR pixels (OpenCV's channel order), shape ``(height, width, 3)``,
+            C-contiguous. Stages that change pixels write a new array or this one in
+            place; nobody else holds it.
+        pts: Presentation timestamp in ``time_base`` units, as the source stamped it
+            (relative to the source's first frame for files).
+        time_base: Seconds per pts tick (e.g. ``1/15360`` from an MP4 stream, ``1/90000``
+            from RTP).
+        arrived: ``time.monotonic()`` when the source frame arrived (seconds).
+        duration: Nominal display duration in ``time_base`` ticks (0 if unknown).
+        failed_closed: True when the picture is a stage's fail-closed output (the whole
+            frame blurred) instead of the processed frame.
+        detections: Newest result per detector name (see :class:`Detections`).
+        regions: Stabilised regions to blur (set by the tracking stage).
+        blurred: Regions blurred in this frame per kind (set by the blur stage), e.g.
+            ``{"face": 3, "plate": 1}``; counted into the stream's metrics.
+    """
+
+    image: NDArray[np.uint8]
+    pts: int
+    time_base: Fraction
+    arrived: float
+    duration: int = 0
+    failed_closed: bool = False
+    detections: dict[str, Detections] = field(default_factory=dict)
+    regions: list[Box] = field(default_factory=list)
+    blurred: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def end_pts(self) -> int:
+        """``pts + duration``."""
+        return self.pts + self.duration
+
+    @property
+    def start_s(self) -> float:
+        """``pts`` in seconds."""
+        return float(self.pts * self.time_base)
+
+    @property
+    def width(self) -> int:
+        """Frame width in pixels."""
+        return int(self.image.shape[1])
+
+    @property
+    def height(self) -> int:
+        """Frame height in pixels."""
+        return int(self.image.shape[0])
+
+    def seconds(self, ticks: int) -> float:
+        """``ticks`` of this frame's ``time_base`` in seconds."""
+        return float(ticks * self.time_base)
+
+
+MediaItem = AudioChunk | VideoFrame
+"""What stages process: audio chunks and video frames (events pass stages untouched)."""
+
+Item = AudioChunk | VideoFrame | EncodedPacket | Event
 """Anything a stage or sink may receive."""
 
 

@@ -111,6 +111,14 @@ class MediaMetrics:
         sink_drops: Items each sink's queue dropped (drop-oldest policy).
         gap_samples: Samples of silence filled in where the source's timestamps
             jumped ahead (packets lost or dropped before the graph), at 48 kHz.
+        frames_in: Video frames that entered the graph.
+        frames_processed: Video frames every stage processed (redacted as asked).
+        frames_failed_closed: Video frames that left fully blurred because a stage
+            raised, stalled or was skipped, or a detector's result was too old.
+        regions_blurred: Regions blurred per kind, summed over frames (a face in 30
+            frames counts 30), e.g. ``{"face": 120, "plate": 4}``.
+        stage_errors: Items each per-item stage failed on (see
+            ``Stage.fails_per_item``).
     """
 
     blocks_in: int = 0
@@ -120,6 +128,11 @@ class MediaMetrics:
     failed: str = ""
     sink_drops: dict[str, int] = field(default_factory=dict)
     gap_samples: int = 0
+    frames_in: int = 0
+    frames_processed: int = 0
+    frames_failed_closed: int = 0
+    regions_blurred: dict[str, int] = field(default_factory=dict)
+    stage_errors: dict[str, int] = field(default_factory=dict)
     timers: dict[str, StageTimer] = field(default_factory=dict)
 
     def timer(self, name: str) -> StageTimer:
@@ -140,4 +153,9 @@ class MediaMetrics:
             "failed": self.failed,
             "sink_drops": dict(self.sink_drops),
             "gap_ms": round(self.gap_samples / 48, 1),
+            "frames_in": self.frames_in,
+            "frames_processed": self.frames_processed,
+            "frames_failed_closed": self.frames_failed_closed,
+            "regions_blurred": dict(self.regions_blurred),
+            "stage_errors": dict(self.stage_errors),
         }

@@ -1,7 +1,9 @@
 """Stages: one job each, a declared latency, a fail-closed output.
 
-A stage turns audio chunks into audio chunks (and may emit :class:`Event` items
-beside them). It runs in its stream's worker thread, never on the event loop. Like a
+A stage turns audio chunks into audio chunks, or video frames into video frames (and
+may emit :class:`Event` items beside them); a graph carries one kind of media, and
+its stages are written for that kind (video stages: :mod:`streams.media.video`).
+It runs in its stream's worker thread, never on the event loop. Like a
 pipecat ``FrameProcessor`` it sees items in order; like a GStreamer element it
 answers a latency query (:meth:`Stage.latency_ticks`). Unlike either, every stage
 states what leaves in place of its output when it cannot produce it
@@ -28,11 +30,17 @@ class Stage(ABC):
     Attributes:
         name: Short identifier for metrics, logs and events.
         skippable: Whether the runner may skip it for blocks that are late.
+        fails_per_item: What an exception from :meth:`process` means. False (audio
+            kernels with state that an error may have corrupted): the stage is marked
+            failed and fails closed for this and every later item. True (stateless
+            per-frame detectors): only this item fails closed, counted in
+            ``MediaMetrics.stage_errors``; the next item is tried again.
     """
 
     name: str = "stage"
     skippable: bool = True
     """May be skipped (fail closed) for a block when the stream falls behind."""
+    fails_per_item: bool = False
 
     @abstractmethod
     def latency_ticks(self) -> int:
@@ -48,8 +56,8 @@ class Stage(ABC):
         """Process one chunk (worker thread); return the chunks/events it yields.
 
         Raises:
-            Exception: any failure; the graph then marks the stage failed and uses
-                :meth:`fail_closed` for this and every later chunk.
+            Exception: any failure; the graph then uses :meth:`fail_closed` for this
+                chunk and (unless :attr:`fails_per_item`) every later one.
         """
 
     def fail_closed(self, chunk: AudioChunk) -> list[Item]:
