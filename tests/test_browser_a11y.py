@@ -1,5 +1,7 @@
 """Accessibility in headless Debian Chromium (Playwright): axe-core on every page and
-state, light and dark, desktop and phone.
+state, light and dark, desktop and phone; and where the keyboard focus goes after
+the buttons that replace themselves (Start, Stop, Listen, Add friend, Cancel,
+Accept, Decline).
 
 axe-core (static/vendor/axe-core, pinned; never linked from a page) is evaluated
 into the page by Playwright, which the page's CSP does not govern. Each state is
@@ -267,6 +269,102 @@ def test_every_page_and_state_passes_axe_light_and_dark_desktop_and_phone(
         audit.check()
         unexpected = [e for e in errors if e not in expected_errors]
         assert unexpected == [], "console errors:\n" + "\n".join(unexpected)
+    finally:
+        browser.close()
+        playwright.stop()
+
+
+def test_focus_moves_to_what_replaced_the_pressed_button(server, noisy_jfk_wav: Path) -> None:
+    # Before: each of these buttons hid or re-rendered itself and the focus fell to the
+    # page's body, so a keyboard or screen-reader user was thrown back to the top.
+    from tests.factories import make_user
+    from users import services
+
+    ns, base = server
+    errors: list[str] = []
+    with inside(ns):
+        playwright, browser = _launch(noisy_jfk_wav)
+    try:
+        alice = browser.new_context(viewport=DESKTOP).new_page()
+        bob = browser.new_context(viewport=PHONE).new_page()
+        for page in (alice, bob):
+            _watch_console(page, errors)
+        _sign_up(alice, base, "alice")
+        _sign_up(bob, base, "bob")
+
+        # Add friend: the button becomes "Request sent"; the focus goes to the status line.
+        alice.fill("#friend-search-input", "bo")
+        alice.press("#friend-search-input", "Enter")
+        alice.locator(".search-result .add-friend-button").click()
+        status = alice.locator("#friend-search-status")
+        expect(status).to_have_text("Friend request sent.")
+        expect(status).to_be_focused()
+        # Cancel: its row goes; the list's "none" text takes the focus.
+        alice.locator("#outgoing-list .cancel-button").click()
+        expect(alice.locator("#outgoing-empty")).to_be_focused()
+        alice.locator(".search-result .add-friend-button").click()
+        expect(status).to_be_focused()
+
+        # Decline: the focus goes to the same button on the next request; Accept the
+        # last one: to the list's "none" text.
+        _orm(lambda: services.friend_request_send(from_user=make_user("carol"), to_username="bob"))
+        bob.reload()
+        requests = bob.locator("#incoming-list .request-item")
+        expect(requests).to_have_count(2)
+        requests.filter(has_text="carol").locator(".decline-button").click()
+        expect(requests).to_have_count(1)
+        expect(requests.filter(has_text="alice").locator(".decline-button")).to_be_focused()
+        bob.keyboard.press("Shift+Tab")  # to Accept, by keyboard
+        bob.keyboard.press("Enter")
+        expect(bob.locator("#incoming-empty")).to_be_focused()
+        expect(bob.locator(".friend-item")).to_have_count(1)
+
+        # Start: the focus goes to Stop, which replaces it.
+        alice.goto(f"{base}/live/")
+        alice.click("#go-live-start")
+        expect(alice.locator("#go-live-stop")).to_be_focused()
+        expect(alice.locator("#live-status")).to_have_attribute(
+            "data-state", "live", timeout=20_000
+        )
+        expect(alice.locator("#go-live-stop")).to_be_focused()
+
+        # Listen (a link to the listen page): its player's Stop has the focus; Stop and
+        # Listen hand it to each other.
+        bob.locator(".live-now-item .listen-link").click()
+        expect(bob.locator("#listen-stop")).to_be_focused()
+        expect(bob.locator("#listen-status")).to_have_attribute(
+            "data-state", "live", timeout=20_000
+        )
+        bob.keyboard.press("Enter")  # Stop
+        expect(bob.locator("#listen-start")).to_be_focused()
+        bob.keyboard.press("Enter")  # Listen
+        expect(bob.locator("#listen-stop")).to_be_focused()
+        expect(bob.locator("#listen-status")).to_have_attribute(
+            "data-state", "live", timeout=20_000
+        )
+
+        # Stop (by keyboard): the status line holds the focus while stopping, then
+        # "Start again"; the listener's Stop, gone with the broadcast, hands it to
+        # the listen page's status ("Ended").
+        alice.keyboard.press("Enter")
+        start = alice.locator("#go-live-start")
+        expect(start).to_have_text("Start again", timeout=20_000)
+        expect(start).to_be_focused()
+        expect(bob.locator("#listen-status")).to_have_attribute(
+            "data-state", "ended", timeout=10_000
+        )
+        expect(bob.locator("#listen-status")).to_be_focused()
+
+        # The live bar's Stop, on another page: the bar goes, the focus goes to the page.
+        alice.keyboard.press("Enter")  # Start again
+        expect(alice.locator("#live-status")).to_have_attribute(
+            "data-state", "live", timeout=20_000
+        )
+        alice.click('.site-nav a:text-is("Recordings")')
+        alice.locator("#livebar-stop").click()
+        expect(alice.locator("#livebar")).to_be_hidden(timeout=20_000)
+        expect(alice.locator("#main")).to_be_focused()
+        assert errors == [], "console errors:\n" + "\n".join(errors)
     finally:
         browser.close()
         playwright.stop()
