@@ -4,7 +4,15 @@
 import { errorMessage } from "./api.js";
 import { setBroadcast } from "./livebar.js";
 import { socket } from "./socket.js";
-import { formatDuration, readJson, secondsSince, setListeners, showMessage } from "./ui.js";
+import {
+  focusFirst,
+  focusable,
+  formatDuration,
+  readJson,
+  secondsSince,
+  setListeners,
+  showMessage,
+} from "./ui.js";
 import { closePeer, createOfferSdp, createPeerConnection } from "./webrtc.js";
 
 const $ = (id) => document.getElementById(id);
@@ -80,6 +88,7 @@ let resuming = false; // the socket dropped while live: re-attach when it is bac
 // --- State and display -----------------------------------------------------------
 
 function setState(next, { message = "", error = "" } = {}) {
+  const focused = document.activeElement;
   if (next === "live" && state !== "live") liveSince = new Date().toISOString();
   if (next !== "live") resuming = false;
   shown = { message, error };
@@ -122,7 +131,18 @@ function setState(next, { message = "", error = "" } = {}) {
   }
   if (next === "connecting" || next === "idle") showListeners(0);
   if (next === "elsewhere") els.listeners.textContent = "–"; // counted by the other tab's page
+  passFocus(focused);
   publish();
+}
+
+// Start, Stop and Mute hide themselves: one that held the focus hands it to the button
+// now in its place (Start -> Stop -> Start again), or to the status line while there is
+// none (stopping), which hands it on to the next button shown.
+function passFocus(focused) {
+  const buttons = [els.start, els.stop, els.mute];
+  if (focused === els.status || (buttons.includes(focused) && !focusable(focused))) {
+    focusFirst(els.stop, els.start, els.status);
+  }
 }
 
 function showListeners(n) {

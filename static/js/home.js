@@ -3,6 +3,8 @@
 import { api, errorMessage } from "./api.js";
 import { pageSocket } from "./nav.js";
 import {
+  focusFirst,
+  focusLost,
   formatDuration,
   h,
   listenUrl,
@@ -84,9 +86,23 @@ function liveSessionOf(userId) {
 }
 
 function setList(list, empty, items, emptyText) {
-  list.replaceChildren(...items);
+  replaceRows(list, items);
   empty.textContent = emptyText;
   empty.hidden = items.length > 0;
+}
+
+const rowId = (row) => [row.dataset.requestId, row.dataset.sessionId, row.dataset.userId].join("/");
+const controlKind = (el) => [...el.classList].find((name) => /-(button|link)$/.test(name));
+
+// Lists re-render whole on every event (presence, requests): a row's control that held
+// the focus gives it to its copy on the new row of the same request, session or user.
+function replaceRows(list, rows) {
+  const focused = list.contains(document.activeElement) ? document.activeElement : null;
+  const row = focused?.closest("li");
+  const kind = focused && controlKind(focused);
+  list.replaceChildren(...rows);
+  if (!row || !kind) return;
+  rows.find((r) => rowId(r) === rowId(row))?.querySelector(`.${kind}`)?.focus();
 }
 
 function renderLive() {
@@ -211,6 +227,7 @@ function render() {
 // --- Actions ---------------------------------------------------------------------
 
 async function runAction(button, fn) {
+  const refocus = focusSuccessor(button, els.searchStatus);
   button.disabled = true;
   try {
     await fn();
@@ -221,6 +238,25 @@ async function runAction(button, fn) {
   } finally {
     button.disabled = false;
   }
+  refocus();
+}
+
+// A row's button (Accept, Decline, Cancel, Unfriend, Block) takes its row away when the
+// lists re-render. Returns what to call after: if the focus was lost, it goes to the
+// same button on the row now in its place (or the row before), else to the list's
+// "none" text, else to `fallback`.
+function focusSuccessor(button, fallback) {
+  const row = button.closest("li");
+  const list = row?.parentElement;
+  const index = list ? [...list.children].indexOf(row) : -1;
+  const kind = controlKind(button);
+  return () => {
+    if (!focusLost() || !list || !kind) return;
+    const rows = [...list.children];
+    const same = (i) => rows[i]?.querySelector(`.${kind}`);
+    const none = list.nextElementSibling?.classList.contains("empty") ? list.nextElementSibling : null;
+    focusFirst(same(index), same(index - 1), none, fallback);
+  };
 }
 
 function unfriend(friend, button) {
@@ -307,7 +343,7 @@ function searchResultItem(user) {
 }
 
 function renderSearchResults() {
-  els.searchResults.replaceChildren(...lastResults.map(searchResultItem));
+  replaceRows(els.searchResults, lastResults.map(searchResultItem));
 }
 
 function refreshSearchRelations() {
@@ -358,6 +394,7 @@ async function addFriend(user, button) {
     actionNote = { userId: user.id, relation: user.relation };
     await load();
     renderSearchResults();
+    if (focusLost()) focusFirst(els.searchStatus); // the button became "Request sent"
   } catch (error) {
     els.searchStatus.textContent = errorMessage(error);
     button.disabled = false;

@@ -8,7 +8,7 @@
 import { api, errorMessage } from "./api.js";
 import { onPreempt } from "./playback.js";
 import { pageSignal, pageSocket } from "./nav.js";
-import { readJson, setListeners, showMessage } from "./ui.js";
+import { focusFirst, focusLost, focusable, readJson, setListeners, showMessage } from "./ui.js";
 import { closePeer, createOfferSdp, createPeerConnection } from "./webrtc.js";
 
 const socket = pageSocket(); // its subscriptions end when the page is left (nav.js)
@@ -50,6 +50,7 @@ let retries = 0; // automatic resumes since the last time audio flowed
 const MAX_RETRIES = 5;
 
 function setState(next, error = "") {
+  const focused = document.activeElement;
   state = next;
   els.section.dataset.state = next;
   els.status.dataset.state = next;
@@ -68,6 +69,22 @@ function setState(next, error = "") {
     document.body.classList.add("broadcast-ended");
   }
   renderLiveLight();
+  passFocus(focused);
+}
+
+// Listen, Stop and "Click to play" hide themselves: one that held the focus hands it to
+// the button now in its place, else to the status line ("Ended"), which hands it on.
+function passFocus(focused) {
+  const buttons = [els.start, els.stop, els.play];
+  if (focused === els.status || (buttons.includes(focused) && !focusable(focused))) {
+    focusFirst(els.stop, els.start, els.status);
+  }
+}
+
+function hidePlay() {
+  const focused = document.activeElement;
+  els.play.hidden = true;
+  passFocus(focused);
 }
 
 /** The player's "Live" light: on while the stream's audio is actually playing. */
@@ -86,9 +103,7 @@ function teardown() {
 function play() {
   const result = els.audio.play();
   result
-    ?.then(() => {
-      els.play.hidden = true;
-    })
+    ?.then(hidePlay)
     .catch((error) => {
       if (error?.name === "AbortError") return; // superseded by a newer load
       if (state === "live" || state === "connecting") els.play.hidden = false;
@@ -268,7 +283,7 @@ els.start.addEventListener("click", start);
 els.stop.addEventListener("click", stop);
 els.play.addEventListener("click", play);
 els.audio.addEventListener("playing", () => {
-  els.play.hidden = true;
+  hidePlay();
   renderLiveLight();
 });
 els.audio.addEventListener("pause", renderLiveLight);
@@ -308,4 +323,6 @@ loadListeners();
 if (new URLSearchParams(location.search).get("autoplay") === "1") {
   history.replaceState(history.state, "", location.pathname);
   start();
+  // The Listen link that brought us here is gone with its page: focus the player's Stop.
+  if (focusLost()) focusFirst(els.stop);
 }

@@ -9,7 +9,7 @@
 import { setTitleStatus } from "./alerts.js";
 import { visit } from "./nav.js";
 import { socket } from "./socket.js";
-import { readJson } from "./ui.js";
+import { focusFirst, focusable, readJson } from "./ui.js";
 
 const me = readJson("current-user", {});
 const LIVE_STATES = new Set(["connecting", "live", "stopping"]);
@@ -45,6 +45,7 @@ function render() {
   const stop = $("livebar-stop");
   const again = $("livebar-again");
   const open = $("livebar-open");
+  const focused = document.activeElement;
   let status = "";
   let title = "";
   mute.hidden = stop.hidden = again.hidden = open.hidden = true;
@@ -72,6 +73,11 @@ function render() {
   }
   text.textContent = status;
   bar.hidden = !status;
+  // A bar button that hid itself (Stop) hands the focus on: to the bar's text while it
+  // shows, then to the go-live page's button or the page.
+  if (bar.contains(focused) && !focusable(focused)) {
+    focusFirst(stop, mute, again, text, $("go-live-start"), $("main"));
+  }
   setTitleStatus(title);
 }
 

@@ -111,3 +111,30 @@ export function nameParts(user, className = "") {
     shown !== user.username ? h("span", { class: "row-meta handle" }, `@${user.username}`) : null,
   ];
 }
+
+/** Whether `el` can hold the keyboard focus now: in the document, rendered, enabled. */
+export function focusable(el) {
+  return Boolean(el?.isConnected && !el.disabled && el.getClientRects().length > 0);
+}
+
+/**
+ * Whether the keyboard focus is lost: on the body (its element was removed), or on an
+ * element that was hidden or disabled under it (e.g. a button that replaced itself).
+ */
+export function focusLost() {
+  const active = document.activeElement;
+  return !active || active === document.body || !focusable(active);
+}
+
+/**
+ * Move the keyboard focus to the first of `candidates` (elements, null skipped) that
+ * can hold it (see focusable); one that is not focusable by nature (a status line, a
+ * list's "none yet" text) gets tabindex="-1" first. Returns the element, or null.
+ */
+export function focusFirst(...candidates) {
+  const target = candidates.flat().find(focusable);
+  if (!target) return null;
+  if (target.tabIndex < 0 && !target.hasAttribute("tabindex")) target.setAttribute("tabindex", "-1");
+  target.focus();
+  return target;
+}
