@@ -22,6 +22,8 @@ from streams.audio import (
 )
 from tests.conftest import DATA_DIR
 
+pytestmark = pytest.mark.backend_free
+
 
 def s16_frame(interleaved: np.ndarray, layout: str, rate: int, pts: int) -> av.AudioFrame:
     frame = av.AudioFrame.from_ndarray(interleaved.reshape(1, -1), format="s16", layout=layout)

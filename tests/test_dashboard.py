@@ -11,6 +11,8 @@ from prometheus_client import REGISTRY
 
 from project.metrics import install, metric_names
 
+pytestmark = pytest.mark.backend_free
+
 DASHBOARD = Path(__file__).resolve().parent.parent / "deploy" / "grafana" / "hearth-dashboard.json"
 _NAME = re.compile(r"\bhearth_[a-z0-9_]+\b")
 

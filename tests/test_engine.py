@@ -37,6 +37,8 @@ from streams.media.workers import DeadlineExceeded, StreamWorker, Workers
 from streams.processors.base import PassThrough, process_offline
 from streams.recording import WavRecorder
 
+pytestmark = pytest.mark.backend_free
+
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -15,6 +15,8 @@ from streams.media.pii import PiiDetector
 from streams.media.pii_analysis import PiiAnalyser
 from tests.test_pii_analysis import PHONE, Script, said
 
+pytestmark = pytest.mark.backend_free
+
 S = SAMPLE_RATE
 BLOCK = 960
 

@@ -9,6 +9,8 @@ from streams.media.controls import DenoiseSwitchStage, MuteStage
 from streams.media.items import BLOCK_SAMPLES, AudioChunk
 from streams.processors.base import PassThrough
 
+pytestmark = pytest.mark.backend_free
+
 LATENCY = 1440
 
 

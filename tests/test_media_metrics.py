@@ -11,6 +11,8 @@ from streams.media.metrics import MediaMetrics, StageTimer, stage_observer_set
 from streams.media.relay import OpusEncoder, Relay
 from streams.media.workers import Workers
 
+pytestmark = pytest.mark.backend_free
+
 
 @pytest.fixture
 def observed():

@@ -32,6 +32,8 @@ from streams.media.sinks import CollectSink
 from streams.media.timeline import DecisionTimeline, DelayLine, Verdict, bleep
 from streams.media.workers import Workers
 
+pytestmark = pytest.mark.backend_free
+
 REPO = Path(__file__).resolve().parents[1]
 S = SAMPLE_RATE
 

@@ -22,6 +22,8 @@ from streams.media.whisper_model import (
     write_manifest,
 )
 
+pytestmark = pytest.mark.backend_free
+
 
 def small(tmp_path: Path, data: bytes = b"hearth model bytes") -> tuple[Path, ModelFile]:
     path = tmp_path / "model.bin"

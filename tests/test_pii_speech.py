@@ -22,7 +22,10 @@ from streams.audio import load_audio, write_wav
 from streams.media.asr import AsrOptions, Transcriber
 from streams.media.items import SAMPLE_RATE
 
-pytestmark = pytest.mark.skipif(not espeak_available(), reason="needs Debian espeak-ng")
+pytestmark = [
+    pytest.mark.backend_free,
+    pytest.mark.skipif(not espeak_available(), reason="needs Debian espeak-ng"),
+]
 
 JFK_REFERENCE = (
     "and so my fellow americans ask not what your country can do for you "

@@ -15,6 +15,8 @@ from streams.audio import load_audio, make_noisy_mix
 from streams.quality import align, si_snr
 from tests.conftest import DATA_DIR
 
+pytestmark = pytest.mark.backend_free
+
 
 def run(*args: str) -> str:
     out = StringIO()

@@ -29,6 +29,8 @@ from streams.processors.denoise import (
 from streams.processors.factory import audio_chain_build, audio_chain_settings
 from streams.quality import align, si_snr
 
+pytestmark = pytest.mark.backend_free
+
 
 class Delay:
     """A test processor: pure delay by a fixed number of samples."""

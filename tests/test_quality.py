@@ -10,6 +10,8 @@ import pytest
 from streams.audio import make_noisy_mix
 from streams.quality import align, pesq_wb, si_snr, stoi
 
+pytestmark = pytest.mark.backend_free
+
 
 def test_si_snr_matches_definition_and_is_scale_invariant():
     rng = np.random.default_rng(0)

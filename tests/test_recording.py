@@ -106,6 +106,8 @@ from pathlib import Path
 from streams.recording import WavRecorder
 from tests.test_recording import ramp
 
+pytestmark = pytest.mark.backend_free
+
 recorder = WavRecorder(Path(sys.argv[1]), flush_interval_s=0.25)
 reported = 0
 start = 0

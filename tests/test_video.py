@@ -42,6 +42,8 @@ from streams.media.video import (
 from streams.media.workers import Workers
 from tests.conftest import MODELS_DIR
 
+pytestmark = pytest.mark.backend_free
+
 RATE = 10
 TIME_BASE = Fraction(1, RATE)
 
