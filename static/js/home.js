@@ -83,8 +83,25 @@ function liveSessionOf(userId) {
   return null;
 }
 
+/** The same control in a re-rendered list: same kind, class, link and text, same row. */
+function sameControl(a, b) {
+  const row = (el) => JSON.stringify({ ...el.closest("li")?.dataset });
+  return (
+    a.tagName === b.tagName &&
+    a.className === b.className &&
+    a.getAttribute("href") === b.getAttribute("href") &&
+    a.textContent === b.textContent &&
+    row(a) === row(b)
+  );
+}
+
 function setList(list, empty, items, emptyText) {
+  // Live updates re-render the lists: the keyboard focus stays on the control it was on.
+  const focused = list.contains(document.activeElement) ? document.activeElement : null;
   list.replaceChildren(...items);
+  if (focused && !focused.isConnected) {
+    [...list.querySelectorAll(focused.tagName)].find((el) => sameControl(el, focused))?.focus();
+  }
   empty.textContent = emptyText;
   empty.hidden = items.length > 0;
 }
