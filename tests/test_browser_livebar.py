@@ -1,5 +1,6 @@
-"""In-app navigation keeps a live broadcast (one document, the live bar on every
-page), and a broadcaster's dropped WebSocket re-attaches to the still-live broadcast.
+"""In-app navigation keeps a live broadcast and a live listen (one document, the live
+bar on every page); a broadcaster's dropped WebSocket re-attaches to the still-live
+broadcast, and a failed audio connection is replaced by a new one.
 
 Same setting as tests/test_browser.py: daphne and Debian Chromium in a loopback-only
 network namespace; any console error fails the test.
@@ -110,11 +111,11 @@ def test_navigating_while_live_keeps_the_broadcast_and_one_recording(
 
 
 @pytest.mark.parametrize("server", [{"BROADCAST_GRACE_S": "20"}], indirect=True)
-def test_a_broadcasters_dropped_socket_reattaches_within_the_grace(
+def test_a_broadcasters_dropped_socket_and_failed_audio_reconnect_to_one_broadcast(
     server,  # noqa: F811
     noisy_jfk_wav: Path,
 ) -> None:
-    from streams.models import LiveSession
+    from streams.models import LiveSession, Recording
 
     ns, base = server
     errors: list[str] = []
@@ -138,6 +139,29 @@ def test_a_broadcasters_dropped_socket_reattaches_within_the_grace(
         expect(alice.locator("#live-status")).to_have_attribute("data-state", "live")
         sessions = _orm(lambda: list(LiveSession.objects.filter(broadcaster__username="alice")))
         assert len(sessions) == 1 and sessions[0].ended_at is None
+
+        # The audio connection fails (ICE): the page offers a new peer connection on the
+        # same socket, the server swaps it in, and bob hears alice again.
+        alice.evaluate(
+            """() => {
+                const pc = window.hearthBroadcaster.pc;
+                window.failedPc = pc;
+                Object.defineProperty(pc, "connectionState", { get: () => "failed" });
+                pc.dispatchEvent(new Event("connectionstatechange"));
+            }"""
+        )
+        alice.wait_for_function(
+            """() => window.hearthBroadcaster.pc !== window.failedPc
+                && window.hearthBroadcaster.pc.connectionState === "connected"
+                && window.failedPc.signalingState === "closed"
+            """,
+            timeout=20_000,
+        )
+        expect(alice.locator("#livebar")).to_have_attribute("data-state", "live", timeout=10_000)
+        expect(alice.locator("#live-status")).to_have_attribute("data-state", "live")
+        assert _audio_level(bob) > 0.01, "bob hears nothing after alice's audio reconnected"
+        expect(bob.locator("#listen-status")).to_have_attribute("data-state", "live")
+
         # The re-attached page drives the broadcast again: mute reaches the listener.
         alice.click("#live-mute")
         expect(bob.locator("#listen-muted")).to_be_visible(timeout=10_000)
@@ -147,6 +171,8 @@ def test_a_broadcasters_dropped_socket_reattaches_within_the_grace(
         )
         ended = _orm(lambda: LiveSession.objects.get(id=sessions[0].id))
         assert ended.end_reason == "stopped"
+        recordings = _orm(lambda: list(Recording.objects.filter(owner__username="alice")))
+        assert len(recordings) == 1, "one broadcast, one recording, across both drops"
         assert errors == [], "console errors:\n" + "\n".join(errors)
     finally:
         browser.close()

@@ -101,16 +101,12 @@ function renderListen() {
   const name = shownName(l.session.broadcaster);
   const active = ACTIVE.has(l.state);
   const text = $("livebar-listen-text");
-  if (l.state === "connecting") text.replaceChildren(`Connecting to ${name}…`);
-  else if (l.state === "reconnecting") text.replaceChildren(`Reconnecting to ${name}…`);
-  else if (l.state === "live") text.replaceChildren(`Listening to ${name}${l.muted ? " · muted by the broadcaster" : ""}`);
-  else if (l.state === "ended") {
-    const replay = typeof l.recordingId === "number";
-    text.replaceChildren(
-      `${name}'s broadcast has ended`,
-      ...(replay ? [" — ", h("a", { href: `/recordings/${l.recordingId}/`, id: "livebar-replay" }, "replay it")] : ["."]),
-    );
-  } else text.replaceChildren(`${name}: ${l.error || "the listen failed."}`);
+  // A live region: rewrite it only when what it says changes (not on every render).
+  const said = JSON.stringify([l.state, name, l.muted, l.recordingId ?? "", l.error]);
+  if (text.dataset.said !== said) {
+    text.dataset.said = said;
+    text.replaceChildren(...listenWords(l, name));
+  }
   $("livebar-live").dataset.on = String(l.playing);
   $("livebar-live").hidden = !active;
   const elapsed = $("livebar-elapsed");
@@ -130,6 +126,17 @@ function renderListen() {
   $("livebar-retry").hidden = l.state !== "error";
   $("livebar-close").hidden = active;
   return active && !onItsPage ? `♪ Listening to ${name}` : "";
+}
+
+/** What the listen's row says: text and, once ended with a recording, its link. */
+function listenWords(l, name) {
+  if (l.state === "connecting") return [`Connecting to ${name}…`];
+  if (l.state === "reconnecting") return [`Reconnecting to ${name}…`];
+  if (l.state === "live") return [`Listening to ${name}${l.muted ? " · muted by the broadcaster" : ""}`];
+  if (l.state !== "ended") return [`${name}: ${l.error || "the listen failed."}`];
+  if (typeof l.recordingId !== "number") return [`${name}'s broadcast has ended.`];
+  const link = h("a", { href: `/recordings/${l.recordingId}/`, id: "livebar-replay" }, "replay it");
+  return [`${name}'s broadcast has ended — `, link];
 }
 
 /** After the listen's row went away under the keyboard focus: a Listen link to the
