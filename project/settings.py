@@ -360,6 +360,12 @@ HEARTH = {
     # re-attaches (broadcast.resume) when its socket returns, else the broadcast ends
     # ("disconnected"). 0 ends it at once.
     "BROADCAST_GRACE_S": float(os.environ.get("BROADCAST_GRACE_S", 20.0)),
+    # A broadcast whose media path fails (its peer connection failed or closed: a
+    # network change, ICE consent expired) is kept this many seconds, the gap recorded
+    # as silence, for its page to reconnect with a fresh SDP offer
+    # (broadcast.reconnect; aiortc cannot restart ICE), else it ends ("disconnected").
+    # 0 ends it at once and refuses reconnects.
+    "MEDIA_RECONNECT_S": float(os.environ.get("MEDIA_RECONNECT_S", 20.0)),
     # Seconds a page waits for a worker to answer (or refuse) a go-live or a stop.
     "BROADCAST_REPLY_TIMEOUT_S": float(os.environ.get("BROADCAST_REPLY_TIMEOUT_S", 15.0)),
     # Listens of one user still connecting (answered, not connected) per process;

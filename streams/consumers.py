@@ -7,11 +7,14 @@ Protocol (JSON text frames; every reply to a bad frame is
 client → server: ``ping``; ``broadcast.start {sdp, denoise, title?, bleep?, delay_s?}``;
 ``broadcast.control {muted?, denoise?}``; ``broadcast.stop``;
 ``broadcast.resume {session_id}`` (a reconnected page takes its live broadcast back);
+``broadcast.reconnect {session_id, sdp}`` (the live page's media path failed: a fresh
+SDP offer from a new peer connection replaces it);
 ``listen.start {session_id, sdp}``; ``listen.stop {session_id}``.
 
 server → client: ``hello {user, server, live}`` (``server``: this process's instance
 id; ``live``: the user's own live session, or null),
 ``pong``, ``broadcast.answer``, ``broadcast.ended``, ``broadcast.resumed``,
+``broadcast.reconnected {session_id, sdp}``,
 ``broadcast.moved`` (another page of the user took the broadcast over),
 ``listen.answer``, and events ``presence``, ``live``, ``friends.changed``,
 ``session.stats``, ``session.state`` (muted, denoise), ``session.caption`` (masked
@@ -340,6 +343,7 @@ class HearthConsumer(ConsumerMetricsMixin, AsyncWebsocketConsumer):
             "broadcast.stop": self.on_broadcast_stop,
             "broadcast.control": self.on_broadcast_control,
             "broadcast.resume": self.on_broadcast_resume,
+            "broadcast.reconnect": self.on_broadcast_reconnect,
             "listen.start": self.on_listen_start,
             "listen.stop": self.on_listen_stop,
         }
@@ -508,6 +512,42 @@ class HearthConsumer(ConsumerMetricsMixin, AsyncWebsocketConsumer):
                 "reply_channel": self.channel_name,
             },
         )
+
+    async def on_broadcast_reconnect(self, content: dict[str, Any]) -> None:
+        """This page's live broadcast ``session_id`` lost its media path (ICE failed):
+        its worker swaps in a new peer connection from the fresh SDP offer ``sdp``,
+        feeding the same session, listeners and recording; ``broadcast.reconnected
+        {session_id, sdp}`` answers. Counted with go-lives per user
+        (``BROADCAST_START_RATE``).
+        """
+        await self._rate_limit("ws:broadcast.reconnect", "BROADCAST_START_RATE")
+        session_id = _session_id(content)
+        if self.broadcasting != session_id:
+            raise ProtocolError("This page is not live with that broadcast.", code="not_live")
+        sdp = sdp_validate(content.get("sdp"))
+        await self.channel_layer.send(
+            self.broadcast_owner,
+            {
+                "type": "rtc.broadcast.reconnect",
+                "session_id": session_id,
+                "user_id": self.user.id,
+                "reply_channel": self.channel_name,
+                "sdp": sdp,
+            },
+        )
+
+    async def rtc_broadcast_reconnected(self, event: dict[str, Any]) -> None:
+        """The worker answered our reconnect offer."""
+        session_id = int(event["session_id"])
+        if self.broadcasting != session_id:
+            return  # stopped or moved meanwhile: the new connection is the worker's to end
+        await self._send(
+            {"type": "broadcast.reconnected", "session_id": session_id, "sdp": event["sdp"]}
+        )
+
+    async def rtc_broadcast_reconnect_error(self, event: dict[str, Any]) -> None:
+        """The worker refused our reconnect offer."""
+        await self._error(str(event["message"]), code=str(event["code"]), ref="broadcast.reconnect")
 
     @staticmethod
     def _ended_error(reason: str) -> ProtocolError:

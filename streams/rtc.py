@@ -210,6 +210,9 @@ class BroadcastRoom:
         self._limits_task: asyncio.Task[None] | None = None
         self._published_listeners = 0  # the count last stored and sent
         self._grace_task: asyncio.Task[None] | None = None  # see detach()
+        self._media_task: asyncio.Task[None] | None = None  # see media_lost()
+        self.source: TrackSource | None = None
+        self.reconnects = 0  # broadcaster peer connections replaced (reconnect())
         self.closing = False
         self._open_done = asyncio.Event()  # cleared while open() runs
         self._open_done.set()
@@ -278,16 +281,36 @@ class BroadcastRoom:
         )
         self.pc = pc = RTCPeerConnection(ice_configuration())
         connected = asyncio.Event()
+        self._broadcaster_watch(pc, connected)
+        audio = await self._broadcaster_answer(pc, offer_sdp)
+        self._still_opening()
+        self._start_graph(audio)
+        self._connect_task = asyncio.ensure_future(self._connect_deadline(connected))
+        return pc.localDescription.sdp
+
+    def _broadcaster_watch(self, pc: RTCPeerConnection, connected: asyncio.Event) -> None:
+        """Follow the broadcaster's peer connection ``pc`` while it is the room's: once
+        connected, the limits run; failed or closed, the media is lost
+        (:meth:`media_lost`). A connection replaced by :meth:`reconnect` is ignored."""
 
         @pc.on("connectionstatechange")
         async def on_state() -> None:
+            if pc is not self.pc or self.closing:
+                return
             if pc.connectionState == "connected":
                 connected.set()
-                if self._limits_task is None and not self.closing:
+                self._media_back()
+                if self._limits_task is None:
                     self._limits_task = asyncio.ensure_future(self._limits_loop())
-            if pc.connectionState in ("failed", "closed") and not self.closing:
-                self.server.broadcast_stop_soon(self.session_id, reason="disconnected")
+            if pc.connectionState in ("failed", "closed"):
+                self.media_lost(f"its peer connection {pc.connectionState}")
 
+    async def _broadcaster_answer(self, pc: RTCPeerConnection, offer_sdp: str) -> Any:
+        """Apply the broadcaster's offer to ``pc`` and answer it; returns the audio track.
+
+        Raises:
+            SignalingError: unusable offer, or one that sends no audio.
+        """
         try:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
         except Exception as exc:  # aiortc raises ValueError/KeyError/... on malformed SDP
@@ -307,11 +330,79 @@ class BroadcastRoom:
         audio = receiver.track
         _transceivers_limit(pc, receive=audio)
         receiver_reorder_window_set(receiver, frames=settings.HEARTH["RECEIVE_REORDER_FRAMES"])
-        answer = await pc.createAnswer()
-        await pc.setLocalDescription(answer)
-        self._still_opening()
-        self._start_graph(audio)
-        self._connect_task = asyncio.ensure_future(self._connect_deadline(connected))
+        await pc.setLocalDescription(await pc.createAnswer())
+        return audio
+
+    # -- the broadcaster's media path: lost, then reconnected (no ICE restart) ------
+    def media_lost(self, why: str) -> None:
+        """The broadcaster's media stopped (its peer connection failed or closed, or its
+        track ended): keep the broadcast ``MEDIA_RECONNECT_S`` for the page to send a
+        fresh offer (:meth:`reconnect`); end it (``disconnected``) if none connects.
+        The timeline goes on: the recording gets the gap as silence. ``0`` ends it at
+        once. Idempotent while a wait runs."""
+        if self.closing:
+            return
+        hold = settings.HEARTH["MEDIA_RECONNECT_S"]
+        if hold <= 0:
+            self.server.broadcast_stop_soon(self.session_id, reason="disconnected")
+            return
+        if self._media_task is not None and not self._media_task.done():
+            return
+        logger.info(
+            "session %s: broadcaster media lost (%s); %.1f s to reconnect",
+            self.session_id,
+            why,
+            hold,
+        )
+        self._media_task = asyncio.ensure_future(self._media_wait_end(hold))
+
+    async def _media_wait_end(self, hold: float) -> None:
+        await asyncio.sleep(hold)
+        if not self.closing:
+            logger.info("session %s: media not reconnected within %.1f s", self.session_id, hold)
+            self.server.broadcast_stop_soon(self.session_id, reason="disconnected")
+
+    def _media_back(self) -> None:
+        if self._media_task is not None and self._media_task is not asyncio.current_task():
+            self._media_task.cancel()
+        self._media_task = None
+
+    async def reconnect(self, offer_sdp: str) -> str:
+        """Replace the broadcaster's peer connection with a new one from its fresh SDP
+        offer (the page's answer to an ICE failure: aiortc 1.16 cannot restart ICE);
+        returns the SDP answer.
+
+        The new connection's audio feeds the same graph (:meth:`TrackSource.replace`),
+        so denoise, listeners and the recording go on: one file, the gap as silence.
+        The old connection is closed. The broadcast ends (``disconnected``) unless the
+        new one connects within ``MEDIA_RECONNECT_S``.
+
+        Raises:
+            SignalingError: ``not_live`` when the broadcast is not (or no longer)
+                running, ``unavailable`` when reconnecting is off
+                (``MEDIA_RECONNECT_S`` 0), or an unusable offer.
+        """
+        if self.closing or self.source is None:
+            raise SignalingError("This broadcast has ended.", code="not_live")
+        if settings.HEARTH["MEDIA_RECONNECT_S"] <= 0:
+            raise SignalingError(
+                "Reconnecting a broadcast is turned off on this server.", code="unavailable"
+            )
+        pc = RTCPeerConnection(ice_configuration())
+        try:
+            self._broadcaster_watch(pc, asyncio.Event())
+            audio = await self._broadcaster_answer(pc, offer_sdp)
+            self._still_opening()
+        except BaseException:
+            await pc.close()
+            raise
+        old, self.pc = self.pc, pc
+        self.reconnects += 1
+        self.media_lost("reconnecting")  # the new connection has that long to connect
+        self.source.replace(audio)
+        logger.info("session %s: broadcaster reconnected (new peer connection)", self.session_id)
+        if old is not None:
+            self.server.spawn(old.close())
         return pc.localDescription.sdp
 
     async def _pii_loop(self) -> None:
@@ -468,9 +559,14 @@ class BroadcastRoom:
             sinks.append(self.pii.released_sink())
             self._pii_task = asyncio.ensure_future(self._pii_loop())
         graph = Graph(stages=stages, sinks=sinks, taps=taps)
+        self.source = TrackSource(
+            track,
+            hold_s=settings.HEARTH["MEDIA_RECONNECT_S"],
+            on_track_end=lambda: self.media_lost("its track ended"),
+        )
         self.runner = GraphRunner(
             graph,
-            TrackSource(track),
+            self.source,
             workers=self.server.workers,
             name=f"session{self.session_id}",
             deadline_s=settings.HEARTH["PROCESS_DEADLINE_S"],
@@ -791,6 +887,8 @@ class BroadcastRoom:
             self._stats_task.cancel()
         if self._grace_task is not None and self._grace_task is not asyncio.current_task():
             self._grace_task.cancel()
+        if self._media_task is not None and self._media_task is not asyncio.current_task():
+            self._media_task.cancel()
         if self._connect_task is not None:
             self._connect_task.cancel()
         if self._limits_task is not None and self._limits_task is not asyncio.current_task():
@@ -1211,6 +1309,8 @@ class MediaServer:
             await room.remove_listener(key=reply_channel)
         elif kind in ("rtc.broadcast.detach", "rtc.broadcast.attach"):
             await self._page_message(kind, message, room, reply_channel)
+        elif kind == "rtc.broadcast.reconnect":
+            await self._reconnect_message(message, room, reply_channel)
         else:
             logger.warning("media server ignored message of type %r", kind)
 
@@ -1260,6 +1360,46 @@ class MediaServer:
                 "worker_channel": self.channel_name,
                 **room.stats(media=False),
             },
+        )
+
+    async def _reconnect_message(
+        self, message: dict[str, Any], room: BroadcastRoom | None, reply_channel: str
+    ) -> None:
+        """``rtc.broadcast.reconnect {session_id, user_id, sdp}``: the broadcasting page
+        replaces its failed peer connection (:meth:`BroadcastRoom.reconnect`). Only
+        the room's current page may; answered ``rtc.broadcast.reconnected {session_id,
+        sdp}`` or ``rtc.broadcast.reconnect_error {session_id, code, message}``."""
+        session_id = int(message.get("session_id") or 0)
+
+        def refusal(code: str, text: str) -> dict[str, Any]:
+            return {
+                "type": "rtc.broadcast.reconnect_error",
+                "session_id": session_id,
+                "code": code,
+                "message": text,
+            }
+
+        if room is None or room.closing:
+            await self._reply(reply_channel, refusal("not_live", "This broadcast has ended."))
+            return
+        if (
+            not reply_channel
+            or room.owner_page != reply_channel
+            or room.broadcaster_id != int(message.get("user_id") or 0)
+        ):
+            await self._reply(
+                reply_channel, refusal("not_owner", "Another page holds this broadcast.")
+            )
+            return
+        try:
+            offer = self.offer_prepare(sdp_validate(message.get("sdp")), role="broadcast")
+            answer = await room.reconnect(offer)
+        except SignalingError as exc:
+            await self._reply(reply_channel, refusal(exc.code, str(exc)))
+            return
+        await self._reply(
+            reply_channel,
+            {"type": "rtc.broadcast.reconnected", "session_id": session_id, "sdp": answer},
         )
 
     async def _broadcast_start_message(self, message: dict[str, Any], reply_channel: str) -> None:

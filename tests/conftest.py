@@ -23,9 +23,10 @@ def _hearth_settings(settings, tmp_path: Path) -> None:
     # or the minimum on (tests/test_recording_keep.py does): most tests write a few
     # milliseconds of audio and read the recorder's WAV, which a background transcode
     # would race.
-    # A broadcasting page whose socket closes ends its broadcast at once, unless a test
-    # sets a grace period (tests/test_broadcast_grace.py; the browser tests' daphne
-    # runs with the production default).
+    # A broadcasting page whose socket closes ends its broadcast at once, and so does
+    # one whose peer connection fails or closes, unless a test sets a grace period
+    # (tests/test_broadcast_grace.py, tests/test_media_reconnect.py; the browser
+    # tests' daphne runs with the production defaults).
     settings.HEARTH = {
         **settings.HEARTH,
         "RECORDING_COMPRESS": False,
@@ -33,6 +34,7 @@ def _hearth_settings(settings, tmp_path: Path) -> None:
         "BROADCAST_GRACE_S": 0.0,
         # YuNet's verified ONNX from ../shared/models (as CI has it).
         "MODEL_DIR": str(MODELS_DIR),
+        "MEDIA_RECONNECT_S": 0.0,
     }
 
 

@@ -587,7 +587,7 @@ def test_a_friend_going_live_alerts_every_page_and_one_click_listens(
         expect(bob.locator("#listen-elapsed")).to_be_visible()
         assert _audio_level(bob) > 0.01
         expect(bob).to_have_title("(1) Listening to alice · Hearth")
-        bob.get_by_label("Volume").fill("40")
+        bob.locator("#listen-volume").fill("40")  # the bar has its own, hidden here
         assert bob.evaluate("document.getElementById('remote-audio').volume") == 0.4
 
         # One at a time: a recording started in another tab stops the live stream,

@@ -236,6 +236,63 @@ def test_pts_mapper_starts_at_zero_unwraps_rtp_and_reanchors() -> None:
     assert mapper.map(None, None, 960) == 960 * 4 + 480
 
 
+class HangingTrack(MediaStreamTrack):
+    """Delivers ``count`` tone frames, then never another (a media path gone silent)."""
+
+    kind = "audio"
+
+    def __init__(self, count: int) -> None:
+        super().__init__()
+        self.tone = ToneTrack(count)
+
+    async def recv(self) -> AudioFrame:
+        if self.tone.sent < self.tone.count:
+            return await self.tone.recv()
+        await asyncio.Event().wait()  # forever (until cancelled)
+        raise AssertionError("unreachable")
+
+
+async def _chunks(source: TrackSource, n: int) -> list[AudioChunk]:
+    return [c for c in [await asyncio.wait_for(source.read(), 5) for _ in range(n)] if c]
+
+
+async def test_track_source_replaced_mid_stream_keeps_one_timeline_with_the_gap() -> None:
+    # A reconnecting broadcaster: the first track goes silent, a new one replaces it
+    # (with its own random RTP timestamps); its audio follows the wall-clock gap.
+    source = TrackSource(HangingTrack(3))
+    first = await _chunks(source, 3)
+    assert [c.pts for c in first] == [0, 960, 1920]
+    pending = asyncio.ensure_future(source.read())  # waits on the silent track
+    await asyncio.sleep(0.3)
+    source.replace(ToneTrack(2, pts0=987_654_321))
+    chunk = await asyncio.wait_for(pending, 5)
+    assert chunk is not None and source.replacements == 1
+    gap = chunk.pts - 3 * 960
+    assert gap >= round(0.25 * 48_000), gap  # the time without frames, at least
+    assert gap <= round(TrackSource.MAX_REPLACE_GAP_S * 48_000)
+    following = await asyncio.wait_for(source.read(), 5)
+    assert following is not None and following.pts == chunk.pts + 960  # contiguous again
+
+
+async def test_track_source_holds_an_ended_track_for_a_replacement_or_ends() -> None:
+    ends: list[int] = []
+    source = TrackSource(ToneTrack(2), hold_s=5.0, on_track_end=lambda: ends.append(1))
+    assert len(await _chunks(source, 2)) == 2
+    pending = asyncio.ensure_future(source.read())  # the track ends: held, not ended
+    await asyncio.sleep(0.2)
+    assert not pending.done() and ends == [1]
+    source.replace(ToneTrack(1, pts0=5))
+    chunk = await asyncio.wait_for(pending, 5)
+    assert chunk is not None and chunk.pts >= 2 * 960
+    # Ended again and nothing replaces it within hold_s: the stream ends.
+    source.hold_s = 0.2
+    assert await asyncio.wait_for(source.read(), 5) is None
+    assert ends == [1, 1]
+    # Without a hold (the default) an ended track ends the stream at once.
+    plain = TrackSource(ToneTrack(1))
+    assert (await plain.read()) is not None and await plain.read() is None
+
+
 # -- the graph over a file: the batch path ---------------------------------------------
 async def test_file_graph_is_sample_exact_with_the_offline_runner(tmp_path, workers) -> None:
     rng = np.random.default_rng(7)

@@ -84,13 +84,22 @@ let listenerCount = 0;
 let shown = { message: "", error: "" }; // the status texts last shown
 let liveSince = null; // ISO time the broadcast went live (its elapsed clock)
 let resuming = false; // the socket dropped while live: re-attach when it is back
+// The audio connection failed while live. aiortc cannot restart ICE, so a new peer
+// connection sends the same microphone track (broadcast.reconnect): the server keeps
+// the broadcast MEDIA_RECONNECT_S for it, the gap recorded as silence.
+let mediaLost = false;
+let mediaPending = false; // a broadcast.reconnect is on its way
+let mediaTries = 0; // reconnects since the audio last connected
+let unstableTimer = 0;
+const MEDIA_RECONNECT_TRIES = 3;
+const UNSTABLE_MS = 5_000; // "disconnected" this long: reconnect without waiting for "failed"
 
 // --- State and display -----------------------------------------------------------
 
 function setState(next, { message = "", error = "" } = {}) {
   const focused = document.activeElement;
   if (next === "live" && state !== "live") liveSince = new Date().toISOString();
-  if (next !== "live") resuming = false;
+  if (next !== "live") resuming = mediaLost = false;
   shown = { message, error };
   state = next;
   els.section.dataset.state = next;
@@ -158,7 +167,7 @@ function publish(extra = {}) {
     sessionId,
     listeners: listenerCount,
     muted,
-    reconnecting: resuming,
+    reconnecting: resuming || mediaLost,
     stop,
     toggleMute,
     goLiveAgain: () => {
@@ -308,19 +317,83 @@ function teardownPeer() {
 
 function onConnectionState(peer) {
   if (peer !== pc) return;
+  clearTimeout(unstableTimer);
   switch (peer.connectionState) {
     case "connected":
       if (state === "connecting") setState("live", { message: limitWarning });
-      else if (state === "live") els.message.textContent = limitWarning;
+      else if (state === "live") {
+        mediaLost = false;
+        mediaTries = 0;
+        els.message.textContent = limitWarning;
+        publish();
+      }
       break;
     case "disconnected":
-      if (state === "live") els.message.textContent = "Connection unstable — trying to recover…";
+      if (state === "live") {
+        els.message.textContent = "Connection unstable — trying to recover…";
+        unstableTimer = setTimeout(() => {
+          if (peer === pc && peer.connectionState === "disconnected") reconnectMedia();
+        }, UNSTABLE_MS);
+      }
       break;
     case "failed":
-      fail("The audio connection to the server failed.");
+      if (state === "live") reconnectMedia();
+      else fail("The audio connection to the server failed.");
       break;
     default:
       break;
+  }
+}
+
+/** The audio connection failed while live: offer a new peer connection for the same
+ * broadcast (the server swaps it in); the old one is closed once answered. */
+async function reconnectMedia() {
+  if (state !== "live" || sessionId === null) return;
+  if (!mediaLost) mediaTries = 0;
+  mediaLost = true;
+  els.message.textContent = "The audio connection dropped — reconnecting… (you are still live)";
+  publish();
+  if (resuming || mediaPending || !socket.isOpen) return; // resume() calls again once back
+  if (mediaTries >= MEDIA_RECONNECT_TRIES) {
+    fail("The audio connection to the server failed and could not be restored.");
+    return;
+  }
+  mediaTries += 1;
+  mediaPending = true;
+  const mine = attempt;
+  const id = sessionId;
+  let peer = null;
+  try {
+    const track = stream?.getAudioTracks()[0];
+    if (!track || track.readyState !== "live") throw new Error("the microphone is closed.");
+    peer = createPeerConnection();
+    const next = peer;
+    next.addEventListener("connectionstatechange", () => onConnectionState(next));
+    const nextSender = next.addTransceiver(track, { direction: "sendonly", streams: [stream] }).sender;
+    const sdp = await createOfferSdp(next);
+    if (mine !== attempt) return;
+    const reply = await socket.request({ type: "broadcast.reconnect", session_id: id, sdp }, "broadcast.reconnected", {
+      timeout: 20_000,
+      match: (msg) => msg.session_id === id,
+    });
+    if (mine !== attempt) return;
+    const old = pc;
+    pc = next;
+    sender = nextSender;
+    window.hearthBroadcaster = { pc: next };
+    closePeer(old);
+    await next.setRemoteDescription({ type: "answer", sdp: reply.sdp });
+  } catch (error) {
+    if (mine !== attempt) return;
+    if (["timeout", "disconnected", "offline"].includes(error?.code)) {
+      // The socket dropped (its return resumes, then reconnects) or the server was slow.
+      if (socket.isOpen) setTimeout(() => mine === attempt && reconnectMedia(), 2_000);
+      return;
+    }
+    fail(`The audio connection to the server failed: ${errorMessage(error)}`);
+  } finally {
+    mediaPending = false;
+    if (peer && peer !== pc) closePeer(peer);
   }
 }
 
@@ -530,6 +603,7 @@ async function resume() {
     if (typeof reply.muted === "boolean") muted = reply.muted;
     els.message.textContent = limitWarning;
     showMuted();
+    if (mediaLost) reconnectMedia(); // the audio failed too while the socket was away
   } catch (error) {
     if (mine !== attempt || !resuming) return;
     if (["timeout", "disconnected", "offline"].includes(error?.code)) return; // next "open" retries

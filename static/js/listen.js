@@ -1,15 +1,18 @@
-// Listen to a friend's live session: a receive-only WebRTC connection to the server,
-// signalled on the page's WebSocket. States: idle, connecting, live, reconnecting,
-// ended, error. The hidden <audio> is only the sink: the page's own player has the
-// one Listen / Stop button, a "Live" light that is on while audio plays, the time
-// since the broadcast began and a volume slider. Opened from a Listen link
-// (?autoplay=1) it starts at once; should the browser refuse to play without a
-// click, "Click to play" is the one thing left to press.
-import { api, errorMessage } from "./api.js";
-import { onPreempt } from "./playback.js";
+// The listen page of a friend's live session: Hearth's own player (one Listen / Stop
+// button, a "Live" light that is on while audio plays, the time since the broadcast
+// began, a volume slider), live captions and the listener count.
+//
+// The listen itself belongs to the document, not to this page (listening.js, played
+// in the live bar), so it goes on when the user opens another page, and this page
+// shows it again when they come back: no second connection, no second player. The
+// page shows this tab's listen when it is of this page's session, and otherwise its
+// own state: idle, or ended when the broadcast ends while the page is open.
+// Opened from a Listen link (?autoplay=1) it starts at once; should the browser refuse
+// to play without a click, "Click to play" is the one thing left to press.
+import { api } from "./api.js";
+import { ACTIVE, getVolume, leave, listenTo, listening, onListening, play, retry, setVolume } from "./listening.js";
 import { pageSignal, pageSocket } from "./nav.js";
-import { focusFirst, focusLost, focusable, readJson, setListeners, showMessage } from "./ui.js";
-import { closePeer, createOfferSdp, createPeerConnection } from "./webrtc.js";
+import { focusFirst, focusLost, focusable, readJson, setListeners, showMessage, shownName } from "./ui.js";
 
 const socket = pageSocket(); // its subscriptions end when the page is left (nav.js)
 
@@ -18,11 +21,11 @@ const els = {
   section: $("listen"),
   status: $("listen-status"),
   error: $("listen-error"),
-  audio: $("remote-audio"),
   start: $("listen-start"),
   play: $("listen-play"),
   stop: $("listen-stop"),
   ended: $("listen-ended"),
+  replay: $("listen-replay"),
   elapsed: $("listen-elapsed"),
   listeners: $("listen-listeners"),
   liveLight: $("listen-live"),
@@ -39,36 +42,48 @@ const STATUS_TEXT = {
   error: "Error",
 };
 
-const VOLUME_KEY = "hearth.volume";
-const name = session.broadcaster.username;
+const name = shownName(session.broadcaster);
 const TITLES = { live: `Listening to ${name}`, ended: `${name} was live` };
 
-let state = "idle";
-let pc = null;
-let attempt = 0;
-let retries = 0; // automatic resumes since the last time audio flowed
-const MAX_RETRIES = 5;
+let pageEnded = false; // the broadcast ended while this page was open
 
-function setState(next, error = "") {
+/** This tab's listen when it is of this page's session, else null. */
+function mine() {
+  const l = listening();
+  return l && l.session.id === session.id ? l : null;
+}
+
+function render() {
   const focused = document.activeElement;
-  state = next;
-  els.section.dataset.state = next;
-  els.status.dataset.state = next;
-  els.status.textContent = STATUS_TEXT[next] ?? next;
-  showMessage(els.error, error);
-  els.start.hidden = !(next === "idle" || next === "error");
-  els.start.textContent = next === "error" ? "Try again" : "Listen";
-  els.stop.hidden = !(next === "connecting" || next === "live" || next === "reconnecting");
-  if (next !== "live") els.play.hidden = true;
-  els.ended.hidden = next !== "ended";
-  document.title = `${TITLES[next] ?? `${name} is live`} · Hearth`;
-  if (next === "ended") {
+  const l = mine();
+  if (l?.state === "ended") pageEnded = true;
+  const state = pageEnded ? "ended" : (l?.state ?? "idle");
+  els.section.dataset.state = state;
+  els.status.dataset.state = state;
+  els.status.textContent = STATUS_TEXT[state] ?? state;
+  showMessage(els.error, state === "error" ? l?.error : "");
+  els.start.hidden = !(state === "idle" || state === "error");
+  els.start.textContent = state === "error" ? "Try again" : "Listen";
+  els.stop.hidden = !ACTIVE.has(state);
+  els.play.hidden = !(state === "live" || state === "connecting") || !l?.needsClick;
+  els.ended.hidden = state !== "ended";
+  els.liveLight.dataset.on = String(Boolean(state === "live" && l?.playing));
+  const badge = $("listen-muted");
+  if (badge && l) badge.hidden = !(ACTIVE.has(state) && l.muted);
+  document.title = `${TITLES[state] ?? `${name} is live`} · Hearth`;
+  if (state === "ended") {
     delete els.elapsed.dataset.elapsedSince;
     els.listeners.hidden = true; // nobody listens to an ended broadcast
     $("listen-title-state").textContent = "was live";
     document.body.classList.add("broadcast-ended");
+    if (els.replay && typeof l?.recordingId === "number") {
+      els.replay.href = `/recordings/${l.recordingId}/`;
+      els.replay.hidden = false;
+    }
   }
-  renderLiveLight();
+  const volume = String(getVolume());
+  if (els.volume.value !== volume) els.volume.value = volume;
+  els.volume.setAttribute("aria-valuetext", `${volume}%`);
   passFocus(focused);
 }
 
@@ -78,46 +93,6 @@ function passFocus(focused) {
   const buttons = [els.start, els.stop, els.play];
   if (focused === els.status || (buttons.includes(focused) && !focusable(focused))) {
     focusFirst(els.stop, els.start, els.status);
-  }
-}
-
-function hidePlay() {
-  const focused = document.activeElement;
-  els.play.hidden = true;
-  passFocus(focused);
-}
-
-/** The player's "Live" light: on while the stream's audio is actually playing. */
-function renderLiveLight() {
-  els.liveLight.dataset.on = String(state === "live" && !els.audio.paused);
-}
-
-function teardown() {
-  attempt += 1;
-  closePeer(pc);
-  pc = null;
-  els.audio.pause();
-  els.audio.srcObject = null;
-}
-
-function play() {
-  const result = els.audio.play();
-  result
-    ?.then(hidePlay)
-    .catch((error) => {
-      if (error?.name === "AbortError") return; // superseded by a newer load
-      if (state === "live" || state === "connecting") els.play.hidden = false;
-    });
-}
-
-function onConnectionState(peer) {
-  if (peer !== pc) return;
-  if (peer.connectionState === "connected" && state === "connecting") {
-    retries = 0;
-    setState("live");
-  } else if (peer.connectionState === "failed") {
-    if (socket.isOpen) socket.send({ type: "listen.stop", session_id: session.id });
-    reconnect();
   }
 }
 
@@ -131,92 +106,17 @@ async function stillLive() {
   }
 }
 
-/** The socket or the peer connection dropped while listening: resume by ourselves
- * while the broadcast is live, say clearly when it has ended. */
-function reconnect() {
-  teardown();
-  if (retries >= MAX_RETRIES) {
-    setState("error", "Lost the connection to the broadcast. Try again.");
-    return;
-  }
-  setState("reconnecting");
-  if (socket.isOpen) resume();
-  // else: the socket's "open" state change calls resume()
-}
-
-async function resume() {
-  const mine = attempt;
-  retries += 1;
-  await new Promise((ok) => setTimeout(ok, Math.min(500 * 2 ** (retries - 1), 4000)));
-  if (mine !== attempt || state !== "reconnecting") return;
-  const live = await stillLive();
-  if (mine !== attempt || state !== "reconnecting") return;
-  if (live === false) ended();
-  else start();
-}
-
-function fail(message) {
-  if (pc) socket.send({ type: "listen.stop", session_id: session.id });
-  teardown();
-  setState("error", message);
-}
-
-async function start() {
-  if (state === "idle" || state === "error") retries = 0; // a click, not a resume
-  teardown();
-  const mine = attempt;
-  setState("connecting");
-  try {
-    const peer = createPeerConnection();
-    pc = peer;
-    window.hearthListener = { pc: peer };
-    peer.addEventListener("connectionstatechange", () => onConnectionState(peer));
-    peer.addTransceiver("audio", { direction: "recvonly" });
-    peer.addEventListener("track", (event) => {
-      if (peer !== pc) return;
-      els.audio.srcObject = event.streams[0] || new MediaStream([event.track]);
-      play();
-    });
-    const sdp = await createOfferSdp(peer);
-    if (mine !== attempt) return;
-    const reply = await socket.request({ type: "listen.start", session_id: session.id, sdp }, "listen.answer", {
-      timeout: 20_000,
-      match: (msg) => msg.session_id === session.id,
-    });
-    if (mine !== attempt) return;
-    await peer.setRemoteDescription({ type: "answer", sdp: reply.sdp });
-    if (mine === attempt && peer.connectionState === "connected") setState("live");
-  } catch (error) {
-    if (mine !== attempt) return;
-    if (["not_allowed", "not_live"].includes(error?.code) && (await stillLive()) === false) {
-      ended(); // we missed its end (e.g. while offline): say so, not "not allowed"
-      return;
-    }
-    if (["disconnected", "offline", "timeout", "owner_unreachable"].includes(error?.code)) {
-      reconnect();
-      return;
-    }
-    fail(`Couldn't start listening: ${errorMessage(error)}`);
-  }
-}
-
-function stop() {
-  if (pc) socket.send({ type: "listen.stop", session_id: session.id });
-  teardown();
-  setState("idle");
-}
-
-function ended() {
-  if (state === "ended") return;
-  teardown();
-  setState("ended");
+function pageEnd() {
+  if (pageEnded) return;
+  pageEnded = true;
+  render();
 }
 
 async function loadListeners() {
   try {
     const data = await api("/api/live");
-    const mine = data.sessions.find((s) => s.id === session.id);
-    if (mine && typeof mine.listeners === "number") setListeners(mine.listeners);
+    const found = data.sessions.find((s) => s.id === session.id);
+    if (found && typeof found.listeners === "number") setListeners(found.listeners);
   } catch {
     // the count stays "–" until the next session.stats event
   }
@@ -224,7 +124,7 @@ async function loadListeners() {
 
 // The broadcaster muted: say so, so silence does not look like a broken stream.
 function showMuted(muted) {
-  const badge = document.getElementById("listen-muted");
+  const badge = $("listen-muted");
   if (badge) badge.hidden = !muted;
 }
 
@@ -233,96 +133,62 @@ socket.on("session.stats", (msg) => {
   setListeners(msg.listeners);
   if (typeof msg.muted === "boolean") showMuted(msg.muted);
 });
+socket.on("session.state", (msg) => {
+  if (msg.session_id === session.id) showMuted(Boolean(msg.muted));
+});
 // Live captions (bleeped broadcasts): personal information arrives already masked.
 const captionLines = [];
 socket.on("session.caption", (msg) => {
   if (msg.session_id !== session.id) return;
-  const row = document.getElementById("listen-captions-row");
-  const box = document.getElementById("listen-captions");
+  const row = $("listen-captions-row");
+  const box = $("listen-captions");
   if (!row || !box) return;
   row.hidden = false;
   captionLines.push(String(msg.text || ""));
   while (captionLines.length > 2) captionLines.shift();
   box.textContent = captionLines.join(" ");
 });
-document.getElementById("listen-captions-on")?.addEventListener("change", (event) => {
-  const box = document.getElementById("listen-captions");
+$("listen-captions-on")?.addEventListener("change", (event) => {
+  const box = $("listen-captions");
   if (box) box.hidden = !event.target.checked;
 });
 
-socket.on("session.state", (msg) => {
-  if (msg.session_id === session.id) showMuted(Boolean(msg.muted));
-});
+// The end of a broadcast this tab does not listen to (listening.js follows its own).
 socket.on("session.ended", (msg) => {
-  if (msg.session_id !== session.id) return;
-  if (msg.reason === "unfriended") {
-    teardown();
-    setState("error", "You are no longer friends, so this broadcast is closed to you.");
-  } else {
-    ended();
-  }
+  if (msg.session_id === session.id && !mine() && msg.reason !== "unfriended") pageEnd();
 });
 socket.on("live", (msg) => {
   // Not live any more, or live again in a new session: this one is over.
-  if (msg.user_id === session.broadcaster.id && (!msg.live || msg.session_id !== session.id)) ended();
+  if (msg.user_id === session.broadcaster.id && (!msg.live || msg.session_id !== session.id) && !mine()) pageEnd();
 });
-
-// The server drops a page's listening when its socket closes: resume once it is back.
-// Events missed meanwhile (the broadcast's end) are caught up from /api/live.
+// Events missed while offline (the broadcast's end) are caught up from /api/live.
 socket.onState(async (connState, { reconnected }) => {
-  if (connState !== "open" && (state === "live" || state === "connecting")) {
-    reconnect();
-  } else if (connState === "open" && state === "reconnecting") {
-    resume();
-  } else if (connState === "open" && reconnected && (state === "idle" || state === "error")) {
-    if ((await stillLive()) === false) ended();
-  }
+  if (connState === "open" && reconnected && !mine() && (await stillLive()) === false) pageEnd();
 });
 
-els.start.addEventListener("click", start);
-els.stop.addEventListener("click", stop);
+// The control that replaces the pressed one gets the focus (not the page's body).
+els.start.addEventListener("click", () => {
+  if (mine()?.state === "error") retry();
+  else listenTo(session);
+  if (!els.stop.hidden) els.stop.focus();
+});
+els.stop.addEventListener("click", () => {
+  leave();
+  els.start.focus();
+});
 els.play.addEventListener("click", play);
-els.audio.addEventListener("playing", () => {
-  hidePlay();
-  renderLiveLight();
-});
-els.audio.addEventListener("pause", renderLiveLight);
+els.volume.addEventListener("input", () => setVolume(els.volume.value));
 
-// Volume: the slider drives the sink, remembered across pages and visits.
-const savedVolume = Number(localStorage.getItem(VOLUME_KEY));
-if (localStorage.getItem(VOLUME_KEY) !== null && savedVolume >= 0 && savedVolume <= 100) {
-  els.volume.value = String(savedVolume);
-}
-function applyVolume() {
-  els.audio.volume = Number(els.volume.value) / 100;
-  els.volume.setAttribute("aria-valuetext", `${els.volume.value}%`);
-}
-els.volume.addEventListener("input", () => {
-  applyVolume();
-  localStorage.setItem(VOLUME_KEY, els.volume.value);
-});
-applyVolume();
+const off = onListening(render);
+pageSignal().addEventListener("abort", off, { once: true });
 
-// Another recording or stream started (here or in another tab): stop listening.
-onPreempt(els.audio, () => {
-  if (["connecting", "live", "reconnecting"].includes(state)) stop();
-});
-window.addEventListener("pagehide", () => {
-  if (pc) socket.send({ type: "listen.stop", session_id: session.id });
-});
-// Another page of the app replaces this one (nav.js): its player goes with it.
-pageSignal().addEventListener("abort", () => {
-  if (pc) socket.send({ type: "listen.stop", session_id: session.id });
-  teardown();
-});
-
-setState("idle");
+render();
 loadListeners();
-// Opened from a Listen link: start now, and drop the flag so that a reload or the
-// back button does not start it again unasked.
+// Opened from a Listen link: start now (unless this tab listens to it already), and
+// drop the flag so that a reload or the back button does not start it again unasked.
 if (new URLSearchParams(location.search).get("autoplay") === "1") {
   history.replaceState(history.state, "", location.pathname);
-  start();
+  if (!mine() || !ACTIVE.has(mine().state)) listenTo(session);
   // The Listen link that brought us here is gone with its page: focus the player's Stop.
   if (focusLost()) focusFirst(els.stop);
 }

@@ -45,6 +45,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import av
 import numpy as np
@@ -87,23 +88,28 @@ class Source(ABC):
 
 
 class _PtsMapper:
-    """Maps source timestamps to contiguous 48 kHz pts starting at 0.
+    """Maps source timestamps to contiguous 48 kHz pts starting at ``start`` (0).
 
     RTP timestamps (aiortc's frame pts) start at a random value and wrap at 2**32
     (RFC 3550 §5.1); jumps over :data:`MAX_GAP_S` either way re-anchor.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, start: int = 0) -> None:
         self._offset: int | None = None
-        self._expected = 0
+        self._expected = start
+
+    @property
+    def expected(self) -> int:
+        """pts the next sample is expected at."""
+        return self._expected
 
     def map(self, raw_pts: int | None, time_base: object, samples: int) -> int:
         expected = self._expected
         pts = expected
         if raw_pts is not None and time_base is not None:
             raw = round(raw_pts * time_base * SAMPLE_RATE)  # type: ignore[operator]
-            if self._offset is None:
-                self._offset = -raw
+            if self._offset is None:  # the first frame starts where the stream is
+                self._offset = expected - raw
             candidate = raw + self._offset
             gap = candidate - expected
             if gap < -(1 << 31):  # 32-bit RTP wrap-around
@@ -119,29 +125,117 @@ class _PtsMapper:
 
 
 class TrackSource(Source):
-    """Audio from an aiortc ``MediaStreamTrack`` (any format, layout, rate).
+    """Audio from an aiortc ``MediaStreamTrack`` (any format, layout, rate), whose track
+    may be replaced mid-stream by the same sender's new peer connection.
 
     Frames are converted with :class:`streams.audio.FrameToMono`; pts come from the
     frames' own ``pts``/``time_base`` (see :class:`_PtsMapper`).
+
+    A replacement (:meth:`replace`; WebRTC has no ICE restart in aiortc, so a peer
+    whose media path failed reconnects with a new peer connection) continues the same
+    timeline: its first frame is placed after the wall-clock time without frames since
+    the previous track's last one (at most ``MAX_REPLACE_GAP_S``), and the graph's
+    :class:`Reblocker` fills that gap with silence, so a recording stays one file as
+    long as the broadcast in real time.
+
+    Args:
+        track: The first track.
+        hold_s: When a track ends, wait this many seconds for a :meth:`replace` before
+            ending the stream; 0 ends it at once.
+        on_track_end: Called (no arguments, on the loop) when a track ends and the
+            source waits for a replacement.
     """
 
-    def __init__(self, track: MediaStreamTrack) -> None:
-        self.track = track
+    MAX_REPLACE_GAP_S = 60.0
+    """Longest gap (seconds) a replacement fills with silence; a longer one is cut."""
+
+    def __init__(
+        self,
+        track: MediaStreamTrack,
+        *,
+        hold_s: float = 0.0,
+        on_track_end: Callable[[], None] | None = None,
+    ) -> None:
+        self.track: MediaStreamTrack | None = track
+        self.hold_s = hold_s
+        self.on_track_end = on_track_end
+        self.replacements = 0  # tracks taken over by replace()
         self._convert = FrameToMono(SAMPLE_RATE)
         self._pts = _PtsMapper()
+        self._recv: asyncio.Future[Any] | None = None  # the pending track.recv()
+        self._replaced = asyncio.Event()
+        self._last_arrived: float | None = None  # monotonic time of the last frame
+        self._gap_due = False  # the next frame is a replacement's first
+
+    def replace(self, track: MediaStreamTrack) -> None:
+        """Read ``track`` from now on instead of the current one (ended or not).
+
+        A read waiting on the previous track gives up on it and reads this one.
+        """
+        self.track = track
+        self.replacements += 1
+        self._gap_due = True
+        self._replaced.set()
+        if self._recv is not None and not self._recv.done():
+            self._recv.cancel()
+
+    async def _replacement(self) -> bool:
+        """Wait up to ``hold_s`` for :meth:`replace`; whether one came."""
+        self._replaced.clear()
+        if self.on_track_end is not None:
+            self.on_track_end()
+        try:
+            await asyncio.wait_for(self._replaced.wait(), self.hold_s)
+        except TimeoutError:
+            return False
+        return True
 
     async def read(self) -> AudioChunk | None:
-        """Receive and convert the next frame; None once the track ends."""
+        """Receive and convert the next frame; None once the track ends (and no
+        replacement came within ``hold_s``)."""
         while True:
+            track = self.track
+            if track is None:
+                if not await self._replacement():
+                    return None
+                continue
+            recv = self._recv = asyncio.ensure_future(track.recv())
             try:
-                frame = await self.track.recv()
-            except MediaStreamError:
-                return None
+                await asyncio.wait({recv})
+            finally:
+                if not recv.done():  # this read was cancelled: so is its recv()
+                    recv.cancel()
+                self._recv = None
+            if recv.cancelled() or self.track is not track:
+                continue  # replaced meanwhile: read the new track
+            error = recv.exception()
+            if isinstance(error, MediaStreamError):
+                if self.hold_s <= 0:
+                    return None
+                self.track = None
+                continue
+            if error is not None:
+                raise error
+            frame = recv.result()
             arrived = time.monotonic()
             samples = self._convert.convert(frame)
-            if len(samples):
-                pts = self._pts.map(frame.pts, frame.time_base, len(samples))
-                return AudioChunk(samples=samples, pts=pts, arrived=arrived)
+            if not len(samples):
+                continue
+            if self._gap_due:
+                self._gap_due = False
+                self._pts = _PtsMapper(start=self._pts.expected + self._gap(arrived, len(samples)))
+            pts = self._pts.map(frame.pts, frame.time_base, len(samples))
+            self._last_arrived = arrived
+            return AudioChunk(samples=samples, pts=pts, arrived=arrived)
+
+    def _gap(self, arrived: float, samples: int) -> int:
+        """Samples of silence before a replacement's first frame (of ``samples``
+        samples, arrived at ``arrived``): the time without frames, at most
+        ``MAX_REPLACE_GAP_S``."""
+        if self._last_arrived is None:
+            return 0
+        missing = arrived - self._last_arrived - samples / SAMPLE_RATE
+        return round(min(max(0.0, missing), self.MAX_REPLACE_GAP_S) * SAMPLE_RATE)
 
 
 class FileSource(Source):
