@@ -43,7 +43,7 @@ from streams.selectors import (
 from streams.when import default_title
 from users.events import group_send_from_sync, users_notify
 from users.models import User
-from users.selectors import friend_ids
+from users.selectors import friend_ids, user_avatar_url
 
 logger = logging.getLogger("hearth.streams")
 
@@ -108,6 +108,7 @@ def _notify_live(session: LiveSession, *, live: bool) -> None:
             "user_id": session.broadcaster_id,
             "username": session.broadcaster.username,
             "display_name": session.broadcaster.display_name,
+            "avatar_url": user_avatar_url(user=session.broadcaster),
             "live": live,
             "session_id": session.id,
             "started_at": session.started_at.isoformat(),

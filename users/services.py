@@ -8,14 +8,20 @@ show the user.
 
 from __future__ import annotations
 
+import hashlib
+import os
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import validate_email
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from project.api import UNCLEAN_TEXT_MESSAGE, text_is_clean
+from users.avatars import AvatarImageError, avatar_image_process
 from users.events import users_notify
 from users.models import (
     DISPLAY_NAME_MAX_LENGTH,
@@ -247,6 +253,98 @@ def user_profile_update(*, user: User, display_name: str, email: str) -> User:
     if changed:
         _notify_friends_changed(user.id, *friend_ids(user=user))
     return user
+
+
+# --- Avatars -------------------------------------------------------------------------
+
+
+def _avatar_path(name: str) -> Path:
+    """Absolute path of the avatar file ``name`` (``User.avatar``'s) under ``MEDIA_ROOT``."""
+    return Path(settings.MEDIA_ROOT) / name
+
+
+def _avatar_write(*, user_id: int, data: bytes) -> str:
+    """Store the avatar bytes ``data`` of user ``user_id``; returns the file's name.
+
+    The name is ``avatars/<first 32 hex digits of SHA-256(user id, data)>.webp``: a new
+    picture gets a new name (and URL), and the owner's id in the hash keeps two users
+    who upload the same picture from sharing a file that one of them may delete. The
+    file is written beside its final name and renamed into place, so a reader never
+    sees half of it.
+    """
+    digest = hashlib.sha256(f"{user_id}:".encode() + data).hexdigest()[:32]
+    name = f"avatars/{digest}.webp"
+    path = _avatar_path(name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=".upload-", suffix=".part")
+    try:
+        with os.fdopen(handle, "wb") as out:
+            out.write(data)
+        os.chmod(temporary, 0o644)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return name
+
+
+def _avatar_delete_after_commit(name: str) -> None:
+    """Delete avatar file ``name`` once the current transaction commits (none: nothing)."""
+    if name:
+        path = _avatar_path(name)
+        transaction.on_commit(lambda: path.unlink(missing_ok=True))
+
+
+def user_avatar_set(*, user: User, image: bytes) -> User:
+    """Make the uploaded file ``image`` (its bytes) ``user``'s avatar.
+
+    The upload is checked and converted by :func:`users.avatars.avatar_image_process`
+    (JPEG, PNG, WebP or GIF; at most 5 MB and 40 megapixels; turned upright by its
+    EXIF orientation, stripped of all metadata, centre-cropped, 256 x 256 px WebP),
+    stored under ``MEDIA_ROOT/avatars/`` with a content-hashed name, and the previous
+    avatar's file is deleted once the row commits. ``user`` and their friends' pages
+    get ``friends.changed`` (their lists reload with the new picture).
+
+    Raises:
+        AccountError: the file is refused (too big, not an image, damaged, too many
+            pixels); the message says which.
+    """
+    try:
+        data = avatar_image_process(image)
+    except AvatarImageError as exc:
+        raise AccountError(str(exc)) from exc
+    name = _avatar_write(user_id=user.id, data=data)
+    try:
+        with transaction.atomic():
+            locked = User.objects.select_for_update().get(id=user.id)
+            previous = locked.avatar.name or ""
+            locked.avatar.name = name
+            locked.save(update_fields=["avatar"])
+            if previous != name:
+                _avatar_delete_after_commit(previous)
+                _notify_friends_changed(user.id, *friend_ids(user=user))
+    except BaseException:
+        if not User.objects.filter(avatar=name).exists():  # the file nobody's avatar is
+            _avatar_path(name).unlink(missing_ok=True)
+        raise
+    user.avatar.name = name
+    return user
+
+
+@transaction.atomic
+def user_avatar_clear(*, user: User) -> None:
+    """Remove ``user``'s avatar (pages show their initials again); the file is deleted
+    once this commits. Removing none is a no-op. ``user`` and their friends' pages get
+    ``friends.changed`` when there was one."""
+    locked = User.objects.select_for_update().get(id=user.id)
+    previous = locked.avatar.name or ""
+    user.avatar.name = ""
+    if not previous:
+        return
+    locked.avatar.name = ""
+    locked.save(update_fields=["avatar"])
+    _avatar_delete_after_commit(previous)
+    _notify_friends_changed(user.id, *friend_ids(user=user))
 
 
 # --- Presence ------------------------------------------------------------------

@@ -4,7 +4,7 @@
 import { errorMessage } from "./api.js";
 import { setBroadcast } from "./livebar.js";
 import { socket } from "./socket.js";
-import { formatDuration, readJson, secondsSince, setListeners, showMessage } from "./ui.js";
+import { avatar, formatDuration, h, readJson, secondsSince, setListeners, showMessage } from "./ui.js";
 import { closePeer, createOfferSdp, createPeerConnection } from "./webrtc.js";
 
 const $ = (id) => document.getElementById(id);
@@ -404,13 +404,14 @@ function showMuted() {
 
 function showListenerNames(listeners) {
   els.listenerNames.replaceChildren(
-    ...listeners.map((person) => {
-      const item = document.createElement("li");
-      item.textContent = person.display_name || person.username;
-      item.title = person.username;
-      item.dataset.userId = String(person.id);
-      return item;
-    }),
+    ...listeners.map((person) =>
+      h(
+        "li",
+        { title: person.username, dataset: { userId: String(person.id) } },
+        avatar(person, "avatar-small"),
+        h("span", { class: "name-list-text" }, person.display_name || person.username),
+      ),
+    ),
   );
   els.listenerNamesEmpty.hidden = listeners.length > 0;
 }
