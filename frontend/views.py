@@ -8,7 +8,7 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib import messages
-from django.contrib.auth import login
+from django.contrib.auth import login, logout
 from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpRequest, HttpResponse
@@ -21,13 +21,14 @@ from streams.selectors import (
     live_session_active_for,
     live_session_ended_visible_get,
     live_session_visible_get,
+    recording_list_visible,
     recording_of_session,
     recording_visible_get,
 )
 from streams.views import live_session_json, recording_json
 from streams.when import when_label
 from users import services as user_services
-from users.forms import AvatarForm, ProfileForm, SignupForm
+from users.forms import AccountDeleteForm, AvatarForm, ProfileForm, SignupForm
 from users.ratelimit import request_limited
 from users.selectors import block_list, friend_list, user_avatar_url
 
@@ -180,7 +181,7 @@ def _account_page(
 @require_http_methods(["GET", "POST"])
 def account(request: HttpRequest) -> HttpResponse:
     """Account settings: profile (display name, e-mail), picture, password, blocked
-    people."""
+    people, deleting the account."""
     user = request.user
     initial = {"display_name": user.display_name, "email": user.email}
     form = ProfileForm(request.POST or None, initial=initial)
@@ -224,6 +225,31 @@ def account_avatar_remove(request: HttpRequest) -> HttpResponse:
     user_services.user_avatar_clear(user=request.user)
     messages.success(request, "Picture removed.")
     return redirect("account")
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def account_delete(request: HttpRequest) -> HttpResponse:
+    """Delete the account after the password is typed again: everything of the user
+    goes (see ``users.services.user_delete``), every device is signed out, and the
+    browser lands on the front page with a note saying so."""
+    user = request.user
+    form = AccountDeleteForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        try:
+            user_services.user_delete(user=user, password=form.cleaned_data["password"])
+        except user_services.AccountError as exc:
+            form.add_error("password", str(exc))
+        else:
+            logout(request)
+            messages.success(request, "Your account and your recordings were deleted.")
+            return redirect("home")
+    return _page(
+        request,
+        "frontend/account_delete.html",
+        form=form,
+        recording_count=recording_list_visible(user=user).filter(owner=user).count(),
+    )
 
 
 @login_required

@@ -108,3 +108,14 @@ class AvatarForm(forms.Form):
                 code="too_big",
             )
         return upload
+
+
+class AccountDeleteForm(forms.Form):
+    """The delete-account confirmation: the user's current password, typed again."""
+
+    password = forms.CharField(
+        label="Your password",
+        strip=False,
+        widget=forms.PasswordInput(attrs={"autocomplete": "current-password"}),
+        help_text="Type it to confirm. This cannot be undone.",
+    )
