@@ -318,7 +318,7 @@ def test_account_page_uploads_and_removes_the_picture(
     client = client_of(alice)
     page = client.get("/account/").content.decode()
     assert 'id="avatar-form"' in page and 'enctype="multipart/form-data"' in page
-    assert '<span class="avatar avatar-large avatar-initials" id="avatar-current"' in page
+    assert 'id="avatar-current" aria-hidden="true" data-initials="A"' in page
     response = client.post("/account/avatar/", {"avatar": upload("me.jpg", halves_jpeg())})
     assert response.status_code == 302 and response["Location"] == "/account/"
     alice.refresh_from_db()
@@ -389,3 +389,13 @@ def test_live_event_and_live_list_carry_the_broadcasters_avatar(
     assert event == "live" and data["avatar_url"] == user_avatar_url(user=alice)
     [session] = client_of(bob).get("/api/live").json()["sessions"]
     assert session["broadcaster"]["avatar_url"] == user_avatar_url(user=alice)
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [("Alice Liddell", "AL"), ("bob_smith", "BS"), ("carol", "C"), ("émile zola", "ÉZ"), ("", "?")],
+)
+def test_initials_stand_in_for_a_missing_picture(name, expected):
+    from frontend.views import initials
+
+    assert initials(name) == expected

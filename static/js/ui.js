@@ -122,8 +122,14 @@ export function initials(name) {
   return words.slice(0, 2).map((word) => [...word][0]).join("").toUpperCase() || "?";
 }
 
+// The letters are CSS generated content (data-initials): decorative, and kept out of
+// the row's text (a row reads "bob", not "Bbob").
 function initialsEl(user, className) {
-  return h("span", { class: `${className} avatar-initials`, "aria-hidden": "true" }, initials(shownName(user)));
+  return h("span", {
+    class: `${className} avatar-initials`,
+    "aria-hidden": "true",
+    "data-initials": initials(shownName(user)),
+  });
 }
 
 /**
