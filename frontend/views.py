@@ -157,8 +157,10 @@ def _account_page(
     *,
     form: ProfileForm | None = None,
     avatar_form: AvatarForm | None = None,
+    avatar_refusal: str = "",
 ) -> HttpResponse:
-    """The account page with the given forms (fresh ones otherwise).
+    """The account page with the given forms (fresh ones otherwise); ``avatar_refusal``
+    is shown on the picture form (an upload refused before its file was read).
 
     An invalid form comes back with 200, as Django's own form views do (browsers log
     a 4xx page load as a console error).
@@ -173,6 +175,7 @@ def _account_page(
         avatar_form=avatar_form or AvatarForm(auto_id="avatar_%s"),
         avatar_url=user_avatar_url(user=user),
         avatar_initials=initials(user.shown_name),
+        avatar_refusal=avatar_refusal,
         blocks=block_list(user=user),
     )
 
@@ -204,7 +207,15 @@ def account(request: HttpRequest) -> HttpResponse:
 @require_POST
 def account_avatar(request: HttpRequest) -> HttpResponse:
     """Upload a new picture (multipart form on the account page); a refused file comes
-    back on the page with the reason under the field."""
+    back on the page with the reason under the field. Past
+    ``HEARTH["AVATAR_UPLOAD_RATE"]`` uploads by the user, the page comes back with
+    HTTP 429 and the file is not looked at."""
+    if request_limited(request, group="avatar", key="user", rate_setting="AVATAR_UPLOAD_RATE"):
+        response = _account_page(
+            request, avatar_refusal="Too many new pictures. Try again in an hour."
+        )
+        response.status_code = 429
+        return response
     avatar_form = AvatarForm(request.POST, request.FILES, auto_id="avatar_%s")
     if avatar_form.is_valid():
         upload = avatar_form.cleaned_data["avatar"]

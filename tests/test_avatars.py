@@ -399,3 +399,15 @@ def test_initials_stand_in_for_a_missing_picture(name, expected):
     from frontend.views import initials
 
     assert initials(name) == expected
+
+
+def test_uploads_are_rate_limited_per_user(alice, bob, static_storage, settings):
+    settings.HEARTH = {**settings.HEARTH, "AVATAR_UPLOAD_RATE": "2/h"}
+    client = client_of(alice)
+    for _ in range(2):
+        response = client.post("/account/avatar/", {"avatar": upload("x.jpg", halves_jpeg())})
+        assert response.status_code == 302
+    refused = client.post("/account/avatar/", {"avatar": upload("x.jpg", halves_jpeg())})
+    assert refused.status_code == 429 and b"Too many new pictures" in refused.content
+    other = client_of(bob).post("/account/avatar/", {"avatar": upload("x.jpg", halves_jpeg())})
+    assert other.status_code == 302  # counted per user
