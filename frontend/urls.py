@@ -21,6 +21,9 @@ urlpatterns = [
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("account/", views.account, name="account"),
     path("account/unblock/<id:user_id>/", views.account_unblock, name="account_unblock"),
+    path("account/avatar/", views.account_avatar, name="account_avatar"),
+    path("account/avatar/remove/", views.account_avatar_remove, name="account_avatar_remove"),
+    path("account/delete/", views.account_delete, name="account_delete"),
     path(
         "account/password/",
         auth_views.PasswordChangeView.as_view(

@@ -3,11 +3,12 @@ the WebSocket for everything dynamic."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from django.conf import settings
 from django.contrib import messages
-from django.contrib.auth import login
+from django.contrib.auth import login, logout
 from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpRequest, HttpResponse
@@ -20,15 +21,16 @@ from streams.selectors import (
     live_session_active_for,
     live_session_ended_visible_get,
     live_session_visible_get,
+    recording_list_visible,
     recording_of_session,
     recording_visible_get,
 )
 from streams.views import live_session_json, recording_json
 from streams.when import when_label
 from users import services as user_services
-from users.forms import ProfileForm, SignupForm
+from users.forms import AccountDeleteForm, AvatarForm, ProfileForm, SignupForm
 from users.ratelimit import request_limited
-from users.selectors import block_list, friend_list
+from users.selectors import block_list, friend_list, user_avatar_url
 
 
 def _page(request: HttpRequest, template: str, **context: Any) -> HttpResponse:
@@ -142,10 +144,47 @@ def recording_page(request: HttpRequest, recording_id: int) -> HttpResponse:
     )
 
 
+def initials(name: str) -> str:
+    """Up to two capital letters standing for ``name`` where there is no avatar:
+    "Alice Liddell" → "AL", "bob_smith" → "BS", "carol" → "C" (words split at
+    spaces, ``_ . - @ +``). Mirrors ``initials()`` in static/js/ui.js."""
+    words = [w for w in re.split(r"[\s_.\-@+]+", name) if w]
+    return "".join(w[0] for w in words[:2]).upper() or "?"
+
+
+def _account_page(
+    request: HttpRequest,
+    *,
+    form: ProfileForm | None = None,
+    avatar_form: AvatarForm | None = None,
+    avatar_refusal: str = "",
+) -> HttpResponse:
+    """The account page with the given forms (fresh ones otherwise); ``avatar_refusal``
+    is shown on the picture form (an upload refused before its file was read).
+
+    An invalid form comes back with 200, as Django's own form views do (browsers log
+    a 4xx page load as a console error).
+    """
+    user = request.user
+    if form is None:
+        form = ProfileForm(initial={"display_name": user.display_name, "email": user.email})
+    return _page(
+        request,
+        "frontend/account.html",
+        form=form,
+        avatar_form=avatar_form or AvatarForm(auto_id="avatar_%s"),
+        avatar_url=user_avatar_url(user=user),
+        avatar_initials=initials(user.shown_name),
+        avatar_refusal=avatar_refusal,
+        blocks=block_list(user=user),
+    )
+
+
 @login_required
 @require_http_methods(["GET", "POST"])
 def account(request: HttpRequest) -> HttpResponse:
-    """Account settings: profile (display name, e-mail), password, blocked people."""
+    """Account settings: profile (display name, e-mail), picture, password, blocked
+    people, deleting the account."""
     user = request.user
     initial = {"display_name": user.display_name, "email": user.email}
     form = ProfileForm(request.POST or None, initial=initial)
@@ -161,9 +200,67 @@ def account(request: HttpRequest) -> HttpResponse:
         else:
             messages.success(request, "Profile saved.")
             return redirect("account")
-    # An invalid form comes back with 200, as Django's own form views do (browsers
-    # log a 4xx page load as a console error).
-    return _page(request, "frontend/account.html", form=form, blocks=block_list(user=user))
+    return _account_page(request, form=form)
+
+
+@login_required
+@require_POST
+def account_avatar(request: HttpRequest) -> HttpResponse:
+    """Upload a new picture (multipart form on the account page); a refused file comes
+    back on the page with the reason under the field. Past
+    ``HEARTH["AVATAR_UPLOAD_RATE"]`` uploads by the user, the page comes back with
+    HTTP 429 and the file is not looked at."""
+    if request_limited(request, group="avatar", key="user", rate_setting="AVATAR_UPLOAD_RATE"):
+        response = _account_page(
+            request, avatar_refusal="Too many new pictures. Try again in an hour."
+        )
+        response.status_code = 429
+        return response
+    avatar_form = AvatarForm(request.POST, request.FILES, auto_id="avatar_%s")
+    if avatar_form.is_valid():
+        upload = avatar_form.cleaned_data["avatar"]
+        try:
+            user_services.user_avatar_set(user=request.user, image=upload.read())
+        except user_services.AccountError as exc:
+            avatar_form.add_error("avatar", str(exc))
+        else:
+            messages.success(request, "Picture saved.")
+            return redirect("account")
+    return _account_page(request, avatar_form=avatar_form)
+
+
+@login_required
+@require_POST
+def account_avatar_remove(request: HttpRequest) -> HttpResponse:
+    """Remove the user's picture (friends see their initials again)."""
+    user_services.user_avatar_clear(user=request.user)
+    messages.success(request, "Picture removed.")
+    return redirect("account")
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def account_delete(request: HttpRequest) -> HttpResponse:
+    """Delete the account after the password is typed again: everything of the user
+    goes (see ``users.services.user_delete``), every device is signed out, and the
+    browser lands on the front page with a note saying so."""
+    user = request.user
+    form = AccountDeleteForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        try:
+            user_services.user_delete(user=user, password=form.cleaned_data["password"])
+        except user_services.AccountError as exc:
+            form.add_error("password", str(exc))
+        else:
+            logout(request)
+            messages.success(request, "Your account and your recordings were deleted.")
+            return redirect("home")
+    return _page(
+        request,
+        "frontend/account_delete.html",
+        form=form,
+        recording_count=recording_list_visible(user=user).filter(owner=user).count(),
+    )
 
 
 @login_required

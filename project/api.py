@@ -16,10 +16,10 @@ from django.views.defaults import page_not_found
 MAX_JSON_BODY_BYTES = 16 * 1024
 MAX_DB_ID = 2**63 - 1  # the largest value of a 64-bit (big)integer primary key
 
-# URLs answered with JSON errors: the API and the recording file endpoints
-# (/recordings/<id>/audio, /download and /captions.vtt); the recording pages themselves
-# (/recordings/, /recordings/<id>/) get the HTML 404 page.
-_JSON_PATHS = re.compile(r"^/api/|^/recordings/[^/]*/(audio|download|captions\.vtt)$")
+# URLs answered with JSON errors: the API, the recording file endpoints
+# (/recordings/<id>/audio, /download and /captions.vtt) and the avatars; the recording
+# pages themselves (/recordings/, /recordings/<id>/) get the HTML 404 page.
+_JSON_PATHS = re.compile(r"^/api/|^/recordings/[^/]*/(audio|download|captions\.vtt)$|^/avatars/")
 
 
 class ApiError(Exception):

@@ -382,6 +382,9 @@ HEARTH = {
     "SIGNUP_RATE": "10/h",
     # Friend requests one user may send; more get HTTP 429 JSON.
     "FRIEND_REQUEST_RATE": "30/h",
+    # Picture uploads one user may make (each is decoded and resized: up to ~0.5 s of
+    # CPU); more get the account page back with HTTP 429 and the reason.
+    "AVATAR_UPLOAD_RATE": "20/h",
     # Password-reset requests (POSTs of the "forgot your password" form) from one IP
     # address; more get the form back with HTTP 429 and no e-mail is sent.
     "PASSWORD_RESET_RATE": "5/h",

@@ -1,4 +1,5 @@
-"""Top-level URL configuration: pages, JSON API, recording audio, health, metrics, admin."""
+"""Top-level URL configuration: pages, JSON API, recording audio, avatars, health, metrics,
+admin."""
 
 from django.contrib import admin
 from django.urls import include, path
@@ -7,6 +8,7 @@ from project import api  # registers the <id:...> path converter first
 from project.metrics import metrics_view
 from project.views import health
 from streams.urls import api_urlpatterns as streams_api
+from users.views import avatar_file
 
 handler404 = api.not_found
 
@@ -16,6 +18,7 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/", include("users.urls")),
     path("api/", include(streams_api)),
+    path("avatars/<id:user_id>/<slug:digest>.webp", avatar_file, name="avatar"),
     path("", include("streams.urls")),
     path("", include("frontend.urls")),
 ]

@@ -194,6 +194,7 @@ class HearthConsumer(ConsumerMetricsMixin, AsyncWebsocketConsumer):
     listening: dict[int, str]
     cleaned_up: bool = False
     logged_out: bool = False  # closed by logout: a live broadcast ends at once (no grace)
+    stop_reason: str = "disconnected"  # the end reason of that broadcast
     # session id → the task that gives up on the owner's reply (see on_listen_start)
     listen_replies: dict[int, asyncio.Task[None]]
 
@@ -254,7 +255,7 @@ class HearthConsumer(ConsumerMetricsMixin, AsyncWebsocketConsumer):
             session_id, self.broadcasting = self.broadcasting, None
             if self.logged_out:
                 step = functools.partial(
-                    self._broadcast_stop_send, session_id, self.broadcast_owner, "disconnected"
+                    self._broadcast_stop_send, session_id, self.broadcast_owner, self.stop_reason
                 )
             else:  # a dropped socket: the worker keeps the broadcast for a grace period
                 step = functools.partial(
@@ -765,6 +766,13 @@ class HearthConsumer(ConsumerMetricsMixin, AsyncWebsocketConsumer):
         if session is not None and event.get("session_key") == session.session_key:
             self.logged_out = True
             await self.close(code=4401)
+
+    async def hearth_account_closed(self, event: dict[str, Any]) -> None:
+        """The user's account is being deleted (``users.services.user_delete``): close
+        (4401); a broadcast of this page ends at once (``account_deleted``)."""
+        self.logged_out = True
+        self.stop_reason = "account_deleted"
+        await self.close(code=4401)
 
     async def rtc_listen_answer(self, event: dict[str, Any]) -> None:
         """The owner process answered our listener offer (dropped if we gave up on it)."""

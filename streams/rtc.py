@@ -57,7 +57,7 @@ from streams.recording import RecordingInfo, WavRecorder
 from streams.sdp import OfferError, Role, candidates_filter, deny_networks_parse, offer_check
 from users.events import layer_call, user_group
 from users.models import User
-from users.selectors import friend_ids
+from users.selectors import avatar_url, friend_ids
 from users.services import presence_prune
 
 logger = logging.getLogger("hearth.rtc")
@@ -767,16 +767,21 @@ class BroadcastRoom:
         self._published_names = ids
         names = await database_sync_to_async(
             lambda: {
-                uid: (username, display)
-                for uid, username, display in User.objects.filter(id__in=ids).values_list(
-                    "id", "username", "display_name"
+                uid: (username, display, avatar_url(user_id=uid, avatar=avatar))
+                for uid, username, display, avatar in User.objects.filter(id__in=ids).values_list(
+                    "id", "username", "display_name", "avatar"
                 )
             }
         )()
         data = {
             "session_id": self.session_id,
             "listeners": [
-                {"id": uid, "username": names[uid][0], "display_name": names[uid][1]}
+                {
+                    "id": uid,
+                    "username": names[uid][0],
+                    "display_name": names[uid][1],
+                    "avatar_url": names[uid][2],  # listeners are the broadcaster's friends
+                }
                 for uid in ids
                 if uid in names
             ],

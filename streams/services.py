@@ -41,9 +41,9 @@ from streams.selectors import (
     recording_bytes_used,
 )
 from streams.when import default_title
-from users.events import group_send_from_sync, users_notify
+from users.events import group_send_from_sync, layer_request_from_sync, users_notify
 from users.models import User
-from users.selectors import friend_ids
+from users.selectors import friend_ids, user_avatar_url
 
 logger = logging.getLogger("hearth.streams")
 
@@ -108,6 +108,7 @@ def _notify_live(session: LiveSession, *, live: bool) -> None:
             "user_id": session.broadcaster_id,
             "username": session.broadcaster.username,
             "display_name": session.broadcaster.display_name,
+            "avatar_url": user_avatar_url(user=session.broadcaster),
             "live": live,
             "session_id": session.id,
             "started_at": session.started_at.isoformat(),
@@ -158,13 +159,18 @@ def live_session_start(
             includes a session with a stale heartbeat whose recording is still being
             written (its owner is alive, only slow to stamp it); ``quota_exceeded`` if
             the user's recordings fill ``RECORDING_QUOTA_BYTES``; ``disk_full`` if
-            ``MEDIA_ROOT``'s filesystem has less than ``MIN_FREE_DISK_BYTES`` free.
+            ``MEDIA_ROOT``'s filesystem has less than ``MIN_FREE_DISK_BYTES`` free;
+            ``account_closed`` if the account is deactivated or being deleted.
     """
     for stale in live_session_stale_list(broadcaster_id=broadcaster.id):
         _session_end_if_lost(stale)
     _go_live_limits_check(broadcaster.id)
     with transaction.atomic():
-        User.objects.select_for_update().filter(id=broadcaster.id).first()  # serialise go-lives
+        # The row lock serialises go-lives, and with the account's deletion, which
+        # deactivates the account under the same lock before it ends the broadcasts.
+        locked = User.objects.select_for_update().filter(id=broadcaster.id).first()
+        if locked is None or not locked.is_active:
+            raise LiveSessionError("This account is closed.", code="account_closed")
         if LiveSession.objects.filter(broadcaster=broadcaster, ended_at__isnull=True).exists():
             raise LiveSessionError(
                 "You are already live in another tab or device. Stop that broadcast first.",
@@ -441,6 +447,42 @@ def live_session_end(
     """
     _, recording = _session_end(session_id=session_id, reason=reason, info=info, repair_busy=True)
     return recording
+
+
+def live_session_stop_for_user(*, user_id: int, reason: str) -> list[int]:
+    """End every live session of user ``user_id`` as its owner would; returns their ids.
+
+    Each is stopped by the media worker holding it (``rtc.broadcast.stop`` to its
+    ``owner_channel``, waiting up to ``HEARTH["BROADCAST_REPLY_TIMEOUT_S"]`` for
+    ``rtc.broadcast.ended``): the worker closes the peer connections, finalises the
+    recording (row and WAV), and the listeners get ``session.ended`` with ``reason``
+    and the friends ``live: false``, as for any stop. A session still live after
+    that (its worker did not answer: dead or stuck) is ended here from the database,
+    its WAV repaired, as the stale cleanup would.
+
+    Blocking: call it outside any transaction, from a thread other than the one the
+    media worker's database calls run in (a request's thread), since the worker's stop
+    needs that thread while this waits.
+    """
+    sessions = list(
+        LiveSession.objects.filter(broadcaster_id=user_id, ended_at__isnull=True).values_list(
+            "id", "owner_channel"
+        )
+    )
+    for session_id, owner_channel in sessions:
+        reply = None
+        if owner_channel:
+            reply = layer_request_from_sync(
+                owner_channel,
+                {"type": "rtc.broadcast.stop", "session_id": session_id, "reason": reason},
+                timeout=settings.HEARTH["BROADCAST_REPLY_TIMEOUT_S"],
+            )
+        if reply is None:
+            logger.warning("session %s: its worker did not stop it; ending it here", session_id)
+        if LiveSession.objects.filter(id=session_id, ended_at__isnull=True).exists():
+            with contextlib.suppress(LiveSession.DoesNotExist):
+                live_session_end(session_id=session_id, reason=reason)
+    return [session_id for session_id, _ in sessions]
 
 
 def live_session_end_stale() -> int:

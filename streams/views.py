@@ -24,13 +24,14 @@ from streams.http_range import RangeNotSatisfiable, range_parse
 from streams.models import LiveSession, Recording
 from streams.recording import WavFileError, wav_peaks
 from streams.when import when_label
-from users.selectors import friend_ids
+from users.selectors import friend_ids, user_avatar_url
 
 CHUNK_BYTES = 256 * 1024
 
 
 def live_session_json(session: LiveSession, *, listeners: int | None = None) -> dict[str, object]:
-    """A live session as the API and the pages' scripts see it.
+    """A live session as the API and the pages' scripts see it (for its broadcaster
+    and their friends, who may see the broadcaster's ``avatar_url``).
 
     ``listeners`` is the listener count to report, ``None`` where it is not to be shown.
     """
@@ -40,6 +41,7 @@ def live_session_json(session: LiveSession, *, listeners: int | None = None) -> 
             "id": session.broadcaster_id,
             "username": session.broadcaster.username,
             "display_name": session.broadcaster.display_name,
+            "avatar_url": user_avatar_url(user=session.broadcaster),
         },
         "started_at": session.started_at.isoformat(),
         "denoise": session.denoise,

@@ -208,27 +208,42 @@ def test_friend_list_shape(as_alice, alice, bob, carol):
     outgoing = FriendRequest.objects.create(from_user=alice, to_user=frank)
     data = as_alice.get("/api/friends").json()
     assert data["friends"] == [
-        {"id": bob.id, "username": "bob", "display_name": "Bob B.", "online": True, "live": None},
+        {
+            "id": bob.id,
+            "username": "bob",
+            "display_name": "Bob B.",
+            "avatar_url": None,
+            "online": True,
+            "live": None,
+        },
         {
             "id": carol.id,
             "username": "carol",
             "display_name": "",
+            "avatar_url": None,
             "online": False,
             "live": {"session_id": session.id, "started_at": session.started_at.isoformat()},
         },
-        {"id": dave.id, "username": "dave", "display_name": "", "online": False, "live": None},
+        {
+            "id": dave.id,
+            "username": "dave",
+            "display_name": "",
+            "avatar_url": None,
+            "online": False,
+            "live": None,
+        },
     ]
     assert data["incoming"] == [
         {
             "id": incoming.id,
-            "user": {"id": erin.id, "username": "erin", "display_name": ""},
+            "user": {"id": erin.id, "username": "erin", "display_name": "", "avatar_url": None},
             "created_at": incoming.created_at.isoformat(),
         }
     ]
     assert data["outgoing"] == [
         {
             "id": outgoing.id,
-            "user": {"id": frank.id, "username": "frank", "display_name": ""},
+            "user": {"id": frank.id, "username": "frank", "display_name": "", "avatar_url": None},
             "created_at": outgoing.created_at.isoformat(),
         }
     ]
@@ -339,7 +354,12 @@ def test_live_list_shows_only_friends_sessions(as_alice, alice, bob, carol):
         "sessions": [
             {
                 "id": session.id,
-                "broadcaster": {"id": bob.id, "username": "bob", "display_name": ""},
+                "broadcaster": {
+                    "id": bob.id,
+                    "username": "bob",
+                    "display_name": "",
+                    "avatar_url": None,
+                },
                 "started_at": session.started_at.isoformat(),
                 "denoise": True,
                 "listeners": 0,

@@ -29,6 +29,13 @@ _watch_console = test_browser._watch_console
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
 
+def _set_display_name(username: str, display_name: str) -> None:
+    """Give user ``username`` a display name, straight in the database."""
+    from users.models import User
+
+    _orm(lambda: User.objects.filter(username=username).update(display_name=display_name))
+
+
 def _speech_recording(owner: str, speech: Path, settings) -> int:
     """A finished, compressed recording of ``owner`` holding ``speech`` (as the server
     would leave it after a broadcast); returns its id."""
@@ -99,12 +106,16 @@ def test_a_recording_page_plays_seeks_downloads_renames_and_deletes(
         rec = _orm(lambda: Recording.objects.get(id=recording_id))
         assert rec.is_compressed
 
-        # Bob, a friend, finds it in the list and opens its page.
+        # Bob, a friend, finds it in the list and opens its page; Alice shows by her
+        # display name there, as everywhere.
+        _set_display_name("alice", "Alice Liddell")
         bob.goto(f"{base}/recordings/")
+        expect(bob.locator(".recording-item .recording-owner")).to_have_text("Alice Liddell")
         bob.locator(".recording-item .recording-link").click()
         expect(bob.locator("#recording-title")).to_have_text(rec.title)
         assert rec.title.startswith("alice · ")
-        expect(bob.locator("#recording-owner")).to_have_text("alice")
+        expect(bob.locator("#recording-owner")).to_have_text("Alice Liddell")
+        expect(bob.locator("#recording-owner")).to_have_attribute("title", "alice")
         expect(bob.locator("#recording-duration")).to_have_text("0:11")
         expect(bob.locator("#recording-file")).to_contain_text("Ogg/Opus")
         expect(bob.locator("#recording-processing")).to_contain_text("DeepFilterNet3")
@@ -250,14 +261,15 @@ def test_the_list_follows_a_friend_live_and_an_ended_link_leads_to_the_replay(
                 make_recording(bob_user, age_s=60 * age)
 
         _orm(many)
+        _set_display_name("alice", "Alice Liddell")
         bob.goto(f"{base}/recordings/")
         expect(bob.locator(".recording-item")).to_have_count(20)
         bob.click("#recordings-more")
         expect(bob.locator(".recording-item")).to_have_count(25)
         expect(bob.locator("#recordings-more")).to_be_hidden()
-        bob.select_option("#recordings-owner", label="alice")
+        bob.select_option("#recordings-owner", label="Alice Liddell")
         expect(bob.locator(".recording-item")).to_have_count(1)
-        expect(bob.locator(".recording-owner")).to_have_text("alice")
+        expect(bob.locator(".recording-owner")).to_have_text("Alice Liddell")
         bob.select_option("#recordings-owner", label="You")
         expect(bob.locator(".recording-item")).to_have_count(20)
         expect(bob.locator("#recordings-more")).to_be_visible()

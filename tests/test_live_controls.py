@@ -87,7 +87,9 @@ async def test_title_mute_denoise_switch_and_listener_names(noisy_jfk_wav: Path)
         await accept_answer(listener, (await expect_matching(b, "listen.answer"))["sdp"])
         sink = AudioSink(await asyncio.wait_for(got, WAIT_S))
         names = await expect_matching(a, "session.listeners", lambda f: f["listeners"])
-        assert names["listeners"] == [{"id": bob.id, "username": "bob", "display_name": ""}]
+        assert names["listeners"] == [
+            {"id": bob.id, "username": "bob", "display_name": "", "avatar_url": None}
+        ]
         assert await _level(sink, 2.0) > 0.01
 
         # Muted: listeners get silence (and are told), the recording keeps it.

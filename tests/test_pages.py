@@ -235,7 +235,12 @@ def test_listen_page_for_friend_of_live_broadcaster(client, alice, bob):
     assert 'id="broadcaster-name">alice<' in html
     assert json_script(html, "live-session") == {
         "id": session.id,
-        "broadcaster": {"id": alice.id, "username": "alice", "display_name": ""},
+        "broadcaster": {
+            "id": alice.id,
+            "username": "alice",
+            "display_name": "",
+            "avatar_url": None,
+        },
         "started_at": session.started_at.isoformat(),
         "denoise": True,
         "listeners": None,

@@ -17,7 +17,7 @@ from streams import services
 from streams.models import LiveSession, Recording
 from streams.views import content_disposition_attachment, download_stem
 from streams.when import when_label
-from tests.factories import befriend, go_live, make_recording
+from tests.factories import befriend, go_live, make_recording, make_user
 from users.models import User
 
 pytestmark = pytest.mark.django_db
@@ -271,9 +271,28 @@ def test_the_recording_page_for_owner_friend_and_stranger(alice, bob, carol, cli
 
 def test_the_recordings_page_offers_the_friends_as_a_filter(alice, bob, carol):
     befriend(alice, bob)
+    befriend(alice, carol)
+    carol.display_name = "Carol C."
+    carol.save()
+    make_user("dave")  # not a friend
     html = login(alice).get("/recordings/").content.decode()
     assert f'<option value="{bob.id}">bob</option>' in html
-    assert "carol" not in html
+    assert f'<option value="{carol.id}">Carol C.</option>' in html  # the display name
+    assert "dave" not in html
+
+
+def test_the_recording_page_names_the_owner_by_display_name(alice, bob):
+    befriend(alice, bob)
+    recording = make_recording(alice)
+    url = f"/recordings/{recording.id}/"
+    owner = '<span id="recording-owner" title="alice">'
+    assert f"{owner}alice</span>" in login(bob).get(url).content.decode()  # no display name
+    alice.display_name = "Alice Liddell"
+    alice.save()
+    assert f"{owner}Alice Liddell</span>" in login(bob).get(url).content.decode()
+    assert f"{owner}You</span>" in login(alice).get(url).content.decode()
+    listed = login(bob).get("/api/recordings").json()["recordings"][0]["owner"]
+    assert listed["display_name"] == "Alice Liddell" and listed["username"] == "alice"
 
 
 def ended_session(user: User, *, keep: bool = True) -> LiveSession:

@@ -552,6 +552,7 @@ def test_live_events_on_start_and_end(alice, bob, carol, layer, django_capture_o
         "user_id": alice.id,
         "username": "alice",
         "display_name": "",
+        "avatar_url": None,
         "live": True,
         "session_id": session.id,
         "started_at": session.started_at.isoformat(),

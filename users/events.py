@@ -105,6 +105,48 @@ def group_send_from_sync(group: str, message: dict[str, Any]) -> None:
         )
 
 
+async def _layer_request(channel: str, message: dict[str, Any], wait_s: float) -> dict[str, Any]:
+    layer = get_channel_layer()
+    reply_channel = await layer.new_channel()
+    await layer_call(layer.send, channel, {**message, "reply_channel": reply_channel})
+    async with asyncio.timeout(wait_s):
+        return await layer.receive(reply_channel)
+
+
+def layer_request_from_sync(
+    channel: str, message: dict[str, Any], *, timeout: float
+) -> dict[str, Any] | None:
+    """Send ``message`` to channel-layer ``channel`` with a fresh ``reply_channel`` and
+    wait for the first message sent back there, from synchronous code.
+
+    Returns that reply, or None when none came within ``timeout`` seconds, the
+    server's event loop is stopping, or the layer failed (logged). Runs on the
+    server's loop when called from one of its threads, as :func:`group_send_from_sync`
+    does; blocks the calling thread meanwhile.
+    """
+    loop = _server_loop()
+    try:
+        if loop is None or loop.is_closed():
+            return async_to_sync(_layer_request)(channel, message, timeout)
+        if not loop.is_running():
+            logger.warning("event loop stopped; %s to %s not sent", message.get("type"), channel)
+            return None
+        future = asyncio.run_coroutine_threadsafe(_layer_request(channel, message, timeout), loop)
+        try:
+            return future.result(timeout=timeout + SEND_TIMEOUT_S)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            raise
+    except (TimeoutError, concurrent.futures.TimeoutError):
+        logger.warning(
+            "no reply to %s from %s within %.0f s", message.get("type"), channel, timeout
+        )
+        return None
+    except Exception:
+        logger.exception("could not send %s to %s", message.get("type"), channel)
+        return None
+
+
 def _send_now(user_ids: list[int], message: dict[str, Any]) -> None:
     for user_id in user_ids:
         try:

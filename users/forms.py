@@ -5,7 +5,9 @@ from __future__ import annotations
 from django import forms
 from django.contrib.auth import get_user_model
 from django.contrib.auth.forms import UserCreationForm
+from django.core.files.uploadedfile import UploadedFile
 
+from users.avatars import AVATAR_MAX_BYTES
 from users.models import DISPLAY_NAME_MAX_LENGTH
 from users.selectors import user_lookalike_exists
 
@@ -76,4 +78,44 @@ class ProfileForm(forms.Form):
         label="E-mail address",
         required=False,
         help_text="Only used to send you a link if you forget your password.",
+    )
+
+
+AVATAR_ACCEPT = ("image/jpeg", "image/png", "image/webp", "image/gif")
+"""What the file picker offers (``accept``); the server checks the content itself."""
+
+
+class AvatarForm(forms.Form):
+    """The account page's picture upload: one image file, at most ``AVATAR_MAX_BYTES``.
+
+    Only the size is checked here; ``users.services.user_avatar_set`` decides whether
+    it is an image Hearth takes (its ``AccountError`` is shown on the form).
+    """
+
+    avatar = forms.FileField(
+        label="New picture",
+        help_text="A JPEG, PNG, WebP or GIF of up to 5 MB. It is cropped to a square from "
+        "the middle; only you and your friends see it.",
+        widget=forms.FileInput(attrs={"accept": ", ".join(AVATAR_ACCEPT)}),
+    )
+
+    def clean_avatar(self) -> UploadedFile:
+        """The upload, refused when it is over ``AVATAR_MAX_BYTES``."""
+        upload: UploadedFile = self.cleaned_data["avatar"]
+        if upload.size is not None and upload.size > AVATAR_MAX_BYTES:
+            raise forms.ValidationError(
+                f"That file is too big (at most {AVATAR_MAX_BYTES // (1024 * 1024)} MB).",
+                code="too_big",
+            )
+        return upload
+
+
+class AccountDeleteForm(forms.Form):
+    """The delete-account confirmation: the user's current password, typed again."""
+
+    password = forms.CharField(
+        label="Your password",
+        strip=False,
+        widget=forms.PasswordInput(attrs={"autocomplete": "current-password"}),
+        help_text="Type it to confirm. This cannot be undone.",
     )

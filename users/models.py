@@ -10,18 +10,30 @@ DISPLAY_NAME_MAX_LENGTH = 50
 
 
 class User(AbstractUser):
-    """A Hearth account: Django's user plus an optional display name.
+    """A Hearth account: Django's user plus an optional display name and avatar.
 
     ``display_name`` is what friends see next to the username (which stays the handle
     people search for and that cannot change); empty means "show the username".
+    ``avatar`` is the stored picture relative to ``MEDIA_ROOT``:
+    ``avatars/<digest>.webp``, 256 x 256 px (see ``users.avatars``), whose name is
+    the SHA-256 of the owner's id and the file's bytes (so a new picture gets a new
+    URL and two users never share a file); empty means "no avatar" (pages show the
+    initials). Served only through ``users.views.avatar_file``.
     """
 
     display_name = models.CharField(max_length=DISPLAY_NAME_MAX_LENGTH, blank=True, default="")
+    avatar = models.FileField(upload_to="avatars/", max_length=100, blank=True, default="")
 
     @property
     def shown_name(self) -> str:
         """The name to show others: the display name, or the username when none is set."""
         return self.display_name or self.username
+
+    @property
+    def avatar_digest(self) -> str:
+        """The hex digest naming the avatar file ("" when there is none)."""
+        name = self.avatar.name or ""
+        return name.removeprefix("avatars/").removesuffix(".webp") if name else ""
 
 
 class FriendRequest(models.Model):

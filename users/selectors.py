@@ -7,6 +7,7 @@ from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db.models import Q, QuerySet
+from django.urls import reverse
 from django.utils import timezone
 
 from users.models import Block, FriendRequest, Friendship, PresenceConnection, User
@@ -63,6 +64,36 @@ def user_search(*, user: User, query: str, limit: int = 10) -> list[User]:
         .exclude(id__in=block_related_ids(user=user))
         .order_by("username")[:limit]
     )
+
+
+def avatar_url(*, user_id: int, avatar: str) -> str | None:
+    """The URL of the avatar stored as ``avatar`` (``User.avatar``'s name) of user
+    ``user_id``, or None when there is none. The URL names the file's digest, so it
+    changes with the picture and may be cached long."""
+    if not avatar:
+        return None
+    digest = avatar.removeprefix("avatars/").removesuffix(".webp")
+    return reverse("avatar", args=[user_id, digest])
+
+
+def user_avatar_url(*, user: User) -> str | None:
+    """``user``'s avatar URL, or None when they have none (pages show initials)."""
+    return avatar_url(user_id=user.id, avatar=user.avatar.name or "")
+
+
+def avatar_visible_get(*, viewer: User, user_id: int) -> User | None:
+    """User ``user_id`` if ``viewer`` may see their avatar, else None.
+
+    The rule of recordings: the user themself and their friends; nobody else (not
+    strangers, not a user blocked either way, not a deactivated account).
+    """
+    if user_id == viewer.id:
+        return User.objects.filter(id=user_id, is_active=True).first()
+    if not friendship_exists(user_a=viewer, user_b=user_id) or block_exists_between(
+        user_a=viewer, user_b=user_id
+    ):
+        return None
+    return User.objects.filter(id=user_id, is_active=True).first()
 
 
 def block_exists_between(*, user_a: User | int, user_b: User | int) -> bool:

@@ -8,15 +8,27 @@ show the user.
 
 from __future__ import annotations
 
+import hashlib
+import logging
+import os
+import tempfile
 from dataclasses import dataclass
+from importlib import import_module
+from pathlib import Path
 
+from django.conf import settings
+from django.contrib.sessions.backends.db import SessionStore as DatabaseSessionStore
 from django.core.exceptions import ValidationError
 from django.core.validators import validate_email
 from django.db import IntegrityError, transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from project.api import UNCLEAN_TEXT_MESSAGE, text_is_clean
-from users.events import users_notify
+from streams.models import Recording
+from streams.services import live_session_stop_for_user, recording_path
+from users.avatars import AvatarImageError, avatar_image_process
+from users.events import group_send_from_sync, user_group, users_notify
 from users.models import (
     DISPLAY_NAME_MAX_LENGTH,
     Block,
@@ -31,6 +43,8 @@ from users.selectors import (
     friendship_exists,
     presence_stale_cutoff,
 )
+
+logger = logging.getLogger("hearth.accounts")
 
 FRIEND_REQUEST_UNKNOWN_MESSAGE = "Could not send a friend request to that username."
 
@@ -247,6 +261,216 @@ def user_profile_update(*, user: User, display_name: str, email: str) -> User:
     if changed:
         _notify_friends_changed(user.id, *friend_ids(user=user))
     return user
+
+
+# --- Avatars -------------------------------------------------------------------------
+
+
+def _avatar_path(name: str) -> Path:
+    """Absolute path of the avatar file ``name`` (``User.avatar``'s) under ``MEDIA_ROOT``."""
+    return Path(settings.MEDIA_ROOT) / name
+
+
+def _avatar_write(*, user_id: int, data: bytes) -> str:
+    """Store the avatar bytes ``data`` of user ``user_id``; returns the file's name.
+
+    The name is ``avatars/<first 32 hex digits of SHA-256(user id, data)>.webp``: a new
+    picture gets a new name (and URL), and the owner's id in the hash keeps two users
+    who upload the same picture from sharing a file that one of them may delete. The
+    file is written beside its final name and renamed into place, so a reader never
+    sees half of it.
+    """
+    digest = hashlib.sha256(f"{user_id}:".encode() + data).hexdigest()[:32]
+    name = f"avatars/{digest}.webp"
+    path = _avatar_path(name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=".upload-", suffix=".part")
+    try:
+        with os.fdopen(handle, "wb") as out:
+            out.write(data)
+        os.chmod(temporary, 0o644)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return name
+
+
+def _avatar_delete_after_commit(name: str) -> None:
+    """Delete avatar file ``name`` once the current transaction commits (none: nothing)."""
+    if name:
+        path = _avatar_path(name)
+        transaction.on_commit(lambda: path.unlink(missing_ok=True))
+
+
+def user_avatar_set(*, user: User, image: bytes) -> User:
+    """Make the uploaded file ``image`` (its bytes) ``user``'s avatar.
+
+    The upload is checked and converted by :func:`users.avatars.avatar_image_process`
+    (JPEG, PNG, WebP or GIF; at most 5 MB and 40 megapixels; turned upright by its
+    EXIF orientation, stripped of all metadata, centre-cropped, 256 x 256 px WebP),
+    stored under ``MEDIA_ROOT/avatars/`` with a content-hashed name, and the previous
+    avatar's file is deleted once the row commits. ``user`` and their friends' pages
+    get ``friends.changed`` (their lists reload with the new picture).
+
+    Raises:
+        AccountError: the file is refused (too big, not an image, damaged, too many
+            pixels); the message says which.
+    """
+    try:
+        data = avatar_image_process(image)
+    except AvatarImageError as exc:
+        raise AccountError(str(exc)) from exc
+    name = _avatar_write(user_id=user.id, data=data)
+    try:
+        with transaction.atomic():
+            locked = User.objects.select_for_update().get(id=user.id)
+            previous = locked.avatar.name or ""
+            locked.avatar.name = name
+            locked.save(update_fields=["avatar"])
+            if previous != name:
+                _avatar_delete_after_commit(previous)
+                _notify_friends_changed(user.id, *friend_ids(user=user))
+    except BaseException:
+        if not User.objects.filter(avatar=name).exists():  # the file nobody's avatar is
+            _avatar_path(name).unlink(missing_ok=True)
+        raise
+    user.avatar.name = name
+    return user
+
+
+@transaction.atomic
+def user_avatar_clear(*, user: User) -> None:
+    """Remove ``user``'s avatar (pages show their initials again); the file is deleted
+    once this commits. Removing none is a no-op. ``user`` and their friends' pages get
+    ``friends.changed`` when there was one."""
+    locked = User.objects.select_for_update().get(id=user.id)
+    previous = locked.avatar.name or ""
+    user.avatar.name = ""
+    if not previous:
+        return
+    locked.avatar.name = ""
+    locked.save(update_fields=["avatar"])
+    _avatar_delete_after_commit(previous)
+    _notify_friends_changed(user.id, *friend_ids(user=user))
+
+
+# --- Deleting an account ------------------------------------------------------------
+
+ACCOUNT_CLOSED_MESSAGE = "hearth.account.closed"
+"""Channel-layer message type that closes every socket of a user whose account is
+being deleted (``streams.consumers.HearthConsumer.hearth_account_closed``)."""
+
+
+def _account_sockets_close(user_id: int) -> None:
+    """Close every open page socket of user ``user_id`` (4401), ending at once any
+    broadcast one of them holds (``account_deleted``)."""
+    try:
+        group_send_from_sync(user_group(user_id), {"type": ACCOUNT_CLOSED_MESSAGE})
+    except Exception:  # the sockets also fail their next request; keep deleting
+        logger.exception("could not close the sockets of user %s", user_id)
+
+
+def _sessions_delete(user_id: int) -> int:
+    """Delete every stored log-in session of user ``user_id``; returns how many.
+
+    With the database session engine (Django's default; also ``cached_db``) the rows
+    are found by decoding the unexpired ones; other engines cannot be searched, and
+    there the sessions end because the user row is gone (Django then treats them as
+    signed out). The cache copy of ``cached_db`` sessions expires with the row gone on
+    the next write, and reads fall back to an anonymous user for the same reason.
+    """
+    engine = import_module(settings.SESSION_ENGINE)
+    store = engine.SessionStore
+    if not issubclass(store, DatabaseSessionStore):
+        return 0
+    model = store.get_model_class()
+    keys = []
+    for row in model.objects.filter(expire_date__gt=timezone.now()).iterator():
+        try:
+            data = store().decode(row.session_data)
+        except Exception:  # a corrupt row is not this user's
+            continue
+        if str(data.get("_auth_user_id", "")) == str(user_id):
+            keys.append(row.session_key)
+    model.objects.filter(session_key__in=keys).delete()
+    return len(keys)
+
+
+def user_delete(*, user: User, password: str) -> None:
+    """Delete ``user``'s account and everything of theirs, after checking ``password``.
+
+    In order:
+
+    1. The account is deactivated (committed): no new log-in, socket or go-live.
+    2. Every open page socket of the user is closed (4401, the page says "signed
+       out"); a page that was broadcasting asks its media worker to end the broadcast.
+    3. Each live broadcast of theirs is ended through the media worker holding it
+       (:func:`streams.services.live_session_stop_for_user`, reason
+       ``account_deleted``), which waits for it: the recording is finalised, the
+       listeners get ``session.ended`` and the friends ``live: false``.
+    4. In one transaction: their log-in sessions (every device), recordings (rows,
+       their redaction events), live session rows, friendships, friend requests both
+       ways, blocks both ways, presence rows and the user row are deleted. After it
+       commits, the recording files and the avatar file are deleted, friends get
+       ``presence`` (offline), ``friends.changed`` (their lists drop the user) and
+       ``recordings.changed`` with the deleted ids; those with a pending request to or
+       from the user get ``friends.changed``.
+
+    Blocking (step 3 waits up to ``HEARTH["BROADCAST_REPLY_TIMEOUT_S"]`` per broadcast):
+    call it outside any transaction, from a request's thread, not from the one shared
+    database thread the media worker's own database calls run in.
+
+    Raises:
+        AccountError: ``password`` is not the user's (nothing is changed).
+    """
+    if not password or not user.check_password(password):
+        raise AccountError("That is not your password. Your account was not deleted.")
+    with transaction.atomic():
+        User.objects.select_for_update().filter(id=user.id).update(is_active=False)
+        user_id = user.id
+        transaction.on_commit(lambda: _account_sockets_close(user_id))
+    user.is_active = False
+    live_session_stop_for_user(user_id=user.id, reason="account_deleted")
+    with transaction.atomic():
+        if User.objects.select_for_update().filter(id=user.id).first() is None:
+            return  # deleted meanwhile (another request of theirs)
+        recordings = list(Recording.objects.select_for_update().filter(owner_id=user.id))
+        files = [recording_path(r) for r in recordings]
+        # A compression may be turning a WAV into Ogg right now: remove both names.
+        files += [path.with_suffix(".ogg" if path.suffix == ".wav" else ".wav") for path in files]
+        if user.avatar.name:
+            files.append(_avatar_path(user.avatar.name))
+        friends = friend_ids(user=user)
+        requesters = set(
+            FriendRequest.objects.filter(Q(from_user=user) | Q(to_user=user)).values_list(
+                "from_user_id", "to_user_id"
+            )
+        )
+        others = (friends | {uid for pair in requesters for uid in pair}) - {user.id}
+        _presence_broadcast(user=user, online=False)
+        if others:
+            _notify_friends_changed(*others)
+        if recordings and friends:
+            users_notify(
+                user_ids=friends,
+                event="recordings.changed",
+                data={"deleted": sorted(r.id for r in recordings)},
+            )
+        sessions = _sessions_delete(user.id)
+        User.objects.filter(id=user.id).delete()
+
+        def unlink() -> None:
+            for path in files:
+                path.unlink(missing_ok=True)
+
+        transaction.on_commit(unlink)
+    logger.info(
+        "account %s deleted: %d recording(s), %d log-in session(s)",
+        user.id,
+        len(recordings),
+        sessions,
+    )
 
 
 # --- Presence ------------------------------------------------------------------

@@ -1,18 +1,37 @@
-"""JSON API for friends: search, requests, unfriend, friend list with presence, blocks."""
+"""JSON API for friends: search, requests, unfriend, friend list with presence, blocks;
+and the avatar image endpoint."""
 
 from __future__ import annotations
 
-from django.http import HttpRequest, JsonResponse
+from pathlib import Path
 
-from project.api import UNCLEAN_TEXT_MESSAGE, ApiError, api_view, json_body, text_is_clean
+from django.conf import settings
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.utils.http import parse_etags
+
+from project.api import (
+    UNCLEAN_TEXT_MESSAGE,
+    ApiError,
+    api_view,
+    json_body,
+    json_error,
+    text_is_clean,
+)
 from streams.selectors import live_session_by_broadcaster
 from users import selectors, services
 from users.models import FriendRequest, User
 from users.ratelimit import RATE_LIMITED_MESSAGE, request_limited
 
 
-def _user_json(user: User) -> dict[str, object]:
-    return {"id": user.id, "username": user.username, "display_name": user.display_name}
+def _user_json(user: User, *, avatar: bool = False) -> dict[str, object]:
+    """``{id, username, display_name, avatar_url}``; ``avatar_url`` is null unless
+    ``avatar`` (the viewer may see it: a friend) and the user has one."""
+    return {
+        "id": user.id,
+        "username": user.username,
+        "display_name": user.display_name,
+        "avatar_url": selectors.user_avatar_url(user=user) if avatar else None,
+    }
 
 
 def _request_json(request: FriendRequest, other: User) -> dict[str, object]:
@@ -25,8 +44,9 @@ def _request_json(request: FriendRequest, other: User) -> dict[str, object]:
 
 @api_view(("GET",))
 def user_search(request: HttpRequest) -> JsonResponse:
-    """GET ``?q=`` → ``{"users": [{id, username, relation}]}``; relation is
-    ``friend``, ``incoming``, ``outgoing`` or ``none``.
+    """GET ``?q=`` → ``{"users": [{id, username, display_name, avatar_url, relation}]}``;
+    relation is ``friend``, ``incoming``, ``outgoing`` or ``none``; ``avatar_url`` is
+    given for friends only (the avatar rule: yourself and friends).
 
     An empty query finds no one; 400 for a query of one character or one holding
     control characters or lone surrogates (SQLite would match ``\\x00`` against names).
@@ -54,12 +74,19 @@ def user_search(request: HttpRequest) -> JsonResponse:
             return "incoming"
         return "outgoing" if user_id in outgoing else "none"
 
-    return JsonResponse({"users": [{**_user_json(u), "relation": relation(u.id)} for u in found]})
+    return JsonResponse(
+        {
+            "users": [
+                {**_user_json(u, avatar=u.id in friends), "relation": relation(u.id)} for u in found
+            ]
+        }
+    )
 
 
 @api_view(("GET",))
 def friend_list(request: HttpRequest) -> JsonResponse:
-    """GET → friends with ``online`` and ``live`` state, and pending requests both ways."""
+    """GET → friends (with ``avatar_url``, ``online`` and ``live`` state), and pending
+    requests both ways (their users without avatars: not friends yet)."""
     me = request.user
     friends = list(selectors.friend_list(user=me))
     ids = {f.id for f in friends}
@@ -69,7 +96,7 @@ def friend_list(request: HttpRequest) -> JsonResponse:
         {
             "friends": [
                 {
-                    **_user_json(f),
+                    **_user_json(f, avatar=True),
                     "online": f.id in online,
                     "live": (
                         {
@@ -182,3 +209,43 @@ def block_remove(request: HttpRequest, user_id: int) -> JsonResponse:
     except services.AccountError as exc:
         raise ApiError(str(exc), status=404) from exc
     return JsonResponse({"ok": True})
+
+
+AVATAR_CACHE_CONTROL = "private, max-age=86400, immutable"
+"""Browsers may keep an avatar a day without asking again: its URL names the file's
+digest, so a new picture has a new URL. ``private``: no shared cache may keep it (it
+is for the owner and their friends only). An ex-friend's browser may show a cached
+copy until it expires; the server refuses them from the moment the friendship ends."""
+
+
+def avatar_file(request: HttpRequest, user_id: int, digest: str) -> HttpResponse:
+    """GET (or HEAD) user ``user_id``'s avatar, a 256 px WebP, whose file digest is
+    ``digest``.
+
+    The rule of the recordings: only the user themself and their friends get it; a
+    stranger, a user blocked either way, an old digest or a user without an avatar
+    all get the same 404 (nothing leaks whether the user or the picture exists), a
+    signed-out visitor 401. Answers carry ``ETag`` (the digest) and
+    :data:`AVATAR_CACHE_CONTROL`; ``If-None-Match`` with that tag gets 304.
+    """
+    if not request.user.is_authenticated:
+        return json_error("Sign in first.", status=401)
+    if request.method not in ("GET", "HEAD"):
+        return json_error("Method not allowed.", status=405)
+    owner = selectors.avatar_visible_get(viewer=request.user, user_id=user_id)
+    if owner is None or not owner.avatar_digest or owner.avatar_digest != digest:
+        return json_error("No such avatar.", status=404)
+    path = Path(settings.MEDIA_ROOT) / owner.avatar.name
+    etag = f'"{digest}"'
+    if etag in parse_etags(request.headers.get("If-None-Match", "")):
+        response = HttpResponse(status=304)
+    else:
+        try:
+            body = path.read_bytes()
+        except OSError:
+            return json_error("No such avatar.", status=404)
+        response = HttpResponse(body if request.method == "GET" else b"", content_type="image/webp")
+        response["Content-Length"] = str(len(body))
+    response["ETag"] = etag
+    response["Cache-Control"] = AVATAR_CACHE_CONTROL
+    return response

@@ -9,7 +9,7 @@
 import { api } from "./api.js";
 import { visit } from "./nav.js";
 import { socket } from "./socket.js";
-import { h, listenUrl, readJson } from "./ui.js";
+import { avatar, h, listenUrl, readJson } from "./ui.js";
 
 const STORAGE_KEY = "hearth.desktopAlerts"; // "on" once the user opted in
 const MAX_TOASTS = 3;
@@ -22,7 +22,7 @@ const els = {
   desktop: document.getElementById("desktop-alerts"),
 };
 
-const live = new Map(); // session id -> {id, userId, username, title}
+const live = new Map(); // session id -> {id, userId, username, avatarUrl, title}
 const toasts = new Map(); // session id -> toast element
 const notifications = new Map(); // session id -> Notification
 
@@ -88,6 +88,7 @@ function showToast(session) {
     "div",
     { class: "toast", role: "group", "aria-label": `${session.username} is live`, dataset: { sessionId: session.id } },
     h("span", { class: "live-pip", "aria-hidden": "true" }),
+    avatar({ username: session.username, avatar_url: session.avatarUrl }, "avatar-small"),
     h(
       "p",
       { class: "toast-text" },
@@ -223,7 +224,13 @@ async function load() {
     const ids = new Set(data.sessions.map((s) => s.id));
     for (const id of [...live.keys()]) if (!ids.has(id)) forget(id);
     for (const s of data.sessions) {
-      live.set(s.id, { id: s.id, userId: s.broadcaster.id, username: s.broadcaster.display_name || s.broadcaster.username, title: s.title ?? "" });
+      live.set(s.id, {
+        id: s.id,
+        userId: s.broadcaster.id,
+        username: s.broadcaster.display_name || s.broadcaster.username,
+        avatarUrl: s.broadcaster.avatar_url ?? null,
+        title: s.title ?? "",
+      });
     }
     for (const msg of missed) apply(msg, { announce: false });
     renderCount();
@@ -244,7 +251,13 @@ function apply(msg, { announce }) {
     if (s.userId === msg.user_id && !(msg.live && id === msg.session_id)) forget(id);
   }
   if (!msg.live) return;
-  const session = { id: msg.session_id, userId: msg.user_id, username: msg.display_name || msg.username || "A friend", title: msg.title ?? "" };
+  const session = {
+    id: msg.session_id,
+    userId: msg.user_id,
+    username: msg.display_name || msg.username || "A friend",
+    avatarUrl: msg.avatar_url ?? null,
+    title: msg.title ?? "",
+  };
   live.set(session.id, session);
   if (announce) {
     showToast(session);

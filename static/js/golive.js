@@ -5,9 +5,11 @@ import { errorMessage } from "./api.js";
 import { setBroadcast } from "./livebar.js";
 import { socket } from "./socket.js";
 import {
+  avatar,
   focusFirst,
   focusable,
   formatDuration,
+  h,
   readJson,
   secondsSince,
   setListeners,
@@ -497,13 +499,14 @@ function showMuted() {
 
 function showListenerNames(listeners) {
   els.listenerNames.replaceChildren(
-    ...listeners.map((person) => {
-      const item = document.createElement("li");
-      item.textContent = person.display_name || person.username;
-      item.title = person.username;
-      item.dataset.userId = String(person.id);
-      return item;
-    }),
+    ...listeners.map((person) =>
+      h(
+        "li",
+        { title: person.username, dataset: { userId: String(person.id) } },
+        avatar(person, "avatar-small"),
+        h("span", { class: "name-list-text" }, person.display_name || person.username),
+      ),
+    ),
   );
   els.listenerNamesEmpty.hidden = listeners.length > 0;
 }

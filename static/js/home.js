@@ -3,6 +3,7 @@
 import { api, errorMessage } from "./api.js";
 import { pageSocket } from "./nav.js";
 import {
+  avatar,
   focusFirst,
   focusLost,
   formatDuration,
@@ -85,6 +86,16 @@ function liveSessionOf(userId) {
   return null;
 }
 
+/** A user's picture with their presence dot on its corner. */
+function withPresence(picture, presence) {
+  return h(
+    "span",
+    { class: "avatar-wrap" },
+    picture,
+    h("span", { class: "presence-dot", dataset: { presence }, "aria-hidden": "true" }),
+  );
+}
+
 function setList(list, empty, items, emptyText) {
   replaceRows(list, items);
   empty.textContent = emptyText;
@@ -111,7 +122,7 @@ function renderLive() {
     h(
       "li",
       { class: "live-now-item row", dataset: { sessionId: s.id, userId: s.broadcaster.id } },
-      h("span", { class: "presence-dot", dataset: { presence: "live" }, "aria-hidden": "true" }),
+      withPresence(avatar(s.broadcaster), "live"),
       h(
         "span",
         { class: "row-main" },
@@ -151,7 +162,7 @@ function renderFriends() {
     return h(
       "li",
       { class: "friend-item row", dataset: { userId: friend.id, presence } },
-      h("span", { class: "presence-dot", dataset: { presence }, "aria-hidden": "true" }),
+      withPresence(avatar(friend), presence),
       h(
         "span",
         { class: "row-main" },
@@ -185,6 +196,7 @@ function requestItem(request, buttons) {
   return h(
     "li",
     { class: "request-item row", dataset: { requestId: request.id, userId: request.user.id } },
+    avatar(request.user),
     h("span", { class: "row-main" }, ...nameParts(request.user)),
     h("span", { class: "row-actions" }, buttons),
   );
@@ -337,6 +349,7 @@ function searchResultItem(user) {
   return h(
     "li",
     { class: "search-result row", dataset: { userId: user.id, username: user.username, relation } },
+    avatar(user),
     h("span", { class: "row-main" }, ...nameParts(user)),
     h("span", { class: "row-actions" }, action, relation === "friend" ? null : blockButton(user)),
   );
@@ -431,7 +444,12 @@ socket.on("live", (msg) => {
   if (msg.live) {
     state.sessions.set(msg.session_id, {
       id: msg.session_id,
-      broadcaster: { id: msg.user_id, username: msg.username, display_name: msg.display_name ?? "" },
+      broadcaster: {
+        id: msg.user_id,
+        username: msg.username,
+        display_name: msg.display_name ?? "",
+        avatar_url: msg.avatar_url ?? null,
+      },
       started_at: msg.started_at,
       listeners: 0,
     });

@@ -6,7 +6,7 @@
 // labels (one format everywhere, see streams/when.py).
 import { api, errorMessage } from "./api.js";
 import { pageSocket } from "./nav.js";
-import { formatDuration, h, readJson, showMessage } from "./ui.js";
+import { formatDuration, h, readJson, showMessage, shownName } from "./ui.js";
 
 const socket = pageSocket(); // its subscriptions end when the page is left (nav.js)
 
@@ -75,7 +75,7 @@ async function refreshOwners() {
     els.owner.replaceChildren(
       h("option", { value: "" }, "Everyone"),
       h("option", { value: me.id }, "You"),
-      ...data.friends.map((friend) => h("option", { value: friend.id }, friend.username)),
+      ...data.friends.map((friend) => h("option", { value: friend.id }, shownName(friend))),
     );
     els.owner.value = [...els.owner.options].some((o) => o.value === chosen) ? chosen : "";
   } catch {
@@ -144,7 +144,8 @@ function update(item, rec) {
   const { parts } = item;
   item.recording = rec;
   parts.title.replaceChildren(h("a", { href: rec.page_url, class: "recording-link" }, rec.title || "Untitled"));
-  parts.owner.textContent = rec.is_owner ? "You" : rec.owner.username;
+  parts.owner.textContent = rec.is_owner ? "You" : shownName(rec.owner);
+  parts.owner.title = rec.owner.username;
   parts.date.textContent = rec.started_label;
   parts.date.setAttribute("datetime", rec.started_at);
   const inProgress = !rec.ended_at;

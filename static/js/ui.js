@@ -138,3 +138,45 @@ export function focusFirst(...candidates) {
   target.focus();
   return target;
 }
+
+/**
+ * Up to two capital letters standing for a name where there is no picture:
+ * "Alice Liddell" -> "AL", "bob_smith" -> "BS", "carol" -> "C". Mirrors initials()
+ * in frontend/views.py.
+ */
+export function initials(name) {
+  const words = String(name || "").split(/[\s_.\-@+]+/u).filter(Boolean);
+  return words.slice(0, 2).map((word) => [...word][0]).join("").toUpperCase() || "?";
+}
+
+// The letters are CSS generated content (data-initials): decorative, and kept out of
+// the row's text (a row reads "bob", not "Bbob").
+function initialsEl(user, className) {
+  return h("span", {
+    class: `${className} avatar-initials`,
+    "aria-hidden": "true",
+    "data-initials": initials(shownName(user)),
+  });
+}
+
+/**
+ * A user's picture for a row {username, display_name, avatar_url}: their avatar, or
+ * their initials when they have none or it is not theirs to see (the API gives
+ * avatar_url for friends only), or when it fails to load. It always stands beside
+ * the user's name, so it is decorative: the image has an empty alt text and the
+ * initials are hidden from screen readers (the name is not read twice).
+ */
+export function avatar(user, extraClass = "") {
+  const className = extraClass ? `avatar ${extraClass}` : "avatar";
+  if (!user?.avatar_url) return initialsEl(user, className);
+  return h("img", {
+    class: className,
+    src: user.avatar_url,
+    alt: "",
+    width: 256,
+    height: 256,
+    loading: "lazy",
+    decoding: "async",
+    onerror: (event) => event.currentTarget.replaceWith(initialsEl(user, className)),
+  });
+}
