@@ -127,6 +127,18 @@ def recordings(request: HttpRequest) -> HttpResponse:
 
 @login_required
 @require_safe
+def upload(request: HttpRequest) -> HttpResponse:
+    """Upload & process: a form for a video or audio file and its options, then the
+    job's live progress and a link to the recording it became (static/js/upload.js)."""
+    return _page(
+        request,
+        "frontend/upload.html",
+        max_mb=int(settings.HEARTH["UPLOAD_MAX_BYTES"]) // 1024**2,
+    )
+
+
+@login_required
+@require_safe
 def recording_page(request: HttpRequest, recording_id: int) -> HttpResponse:
     """One recording: title, who, when, duration, processing, waveform, player,
     download, and rename/delete for its owner; 404 unless the user owns it or is the
