@@ -250,3 +250,51 @@ def test_the_recording_page_plays_a_video_and_shows_its_redaction(alice, bob, cl
     assert data["video_redaction"]["frames_processed"] == 6
     media = login(bob).get(data["audio_url"], HTTP_RANGE="bytes=0-99")
     assert media.status_code == 206 and media["Content-Type"] == "video/mp4"
+
+
+@pytest.mark.django_db
+def test_a_file_run_reports_rising_progress_up_to_the_end(clip, tmp_path: Path):
+    from streams.media_file import media_probe, video_file_process
+
+    probe = media_probe(clip)
+    seen: list[float] = []
+    result = video_file_process(
+        source=clip,
+        target=tmp_path / "out.mp4",
+        info=probe.video,
+        blur_faces=False,
+        blur_plates=False,
+        denoise=False,
+        on_progress=seen.append,
+    )
+    assert result.frames == 6
+    assert seen == sorted(seen) and len(seen) >= 2  # lossy, but frame by frame here
+    assert 0.0 <= seen[0] < 0.5 and seen[-1] == pytest.approx(5 / 6, abs=0.05)
+
+
+@pytest.mark.django_db
+def test_the_relay_sends_changed_jobs_to_the_owner_and_done_ones_to_friends(
+    alice, bob, carol, clip, layer
+):
+    # The web process's relay (streams/upload_relay.py): the worker is another process,
+    # whose in-memory layer reaches no page.
+    from streams.upload_relay import _relay_once, upload_relay_needed
+    from tests.factories import Inbox
+
+    assert upload_relay_needed() == ("InMemory" in layer.__class__.__name__)
+    befriend(alice, bob)
+    owner, friend, stranger = (Inbox(layer, f"user.{u.id}") for u in (alice, bob, carol))
+    since = timezone.now() - timedelta(seconds=1)
+    job = _create(alice, clip)
+    owner.events()  # the creation's own event (sent in this process)
+    since = _relay_once(since)
+    assert [e for e, _ in owner.events()] == ["upload.progress"]
+    assert _relay_once(since) == since and owner.events() == []  # nothing changed since
+    UploadJob.objects.filter(id=job.id).update(status="done", progress=1.0)
+    UploadJob.objects.get(id=job.id).save()  # moves updated_at
+    _relay_once(since)
+    events = owner.events()
+    assert events[0][0] == "upload.progress" and events[0][1]["status"] == "done"
+    assert [e for e, _ in events[1:]] == ["recordings.changed"]
+    assert [e for e, _ in friend.events()] == ["recordings.changed"]
+    assert stranger.events() == []
