@@ -167,3 +167,20 @@ def test_finishing_a_file_with_no_fragment_is_a_clear_error(tmp_path: Path):
     with pytest.raises(Mp4FinishError):
         mp4_fragments_finish(empty, tmp_path / "out.mp4")
     assert not (tmp_path / "out.mp4").exists()
+
+
+def test_frames_of_another_size_are_scaled_to_the_file(tmp_path: Path):
+    # A WebRTC sender lowers its resolution under congestion; the track keeps its size.
+    recorder = LiveMp4Recorder(
+        tmp_path / "z.mp4", width=SIZE[0], height=SIZE[1], rate=Fraction(RATE), audio=False
+    )
+    for i in range(6):
+        f = frame(i)
+        if i % 2:
+            f = VideoFrame(
+                image=np.zeros((60, 80, 3), np.uint8), pts=i, time_base=f.time_base, arrived=0.0
+            )
+        recorder.push_frame(f)
+    facts = recorder.finalise(tmp_path / "z-final.mp4")
+    assert (facts.video_frames, facts.width, facts.height) == (6, 160, 120)
+    assert recorder.frames_resized == 3 and recorder.frames_dropped == 0

@@ -26,6 +26,7 @@ Imports nothing from Django.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import queue
@@ -35,6 +36,7 @@ from fractions import Fraction
 from pathlib import Path
 
 import av
+import cv2
 import numpy as np
 from numpy.typing import NDArray
 
@@ -173,6 +175,8 @@ class LiveMp4Recorder:
     Attributes:
         frames_dropped: Frames dropped because the queue was full or the writer failed.
         audio_dropped: Audio chunks dropped likewise.
+        frames_resized: Frames scaled to the file's size (the sender changed its
+            resolution mid-broadcast).
         error: The write error that stopped the writer (later items are dropped).
 
     Raises:
@@ -206,6 +210,7 @@ class LiveMp4Recorder:
         self.has_audio = audio
         self.frames_dropped = 0
         self.audio_dropped = 0
+        self.frames_resized = 0
         self.error: Exception | None = None
         self._queue: queue.Queue[object] = queue.Queue(maxsize=max_items)
         self._closed = False
@@ -252,7 +257,7 @@ class LiveMp4Recorder:
                 continue
             try:
                 if isinstance(item, VideoFrame):
-                    self.writer.write_frame(item)
+                    self.writer.write_frame(self._fit(item))
                 else:
                     samples, pts = item  # type: ignore[misc]
                     self.writer.write_audio(samples, pts)
@@ -260,6 +265,17 @@ class LiveMp4Recorder:
                 self.error = exc
                 self._count_drop(item)
                 logger.error("live MP4 %s: write failed: %s", self.path, exc)
+
+    def _fit(self, frame: VideoFrame) -> VideoFrame:
+        """The frame at the file's size: a WebRTC sender changes its resolution with
+        the network (congestion control), the MP4 track keeps one; scaled with
+        ``cv2.INTER_AREA`` (counted in :attr:`frames_resized`)."""
+        size = (self.writer.width, self.writer.height)
+        if frame.image.shape[1::-1] == size:
+            return frame
+        self.frames_resized += 1
+        image = cv2.resize(frame.image, size, interpolation=cv2.INTER_AREA)
+        return dataclasses.replace(frame, image=image)
 
     def _count_drop(self, item: object) -> None:
         if isinstance(item, VideoFrame):
