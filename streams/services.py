@@ -898,6 +898,12 @@ UPLOAD_DIR = "uploads"
 PROGRESS_SAVE_S = 0.5
 """Least time between two progress writes of a running upload job, seconds."""
 
+UPLOAD_HEARTBEAT_S = 10.0
+"""A running job's row is stamped at least this often, progress or not, seconds."""
+
+UPLOAD_STALE_S = 120.0
+"""A running job not stamped for this long lost its worker (killed, crashed)."""
+
 
 class UploadRefused(ValueError):
     """An upload is refused; the message is for the user (too large, not media, ...)."""
@@ -1022,11 +1028,14 @@ class _ProgressWriter:
         self.latest = max(self.latest, fraction)
 
     def _run(self) -> None:
+        stamped = time.monotonic()
         try:
             while not self.stop.wait(PROGRESS_SAVE_S):
-                if self.latest - self.saved >= 0.01:
+                stale = time.monotonic() - stamped >= UPLOAD_HEARTBEAT_S
+                if self.latest - self.saved >= 0.01 or stale:
                     self.saved = self.latest
                     _upload_set(self.job_id, progress=self.saved)
+                    stamped = time.monotonic()
         finally:
             connections.close_all()
 
@@ -1059,6 +1068,7 @@ def upload_process(*, job_id: int) -> UploadJob | None:
         video_file_process,
     )
 
+    upload_fail_stale()
     with transaction.atomic():
         job = UploadJob.objects.select_for_update().filter(id=job_id).first()
         if job is None or job.status != UploadJob.QUEUED:
@@ -1141,3 +1151,30 @@ def _upload_error(exc: Exception) -> str:
     """The user's sentence for a failed job (no paths of this server)."""
     text = str(exc).replace(str(settings.MEDIA_ROOT), "")
     return f"Processing failed: {text}"[:300]
+
+
+def upload_fail_stale() -> int:
+    """Mark failed the running upload jobs whose worker is gone (not stamped for
+    :data:`UPLOAD_STALE_S`; a live worker stamps every :data:`UPLOAD_HEARTBEAT_S`),
+    delete their uploaded files and tell their owners; returns how many. Called when
+    a worker takes a job and by the web process's relay (about every 30 s)."""
+    cutoff = timezone.now() - timedelta(seconds=UPLOAD_STALE_S)
+    failed = 0
+    stale = UploadJob.objects.filter(status=UploadJob.RUNNING, updated_at__lt=cutoff)
+    for job_id in list(stale.values_list("id", flat=True)):
+        with transaction.atomic():
+            job = stale.select_for_update().filter(id=job_id).first()
+            if job is None:  # it moved on meanwhile
+                continue
+            job.status = UploadJob.FAILED
+            job.error = (
+                "Processing stopped (the server's processor was restarted). Upload the file again."
+            )
+            job.save()
+            _upload_notify(job)
+            source = Path(settings.MEDIA_ROOT) / job.source
+            transaction.on_commit(lambda path=source: path.unlink(missing_ok=True))
+        failed += 1
+    if failed:
+        logger.warning("%d upload job(s) lost their worker and were marked failed", failed)
+    return failed

@@ -7,7 +7,8 @@ embedded default (the in-memory layer, one process) they cannot. So the web proc
 the last look and sends each owner ``upload.progress`` (and, when a job is done, the
 owner and friends ``recordings.changed``) through its own layer. The rows were
 committed by the worker, so the events still follow the commit. Runs only under
-daphne with the in-memory layer.
+daphne with the in-memory layer; it also fails, about every 30 s, the jobs whose
+worker died mid-run.
 """
 
 from __future__ import annotations
@@ -25,6 +26,10 @@ logger = logging.getLogger("hearth.uploads")
 
 RELAY_INTERVAL_S = 0.5
 """Seconds between two looks at the jobs table."""
+
+STALE_CHECK_LOOKS = 60
+"""Every this many looks (about 30 s) the relay also fails jobs whose worker died
+(:func:`streams.services.upload_fail_stale`)."""
 
 _tasks: set[asyncio.Task[None]] = set()  # keeps the loop's task referenced
 
@@ -51,10 +56,16 @@ def _relay_once(since: datetime) -> datetime:
 
 async def upload_relay_loop() -> None:
     """Poll and relay until cancelled (a failed look is logged and retried)."""
+    from streams.services import upload_fail_stale
+
     since = timezone.now()
+    looks = 0
     while True:
         await asyncio.sleep(RELAY_INTERVAL_S)
+        looks += 1
         try:
+            if looks % STALE_CHECK_LOOKS == 0:
+                await sync_to_async(upload_fail_stale, thread_sensitive=True)()
             since = await sync_to_async(_relay_once, thread_sensitive=True)(since)
         except Exception:
             logger.exception("upload progress relay failed")

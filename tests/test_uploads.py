@@ -298,3 +298,22 @@ def test_the_relay_sends_changed_jobs_to_the_owner_and_done_ones_to_friends(
     assert [e for e, _ in events[1:]] == ["recordings.changed"]
     assert [e for e, _ in friend.events()] == ["recordings.changed"]
     assert stranger.events() == []
+
+
+@pytest.mark.django_db
+def test_a_running_job_whose_worker_died_is_failed_and_its_file_removed(
+    alice, clip, django_capture_on_commit_callbacks
+):
+    lost, alive = _create(alice, clip), _create(alice, clip)
+    old = timezone.now() - timedelta(seconds=services.UPLOAD_STALE_S + 5)
+    UploadJob.objects.filter(id=lost.id).update(status="running", updated_at=old)
+    UploadJob.objects.filter(id=alive.id).update(status="running")  # stamped just now
+    with django_capture_on_commit_callbacks(execute=True):
+        assert services.upload_fail_stale() == 1
+    lost.refresh_from_db()
+    alive.refresh_from_db()
+    assert lost.status == "failed" and "Upload the file again" in lost.error
+    assert not (Path(services.settings.MEDIA_ROOT) / lost.source).exists()
+    assert alive.status == "running"
+    assert (Path(services.settings.MEDIA_ROOT) / alive.source).exists()
+    assert services.upload_fail_stale() == 0
