@@ -22,7 +22,9 @@ from streams.selectors import (
     live_session_visible_get,
     recording_of_session,
     recording_visible_get,
+    upload_latest_unfinished,
 )
+from streams.services import upload_json
 from streams.views import live_session_json, recording_json
 from streams.when import when_label
 from users import services as user_services
@@ -129,11 +131,14 @@ def recordings(request: HttpRequest) -> HttpResponse:
 @require_safe
 def upload(request: HttpRequest) -> HttpResponse:
     """Upload & process: a form for a video or audio file and its options, then the
-    job's live progress and a link to the recording it became (static/js/upload.js)."""
+    job's live progress and a link to the recording it became (static/js/upload.js);
+    a job still unfinished from an earlier visit is followed again."""
+    unfinished = upload_latest_unfinished(user=request.user)
     return _page(
         request,
         "frontend/upload.html",
         max_mb=int(settings.HEARTH["UPLOAD_MAX_BYTES"]) // 1024**2,
+        current_upload=upload_json(unfinished) if unfinished else None,
     )
 
 

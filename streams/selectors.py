@@ -278,3 +278,13 @@ def upload_own_get(*, user: User, job_id: int) -> UploadJob | None:
 def upload_list_changed(*, since: datetime) -> list[UploadJob]:
     """Upload jobs changed after ``since`` (their ``updated_at``), oldest change first."""
     return list(UploadJob.objects.filter(updated_at__gt=since).order_by("updated_at", "id"))
+
+
+def upload_latest_unfinished(*, user: User) -> UploadJob | None:
+    """``user``'s newest upload job still queued or running, if any (the upload page
+    follows it again after the user came back)."""
+    return (
+        UploadJob.objects.filter(owner=user, status__in=[UploadJob.QUEUED, UploadJob.RUNNING])
+        .order_by("-created_at", "-id")
+        .first()
+    )

@@ -317,3 +317,25 @@ def test_a_running_job_whose_worker_died_is_failed_and_its_file_removed(
     assert alive.status == "running"
     assert (Path(services.settings.MEDIA_ROOT) / alive.source).exists()
     assert services.upload_fail_stale() == 0
+
+
+@pytest.mark.django_db
+def test_the_upload_page_follows_an_unfinished_job_again(alice, bob, clip):
+    import json
+    import re
+
+    assert selectors.upload_latest_unfinished(user=alice) is None
+    first, second = _create(alice, clip), _create(alice, clip)
+    UploadJob.objects.filter(id=second.id).update(status="done")
+    assert selectors.upload_latest_unfinished(user=alice) == first
+    assert selectors.upload_latest_unfinished(user=bob) is None
+
+    def current(user: User) -> object:
+        html = login(user).get("/upload/").content.decode()
+        found = re.search(
+            r'<script id="upload-current" type="application/json">(.*?)</script>', html
+        )
+        return json.loads(found.group(1))
+
+    assert current(alice)["id"] == first.id
+    assert current(bob) is None

@@ -2,10 +2,11 @@
 // job's progress from the "upload.progress" events on the page's socket (the
 // server relays the task worker's progress) until it is done (link to the new
 // recording) or failed (the reason). The job's state is fetched again whenever
-// the socket (re)connects, so a missed event never leaves a stale bar.
+// the socket (re)connects, so a missed event never leaves a stale bar; an
+// unfinished job from an earlier visit is shown again.
 import { ApiError, api, errorMessage } from "./api.js";
 import { pageSocket } from "./nav.js";
-import { showMessage } from "./ui.js";
+import { readJson, showMessage } from "./ui.js";
 
 const socket = pageSocket();
 const $ = (id) => document.getElementById(id);
@@ -19,7 +20,9 @@ const els = {
   status: $("upload-status"),
   link: $("upload-recording-link"),
 };
-let jobId = null;
+// A job still queued or running from an earlier visit is followed again.
+const current = readJson("upload-current", null);
+let jobId = current ? current.id : null;
 
 function csrf() {
   return els.form.querySelector("input[name=csrfmiddlewaretoken]")?.value ?? "";
@@ -54,6 +57,7 @@ async function refresh() {
   }
 }
 
+if (current) show(current);
 socket.on("upload.progress", (event) => show(event));
 socket.onState((state) => {
   if (state === "open") refresh();
