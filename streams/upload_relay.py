@@ -35,20 +35,18 @@ _tasks: set[asyncio.Task[None]] = set()  # keeps the loop's task referenced
 
 
 def _relay_once(since: datetime) -> datetime:
-    """Send the events for jobs changed after ``since``; returns the newest change seen."""
+    """Send the events for jobs changed after ``since``; returns the newest change seen.
+
+    Runs outside any transaction, so ``users_notify`` sends at once."""
     from streams.selectors import upload_list_changed
     from streams.services import _owner_and_friends, upload_json
-    from users.events import _send_now
+    from users.events import users_notify
 
     for job in upload_list_changed(since=since):
-        _send_now(
-            [job.owner_id],
-            {"type": "hearth.event", "event": "upload.progress", "data": upload_json(job)},
-        )
+        users_notify(user_ids=[job.owner_id], event="upload.progress", data=upload_json(job))
         if job.status == job.DONE:
-            _send_now(
-                sorted(_owner_and_friends(job.owner_id)),
-                {"type": "hearth.event", "event": "recordings.changed", "data": {}},
+            users_notify(
+                user_ids=_owner_and_friends(job.owner_id), event="recordings.changed", data={}
             )
         since = max(since, job.updated_at)
     return since
