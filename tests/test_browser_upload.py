@@ -92,6 +92,10 @@ def test_upload_a_video_follow_its_progress_and_open_the_recording(
             "() => document.querySelector('video#recording-audio').duration"
         ) == pytest.approx(1.0, abs=0.1)  # 12 frames at 12 fps
         expect(page.locator("#recording-video-redaction")).to_contain_text("12 frames processed")
+        expect(page.locator("#recording-file")).to_contain_text("MP4 (H.264 + AAC)")
+        # The list plays it in a <video> too.
+        page.click('.site-nav a:text-is("Recordings")')
+        expect(page.locator(".recording-item video")).to_have_count(1, timeout=15_000)
         # The one refusal above is logged by Chromium as a failed load; nothing else.
         refused = "the server responded with a status of 400"
         assert [e for e in errors if refused not in e] == []
