@@ -63,5 +63,6 @@ urlpatterns = [
     path("live/", views.go_live, name="go_live"),
     path("listen/<id:session_id>/", views.listen, name="listen"),
     path("recordings/", views.recordings, name="recordings"),
+    path("upload/", views.upload, name="upload"),
     path("recordings/<id:recording_id>/", views.recording_page, name="recording_page"),
 ]

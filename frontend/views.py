@@ -24,7 +24,9 @@ from streams.selectors import (
     recording_list_visible,
     recording_of_session,
     recording_visible_get,
+    upload_latest_unfinished,
 )
+from streams.services import upload_json
 from streams.views import live_session_json, recording_json
 from streams.when import when_label
 from users import services as user_services
@@ -125,6 +127,21 @@ def recordings(request: HttpRequest) -> HttpResponse:
     """The user's own and friends' recordings (listed by the page's script), with a
     filter by broadcaster: the user or one of their friends."""
     return _page(request, "frontend/recordings.html", friends=friend_list(user=request.user))
+
+
+@login_required
+@require_safe
+def upload(request: HttpRequest) -> HttpResponse:
+    """Upload & process: a form for a video or audio file and its options, then the
+    job's live progress and a link to the recording it became (static/js/upload.js);
+    a job still unfinished from an earlier visit is followed again."""
+    unfinished = upload_latest_unfinished(user=request.user)
+    return _page(
+        request,
+        "frontend/upload.html",
+        max_mb=int(settings.HEARTH["UPLOAD_MAX_BYTES"]) // 1024**2,
+        current_upload=upload_json(unfinished) if unfinished else None,
+    )
 
 
 @login_required

@@ -29,3 +29,8 @@ application = ProtocolTypeRouter(
 # Housekeeping (ending sessions a crash left "live", repairing their recordings,
 # pruning presence) starts with the server, not at the first go-live.
 media_server_start_with_daphne()
+
+from streams.upload_relay import upload_relay_start_with_daphne  # noqa: E402
+
+# Upload jobs' progress, from the task worker process to this process's pages.
+upload_relay_start_with_daphne()

@@ -82,6 +82,8 @@ INSTALLED_APPS = [
     "csp",
     "axes",
     "django_ratelimit",
+    "django_tasks",
+    "django_tasks_db",
     "users",
     "streams",
     "frontend",
@@ -240,6 +242,11 @@ STORAGES = {
 WHITENOISE_USE_FINDERS = DEBUG
 
 MEDIA_ROOT = Path(os.environ.get("MEDIA_ROOT", BASE_DIR / "media"))
+# Background jobs (uploaded files to process) go through Django's Tasks API
+# (django-tasks) into the database (django-tasks-db): `manage.py db_worker` runs them,
+# with SQLite as with PostgreSQL, no Redis needed. `.ci/dev run` starts one worker.
+TASKS = {"default": {"BACKEND": "django_tasks_db.DatabaseBackend"}}
+
 MEDIA_URL = "/media/"  # never served directly: recordings go through an authorising view
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
@@ -436,6 +443,10 @@ HEARTH = {
     # Transcode finished recordings from WAV to Ogg/Opus (the WAV is kept only while
     # live, and until the Ogg file is committed); 0 keeps the WAV.
     "RECORDING_COMPRESS": _env_bool("RECORDING_COMPRESS", True),
+    # Largest file the "Upload & process" page takes, bytes (then 400 "too large").
+    "UPLOAD_MAX_BYTES": int(os.environ.get("UPLOAD_MAX_BYTES", 500 * 1024**2)),
+    # Longest uploaded file processed, seconds of media (longer is refused at upload).
+    "UPLOAD_MAX_DURATION_S": float(os.environ.get("UPLOAD_MAX_DURATION_S", 3600)),
     # Opus bit rate of compressed recordings, bits per second (mono, 48 kHz).
     "RECORDING_OPUS_BITRATE": int(os.environ.get("RECORDING_OPUS_BITRATE", 48_000)),
     # Recordings per page of the list (GET /api/recordings).

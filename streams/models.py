@@ -86,6 +86,18 @@ class Recording(models.Model):
     # [{"start": s, "end": s, "text": "... [phone number] ..."}] (seconds into the
     # recording); personal information only ever appears as a mask.
     transcript = models.JSONField(default=list, blank=True)
+    # "audio" (WAV / Ogg-Opus) or "video" (MP4: H.264 + AAC). Video recordings also
+    # keep how they were redacted: the settings (blur_faces/blur_plates, None for
+    # audio) and counts over the whole file (frames processed, face and plate regions
+    # blurred summed over frames, frames blurred whole because detection failed or
+    # was stale: fail closed). Never image data.
+    kind = models.CharField(max_length=8, default="audio")
+    blur_faces = models.BooleanField(null=True, blank=True)
+    blur_plates = models.BooleanField(null=True, blank=True)
+    frames_processed = models.PositiveIntegerField(default=0)
+    faces_blurred = models.PositiveIntegerField(default=0)
+    plates_blurred = models.PositiveIntegerField(default=0)
+    frames_failed_closed = models.PositiveIntegerField(default=0)
 
     class Meta:
         ordering = ["-started_at"]
@@ -97,6 +109,48 @@ class Recording(models.Model):
     def is_compressed(self) -> bool:
         """True once the file is the Ogg/Opus one (the WAV is gone or about to be)."""
         return self.file.name.endswith(".ogg")
+
+    @property
+    def is_video(self) -> bool:
+        """True for an MP4 (H.264 + AAC) recording."""
+        return self.kind == "video"
+
+
+class UploadJob(models.Model):
+    """A file a user uploaded to be processed into a recording ("Upload & process").
+
+    ``source`` (relative to ``MEDIA_ROOT``) is the uploaded file, deleted once the job
+    ends. ``options`` are the user's choices (``{"blur_faces": bool, "blur_plates":
+    bool, "denoise": bool}``). ``status`` goes ``queued`` → ``running`` → ``done``
+    (``recording`` set) or ``failed`` (``error``: a sentence for the user).
+    ``progress`` is the fraction processed, 0.0-1.0. ``updated_at`` moves with every
+    change: the web process relays changed rows to the owner's pages.
+    """
+
+    QUEUED, RUNNING, DONE, FAILED = "queued", "running", "done", "failed"
+
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="upload_jobs"
+    )
+    title = models.CharField(max_length=120)
+    source = models.CharField(max_length=255)
+    kind = models.CharField(max_length=8)  # "audio" or "video", from the probe
+    duration_s = models.FloatField(default=0.0)
+    options = models.JSONField(default=dict)
+    status = models.CharField(max_length=8, default=QUEUED)
+    progress = models.FloatField(default=0.0)
+    error = models.CharField(max_length=300, blank=True)
+    recording = models.ForeignKey(
+        Recording, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True, db_index=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"upload #{self.pk} {self.status}"
 
 
 class MediaWorker(models.Model):

@@ -10,7 +10,7 @@ from django.conf import settings
 from django.db.models import Q, QuerySet, Sum
 from django.utils import timezone
 
-from streams.models import LiveSession, MediaWorker, Recording
+from streams.models import LiveSession, MediaWorker, Recording, UploadJob
 from users.models import User
 from users.selectors import friend_ids, friendship_exists
 
@@ -268,3 +268,23 @@ def recording_id_of_session(*, session_id: int) -> int | None:
 def recording_of_session(*, session_id: int) -> Recording | None:
     """The recording a session left, if it was kept (None: too short, empty, deleted)."""
     return Recording.objects.filter(session_id=session_id).first()
+
+
+def upload_own_get(*, user: User, job_id: int) -> UploadJob | None:
+    """Upload job ``job_id`` if ``user`` made it (anyone else: None)."""
+    return UploadJob.objects.filter(id=job_id, owner=user).first()
+
+
+def upload_list_changed(*, since: datetime) -> list[UploadJob]:
+    """Upload jobs changed after ``since`` (their ``updated_at``), oldest change first."""
+    return list(UploadJob.objects.filter(updated_at__gt=since).order_by("updated_at", "id"))
+
+
+def upload_latest_unfinished(*, user: User) -> UploadJob | None:
+    """``user``'s newest upload job still queued or running, if any (the upload page
+    follows it again after the user came back)."""
+    return (
+        UploadJob.objects.filter(owner=user, status__in=[UploadJob.QUEUED, UploadJob.RUNNING])
+        .order_by("-created_at", "-id")
+        .first()
+    )

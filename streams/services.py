@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import secrets
 import threading
 import time
 from collections.abc import Callable
@@ -18,12 +19,13 @@ from datetime import timedelta
 from pathlib import Path
 
 from django.conf import settings
+from django.core.files.uploadedfile import UploadedFile
 from django.db import IntegrityError, connections, transaction
 from django.db.models import F
 from django.utils import timezone
 
 from project.api import UNCLEAN_TEXT_MESSAGE, text_is_clean
-from streams.models import LiveSession, MediaWorker, Recording, RedactionEvent
+from streams.models import LiveSession, MediaWorker, Recording, RedactionEvent, UploadJob
 from streams.processors.factory import audio_chain_settings
 from streams.recording import (
     RecordingInfo,
@@ -928,3 +930,293 @@ def recording_transcript_set(*, session_id: int, cues: list[dict[str, object]]) 
     """Store the redacted transcript cues (``{"start", "end", "text"}``, seconds) on the
     recording of session ``session_id`` (nothing if it has none)."""
     Recording.objects.filter(session_id=session_id).update(transcript=cues)
+
+
+# -- Upload & process ------------------------------------------------------------------
+
+UPLOAD_DIR = "uploads"
+"""Folder under ``MEDIA_ROOT`` holding uploaded files until their job ends."""
+
+PROGRESS_SAVE_S = 0.5
+"""Least time between two progress writes of a running upload job, seconds."""
+
+UPLOAD_HEARTBEAT_S = 10.0
+"""A running job's row is stamped at least this often, progress or not, seconds."""
+
+UPLOAD_STALE_S = 120.0
+"""A running job not stamped for this long lost its worker (killed, crashed)."""
+
+
+class UploadRefused(ValueError):
+    """An upload is refused; the message is for the user (too large, not media, ...)."""
+
+
+def _upload_notify(job: UploadJob) -> None:
+    """Send the job's state to its owner's pages (after commit)."""
+    users_notify(user_ids=[job.owner_id], event="upload.progress", data=upload_json(job))
+
+
+def upload_json(job: UploadJob) -> dict[str, object]:
+    """An upload job as the page's script sees it (``progress`` 0.0-1.0)."""
+    return {
+        "id": job.id,
+        "title": job.title,
+        "kind": job.kind,
+        "status": job.status,
+        "progress": round(job.progress, 3),
+        "error": job.error,
+        "recording_id": job.recording_id,
+        "recording_url": (
+            f"/recordings/{job.recording_id}/" if job.recording_id is not None else None
+        ),
+    }
+
+
+def upload_create(
+    *,
+    user: User,
+    upload: UploadedFile,
+    title: str,
+    blur_faces: bool,
+    blur_plates: bool,
+    denoise: bool,
+) -> UploadJob:
+    """Store an uploaded file and queue the job that processes it into a recording.
+
+    The file is checked by content (:func:`streams.media_file.media_probe`), not by
+    its name or claimed type; ``title`` defaults to the file's name. The job is
+    queued (``streams.tasks.upload_process_task``) once the row commits.
+
+    Raises:
+        UploadRefused: empty or over ``HEARTH["UPLOAD_MAX_BYTES"]``, not a readable
+            audio/video file, longer than ``HEARTH["UPLOAD_MAX_DURATION_S"]``, or a
+            title with control characters.
+    """
+    from streams.media_file import MediaFileError, media_probe
+
+    limit = int(settings.HEARTH["UPLOAD_MAX_BYTES"])
+    if upload.size is None or upload.size <= 0:
+        raise UploadRefused("The file is empty.")
+    if upload.size > limit:
+        raise UploadRefused(f"The file is too large (the limit is {limit // 1024**2} MB).")
+    title = (title or "").strip() or Path(upload.name or "upload").stem
+    title = title[:120]
+    if not text_is_clean(title):
+        raise UploadRefused(UNCLEAN_TEXT_MESSAGE)
+    folder = Path(settings.MEDIA_ROOT) / UPLOAD_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    name = f"{UPLOAD_DIR}/{secrets.token_hex(12)}.upload"
+    path = Path(settings.MEDIA_ROOT) / name
+    with path.open("wb") as out:
+        for chunk in upload.chunks():
+            out.write(chunk)
+    try:
+        probe = media_probe(path)
+    except MediaFileError as exc:
+        path.unlink(missing_ok=True)
+        raise UploadRefused(f"That is not an audio or video file Hearth can read ({exc}).") from exc
+    if probe.duration_s > float(settings.HEARTH["UPLOAD_MAX_DURATION_S"]):
+        path.unlink(missing_ok=True)
+        raise UploadRefused(
+            f"The file is too long (the limit is "
+            f"{settings.HEARTH['UPLOAD_MAX_DURATION_S'] / 60:.0f} minutes)."
+        )
+    with transaction.atomic():
+        job = UploadJob.objects.create(
+            owner=user,
+            title=title,
+            source=name,
+            kind=probe.kind,
+            duration_s=probe.duration_s,
+            options={"blur_faces": blur_faces, "blur_plates": blur_plates, "denoise": denoise},
+        )
+        transaction.on_commit(lambda: _upload_enqueue(job.id))
+        _upload_notify(job)
+    return job
+
+
+def _upload_enqueue(job_id: int) -> None:
+    from streams.tasks import upload_process_task
+
+    upload_process_task.enqueue(job_id=job_id)
+
+
+def _upload_set(job_id: int, **fields: object) -> UploadJob | None:
+    """Update a job's fields (and ``updated_at``) and notify its owner; None if gone."""
+    with transaction.atomic():
+        job = UploadJob.objects.select_for_update().filter(id=job_id).first()
+        if job is None:
+            return None
+        for key, value in fields.items():
+            setattr(job, key, value)
+        job.save()
+        _upload_notify(job)
+    return job
+
+
+class _ProgressWriter:
+    """Stores a running job's progress from its own thread, at most every
+    :data:`PROGRESS_SAVE_S` (the file run calls :meth:`report` on its event loop,
+    where the ORM may not be used)."""
+
+    def __init__(self, job_id: int) -> None:
+        self.job_id = job_id
+        self.latest = 0.0
+        self.saved = 0.0
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="hearth-upload-progress")
+
+    def report(self, fraction: float) -> None:
+        self.latest = max(self.latest, fraction)
+
+    def _run(self) -> None:
+        stamped = time.monotonic()
+        try:
+            while not self.stop.wait(PROGRESS_SAVE_S):
+                stale = time.monotonic() - stamped >= UPLOAD_HEARTBEAT_S
+                if self.latest - self.saved >= 0.01 or stale:
+                    self.saved = self.latest
+                    _upload_set(self.job_id, progress=self.saved)
+                    stamped = time.monotonic()
+        finally:
+            connections.close_all()
+
+    def __enter__(self) -> _ProgressWriter:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join()
+
+
+def upload_process(*, job_id: int) -> UploadJob | None:
+    """Process queued upload ``job_id`` into a recording (the task queue's job body).
+
+    Runs the same graph as ``manage.py process_media``
+    (:func:`streams.media_file.video_file_process` /
+    :func:`~streams.media_file.audio_file_process`) with the job's options. A video
+    becomes an MP4 recording with its redaction settings and counts; audio becomes
+    a WAV recording, compressed to Ogg/Opus like a broadcast's. Progress is stored as
+    it goes; the owner's pages get ``upload.progress``, and the owner's and friends'
+    pages ``recordings.changed`` when the recording exists. A failure marks the job
+    ``failed`` with the reason; the uploaded file is deleted either way. A job not
+    ``queued`` (already taken) is left alone and None returned.
+    """
+    from streams.media_file import (
+        MediaFileError,
+        audio_file_process,
+        media_probe,
+        video_file_process,
+    )
+
+    upload_fail_stale()
+    with transaction.atomic():
+        job = UploadJob.objects.select_for_update().filter(id=job_id).first()
+        if job is None or job.status != UploadJob.QUEUED:
+            return None
+        job.status = UploadJob.RUNNING
+        job.save()
+        _upload_notify(job)
+    source = Path(settings.MEDIA_ROOT) / job.source
+    options = job.options
+    denoise = bool(options.get("denoise", True))
+    started = timezone.now()
+    ext = "mp4" if job.kind == "video" else "wav"
+    name = f"recordings/upload-{job.id}-{secrets.token_hex(4)}.{ext}"
+    target = Path(settings.MEDIA_ROOT) / name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with _ProgressWriter(job.id) as progress:
+            probe = media_probe(source)
+            if probe.kind == "video":
+                assert probe.video is not None
+                result = video_file_process(
+                    source=source,
+                    target=target,
+                    info=probe.video,
+                    blur_faces=bool(options.get("blur_faces", True)),
+                    blur_plates=bool(options.get("blur_plates", True)),
+                    denoise=denoise,
+                    on_progress=progress.report,
+                )
+                fields: dict[str, object] = {
+                    "kind": "video",
+                    "blur_faces": bool(options.get("blur_faces", True)),
+                    "blur_plates": bool(options.get("blur_plates", True)),
+                    "frames_processed": result.video.frames_processed,
+                    "faces_blurred": result.faces_blurred,
+                    "plates_blurred": result.plates_blurred,
+                    "frames_failed_closed": result.video.frames_failed_closed,
+                    "duration_s": result.frames / float(probe.video.rate),
+                }
+            else:
+                audio = audio_file_process(
+                    source=source,
+                    target=target,
+                    denoise=denoise,
+                    duration_s=probe.duration_s,
+                    on_progress=progress.report,
+                )
+                fields = {"kind": "audio", "duration_s": audio.info.duration_s}
+    except (MediaFileError, OSError) as exc:
+        logger.warning("upload %s failed: %s", job_id, exc)
+        target.unlink(missing_ok=True)
+        source.unlink(missing_ok=True)
+        return _upload_set(job_id, status=UploadJob.FAILED, error=_upload_error(exc))
+    source.unlink(missing_ok=True)
+    with transaction.atomic():
+        recording = Recording.objects.create(
+            owner_id=job.owner_id,
+            title=job.title,
+            file=name,
+            processing=audio_chain_settings(denoise=denoise),
+            started_at=started,
+            ended_at=timezone.now(),
+            size_bytes=target.stat().st_size,
+            **fields,
+        )
+        job = (
+            _upload_set(job_id, status=UploadJob.DONE, progress=1.0, recording_id=recording.id)
+            or job
+        )
+        _notify_recordings_changed(job.owner_id)
+    if recording.kind == "audio":
+        try:
+            recording_compress(recording_id=recording.id, writer_closed=True)
+        except OSError:
+            logger.exception("upload %s: compressing recording %s failed", job_id, recording.id)
+    return job
+
+
+def _upload_error(exc: Exception) -> str:
+    """The user's sentence for a failed job (no paths of this server)."""
+    text = str(exc).replace(str(settings.MEDIA_ROOT), "")
+    return f"Processing failed: {text}"[:300]
+
+
+def upload_fail_stale() -> int:
+    """Mark failed the running upload jobs whose worker is gone (not stamped for
+    :data:`UPLOAD_STALE_S`; a live worker stamps every :data:`UPLOAD_HEARTBEAT_S`),
+    delete their uploaded files and tell their owners; returns how many. Called when
+    a worker takes a job and by the web process's relay (about every 30 s)."""
+    cutoff = timezone.now() - timedelta(seconds=UPLOAD_STALE_S)
+    failed = 0
+    stale = UploadJob.objects.filter(status=UploadJob.RUNNING, updated_at__lt=cutoff)
+    for job_id in list(stale.values_list("id", flat=True)):
+        with transaction.atomic():
+            job = stale.select_for_update().filter(id=job_id).first()
+            if job is None:  # it moved on meanwhile
+                continue
+            job.status = UploadJob.FAILED
+            job.error = (
+                "Processing stopped (the server's processor was restarted). Upload the file again."
+            )
+            job.save()
+            _upload_notify(job)
+            source = Path(settings.MEDIA_ROOT) / job.source
+            transaction.on_commit(lambda path=source: path.unlink(missing_ok=True))
+        failed += 1
+    if failed:
+        logger.warning("%d upload job(s) lost their worker and were marked failed", failed)
+    return failed

@@ -51,6 +51,8 @@ def live_session_json(session: LiveSession, *, listeners: int | None = None) -> 
 
 def _recording_format(recording: Recording) -> tuple[str, str, str]:
     """(``format`` as the API names it, file extension, MIME type) of the stored file."""
+    if recording.is_video:
+        return "mp4", "mp4", "video/mp4"
     if recording.is_compressed:
         return "opus", "ogg", "audio/ogg"
     return "wav", "wav", "audio/wav"
@@ -89,6 +91,16 @@ def recording_json(
         "audio_url": f"{reverse('recording_audio', args=[recording.id])}?v={fmt}",
         "download_url": reverse("recording_download", args=[recording.id]),
     }
+    data["kind"] = recording.kind
+    if recording.is_video:
+        data["video_redaction"] = {
+            "blur_faces": recording.blur_faces,
+            "blur_plates": recording.blur_plates,
+            "frames_processed": recording.frames_processed,
+            "faces_blurred": recording.faces_blurred,
+            "plates_blurred": recording.plates_blurred,
+            "frames_failed_closed": recording.frames_failed_closed,
+        }
     if recording.transcript:
         data["captions_url"] = reverse("recording_captions", args=[recording.id])
     if peaks:
@@ -109,6 +121,8 @@ def recording_json(
 
 
 def _recording_peaks(recording: Recording) -> list[int]:
+    if recording.is_video:
+        return []
     if recording.peaks or recording.ended_at is None or recording.is_compressed:
         return list(recording.peaks)
     try:
@@ -336,3 +350,41 @@ def content_disposition_attachment(filename: str) -> str:
     if not ascii_name.strip(" .") or ascii_name.startswith("."):
         ascii_name = f"recording{Path(filename).suffix}"
     return f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(filename, safe='')}"
+
+
+def _form_bool(request: HttpRequest, name: str) -> bool:
+    """A checkbox of a multipart form: on when sent as ``on``/``true``/``1``."""
+    return request.POST.get(name, "").strip().lower() in ("on", "true", "1")
+
+
+@api_view(("POST",))
+def upload_create(request: HttpRequest) -> JsonResponse:
+    """POST multipart ``file`` (+ ``title``, ``blur_faces``, ``blur_plates``,
+    ``denoise`` checkboxes) → 202 ``{"upload": {...}}``, the job queued; 400 with a
+    message for a missing, empty, too large or unreadable file (413 is not used: the
+    message matters more than the code to the page)."""
+    upload = request.FILES.get("file")
+    if upload is None:
+        return json_error("Choose a file to upload.")
+    try:
+        job = services.upload_create(
+            user=request.user,
+            upload=upload,
+            title=request.POST.get("title", ""),
+            blur_faces=_form_bool(request, "blur_faces"),
+            blur_plates=_form_bool(request, "blur_plates"),
+            denoise=_form_bool(request, "denoise"),
+        )
+    except services.UploadRefused as exc:
+        return json_error(str(exc))
+    return JsonResponse({"upload": services.upload_json(job)}, status=202)
+
+
+@api_view(("GET",))
+def upload_detail(request: HttpRequest, job_id: int) -> JsonResponse:
+    """GET one of the user's upload jobs (status, progress, recording link); 404 for
+    anyone else's."""
+    job = selectors.upload_own_get(user=request.user, job_id=job_id)
+    if job is None:
+        return json_error("No such upload.", status=404)
+    return JsonResponse({"upload": services.upload_json(job)})

@@ -406,6 +406,7 @@ def test_recording_list(as_alice, alice, bob, carol):
         "processing": {"denoise": True, "model": "DeepFilterNet3"},
         "started_label": when_label(own.started_at),
         "format": "wav",
+        "kind": "audio",
         "session_id": None,
         "page_url": f"/recordings/{own.id}/",
         "audio_url": f"/recordings/{own.id}/audio?v=wav",

@@ -107,7 +107,8 @@ class Audit:
 
 def _http_error(page: Page, status: int) -> str:
     """The console error Chromium logs for a page answered with HTTP ``status``."""
-    reason = {404: "Not Found", 429: "Unknown Status"}[status]  # daphne's reason phrases
+    # daphne's reason phrases
+    reason = {400: "Bad Request", 404: "Not Found", 429: "Unknown Status"}[status]
     return (
         f"{page.url}: Failed to load resource: "
         f"the server responded with a status of {status} ({reason})"
@@ -261,6 +262,17 @@ def test_every_page_and_state_passes_axe_light_and_dark_desktop_and_phone(
         bob.click("#password-change-form button[type=submit]")
         expect(bob.locator("#password-change-done")).to_be_visible()
         audit(bob, "password changed")
+        # --- Upload & process: the form, and a file refused for what it holds.
+        bob.click('.site-nav a:text-is("Upload")')
+        expect(bob.locator("h1")).to_have_text("Upload & process")
+        audit(bob, "upload")
+        not_media = tmp_path / "notes.mp4"
+        not_media.write_bytes(b"notes, not a video\n" * 50)
+        bob.set_input_files("#upload-file", str(not_media))
+        bob.click("#upload-submit")
+        expect(bob.locator("#upload-error")).to_be_visible()
+        expected_errors.append(_http_error(bob, 400))
+        audit(bob, "upload: file refused")
         bob.goto(f"{base}/no-such-page/")
         expect(bob.locator("#not-found")).to_be_visible()
         expected_errors.append(_http_error(bob, 404))

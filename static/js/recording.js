@@ -80,6 +80,7 @@ function render() {
     ...[
       inProgress ? h("span", { class: "badge badge-live" }, "Recording") : null,
       rec.processing?.denoise ? h("span", { class: "badge" }, "Denoised") : null,
+      rec.kind === "video" ? h("span", { class: "badge" }, "Video") : null,
     ].filter(Boolean),
   );
   els.processing.textContent = rec.processing?.denoise
@@ -87,7 +88,7 @@ function render() {
     : "None (the microphone as it was)";
   els.file.textContent = inProgress
     ? "WAV, still being written"
-    : `${rec.format === "opus" ? "Ogg/Opus" : "WAV"}, ${megabytes(rec.size_bytes)}`;
+    : `${{ opus: "Ogg/Opus", mp4: "MP4 (H.264 + AAC)" }[rec.format] || "WAV"}, ${megabytes(rec.size_bytes)}`;
   els.player.hidden = inProgress;
   els.play.hidden = inProgress;
   els.download.hidden = inProgress;

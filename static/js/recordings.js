@@ -155,6 +155,7 @@ function update(item, rec) {
     ...[
       inProgress ? h("span", { class: "badge badge-live" }, "Recording") : null,
       rec.processing?.denoise ? h("span", { class: "badge" }, "Denoised") : null,
+      rec.kind === "video" ? h("span", { class: "badge" }, "Video") : null,
     ].filter(Boolean),
   );
 
@@ -174,9 +175,12 @@ function update(item, rec) {
     swapSource(parts.audio, rec.audio_url);
     parts.audio.setAttribute("aria-label", `Play ${rec.title || "recording"}`);
   } else if (!parts.audio) {
-    parts.audio = h("audio", {
+    // A video recording (MP4) plays in a <video>; audio in an <audio>.
+    parts.audio = h(rec.kind === "video" ? "video" : "audio", {
       controls: true,
       preload: "metadata",
+      playsinline: rec.kind === "video",
+      class: rec.kind === "video" ? "recording-list-video" : null,
       src: rec.audio_url,
       "aria-label": `Play ${rec.title || "recording"}`,
     });

@@ -219,6 +219,11 @@ class Mp4Writer:
         crf: x264 constant rate factor (lower: better; 18-23 is visually good).
         preset: x264 speed preset.
         audio_bitrate: AAC bit rate, bits per second.
+        movflags: FFmpeg's mp4 muxer flags: ``+faststart`` (index first, for a file
+            written in one go) or, for a crash-tolerant file written while live,
+            ``frag_keyframe+empty_moov+default_base_moof`` (see
+            :mod:`streams.media.mp4_live`).
+        gop: Largest distance between keyframes, frames (None: x264's default).
 
     Raises:
         VideoEncodeError: the file or an encoder cannot be opened.
@@ -235,6 +240,8 @@ class Mp4Writer:
         crf: int = 20,
         preset: str = "veryfast",
         audio_bitrate: int = 96_000,
+        movflags: str = "+faststart",
+        gop: int | None = None,
     ) -> None:
         self.path = Path(path)
         self.width, self.height = width, height
@@ -249,14 +256,22 @@ class Mp4Writer:
         self._closed = False
         try:
             self._container = av.open(
-                str(self.path), "w", format="mp4", options={"movflags": "+faststart"}
+                str(self.path),
+                "w",
+                format="mp4",
+                # A fragmented file is flushed to disk packet by packet, so each
+                # finished fragment is on disk, not in FFmpeg's 32 KiB I/O buffer.
+                options={"movflags": movflags}
+                | ({"flush_packets": "1"} if "frag_keyframe" in movflags else {}),
             )
             video = self._container.add_stream("libx264", rate=self.rate)
             video.width = width + width % 2
             video.height = height + height % 2
             video.pix_fmt = "yuv420p"
             video.codec_context.time_base = 1 / self.rate
-            video.options = {"crf": str(crf), "preset": preset}
+            video.options = {"crf": str(crf), "preset": preset} | (
+                {"g": str(gop), "keyint_min": str(gop)} if gop else {}
+            )
             self._video = video
             self._audio: av.AudioStream | None = None
             if audio:

@@ -6,68 +6,38 @@ with faces and licence plates blurred, the audio through the same audio chain.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import os
-import time
 from argparse import ArgumentParser, BooleanOptionalAction
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 from numpy.typing import NDArray
 
 from streams.audio import SAMPLE_RATE, AudioDecodeError, load_audio
 from streams.media.detectors import (
     FACE_DETECTORS,
-    DetectorUnavailable,
-    HaarPlateDetector,
-    face_detector_build,
 )
-from streams.media.graph import FileSource, Graph, GraphRunner, Sink
 from streams.media.items import Event
-from streams.media.metrics import MediaMetrics
 from streams.media.pii import MASKS
 from streams.media.pii_analysis import (
     PiiAnalyser,
-    PiiAnalysisStage,
     merged_decisions,
     transcript_vtt,
 )
-from streams.media.sinks import CollectSink, RecorderSink
-from streams.media.stage import ProcessorStage, Stage
-from streams.media.timeline import DecisionTimeline, DelayLine, Redactor, bleep, mute
-from streams.media.video import redaction_stages
+from streams.media.timeline import DecisionTimeline
 from streams.media.video_io import (
-    AudioWriterSink,
-    Mp4Writer,
     VideoDecodeError,
-    VideoEncodeError,
-    VideoFileSource,
     VideoInfo,
-    VideoWriterSink,
     probe_video,
 )
 from streams.media.whisper_model import ModelIntegrityError
-from streams.media.workers import Workers
-from streams.processors.base import ProcessorError
-from streams.processors.factory import audio_chain_build
+from streams.media_file import MediaFileError, audio_file_process, video_file_process
 from streams.quality import align, pesq_wb, si_snr, stoi
-from streams.recording import WavRecorder
-
-FILE_DEADLINE_S = 30.0
-"""Longest one block's processing may take over a file before the run fails."""
 
 REFERENCE_MAX_LAG = SAMPLE_RATE // 2
 """Largest delay searched when aligning with ``--reference``: 0.5 s, in samples."""
-
-FILE_PII_DELAY_S = 20.0
-"""Content-time delay line over a file with ``--bleep-pii``: the analysis runs in line
-(synchronously), so decisions trail the audio by a window (~2-3 s) or a held digit
-run; what is still undecided this far behind is muted, as live."""
 
 
 class Command(BaseCommand):
@@ -187,62 +157,25 @@ class Command(BaseCommand):
         reference = _load(reference_path, "reference") if reference_path else None
         samples = _load(source, "input") if reference is not None else None
 
-        stages = _audio_stages(denoise=denoise, analyser=analyser, redact=options["redact"])
-        chain = stages[0].processor  # type: ignore[attr-defined]
-        latency = stages[0].latency_ticks()
-        events: list[Event] = []
-        file_source = FileSource(source)
-        # Written beside OUTPUT and renamed over it only on success: a failed run
-        # leaves an existing OUTPUT as it was.
-        partial = target.with_name(f".{target.name}.partial")
         try:
-            file_source.open()
-            recorder = WavRecorder(partial, SAMPLE_RATE, overwrite=True)
-        except AudioDecodeError as exc:
-            chain.close()
-            raise CommandError(f"cannot read input: {exc}") from exc
-        except (OSError, ValueError) as exc:
-            chain.close()
-            file_source.close()
-            raise CommandError(f"cannot write output {target}: {exc}") from exc
-        workers = Workers(load_threads=1, io_threads=1, encode_threads=1)
-        recorder_sink = RecorderSink(recorder, workers.io)
-        collect = CollectSink()
-        sinks: list[Sink] = [recorder_sink] + ([collect] if reference is not None else [])
-        runner = GraphRunner(
-            Graph(stages=stages, sinks=sinks),
-            file_source,
-            workers=workers,
-            name="file",
-            deadline_s=FILE_DEADLINE_S,
-            max_lag_s=None,  # a file is not real time: never skip a stage
-            on_event=events.append,
-        )
-        try:
-            started = time.perf_counter()
-            metrics = asyncio.run(runner.run())
-            elapsed = time.perf_counter() - started
-        finally:
-            file_source.close()
-            runner.stages_close()
-            workers.shutdown()
-        info = recorder_sink.info
-        problem = (
-            (f"cannot read input: {runner.source_error}" if runner.source_error else "")
-            or (f"processing failed: {metrics.failed}" if metrics.failed else "")
-            or ("" if info is not None and not recorder_sink.write_errors else "write failed")
-            or ("" if info.duration_s > 0 else f"cannot read input: {source}: no samples")
-        )
-        if problem:
-            partial.unlink(missing_ok=True)
-            raise CommandError(problem)
-        os.replace(partial, target)
-
+            result = audio_file_process(
+                source=source,
+                target=target,
+                denoise=denoise,
+                analyser=analyser,
+                redact=options["redact"],
+                collect=reference is not None,
+            )
+        except MediaFileError as exc:
+            raise CommandError(str(exc)) from exc
+        info = result.info
+        elapsed = result.elapsed_s
+        latency = result.latency
         duration = info.duration_s
-        processed = collect.samples
-        clipped = recorder_sink.clipped
+        processed = result.processed
+        clipped = result.clipped
         self.stdout.write(
-            f"{source} -> {target}: {duration:.2f} s, chain {chain.name}, "
+            f"{source} -> {target}: {duration:.2f} s, chain {result.chain}, "
             f"RTF {elapsed / duration:.3f}, latency compensated {latency} samples "
             f"({latency / SAMPLE_RATE * 1000:.1f} ms), clipped {clipped} samples"
         )
@@ -251,7 +184,7 @@ class Command(BaseCommand):
                 self.stdout.write(_quality_line(label, signal, reference))
         if analyser is not None:
             how = "bleeped" if options["redact"] == "bleep" else "muted"
-            self._report_pii(analyser, events, how)
+            self._report_pii(analyser, result.events, how)
             if transcript_path is not None:
                 transcript_path.write_text(transcript_vtt(analyser.transcript))
                 self.stdout.write(f"redacted transcript: {transcript_path}")
@@ -260,156 +193,47 @@ class Command(BaseCommand):
         self, source: Path, target: Path, info: VideoInfo, options: dict[str, Any]
     ) -> None:
         """Redact a video file into an MP4 (see the class docstring)."""
-        hearth = settings.HEARTH
-        face = plate = None
-        try:
-            if options["blur_faces"]:
-                face = face_detector_build(
-                    model_dir=Path(hearth["MODEL_DIR"]) if hearth["MODEL_DIR"] else None,
-                    choice=options["face_detector"],
-                    device=hearth["VIDEO_DEVICE"],
-                )
-            if options["blur_plates"]:
-                plate = HaarPlateDetector()
-        except ModelIntegrityError as exc:
-            raise CommandError(f"face model refused: {exc}") from exc
-        except (DetectorUnavailable, ValueError, OSError) as exc:
-            raise CommandError(f"cannot load a detector: {exc}") from exc
-        # A file is not real time: the second face pass (faces hidden by their
-        # neighbours in a crowd) is worth its cost here.
-        video_stages = redaction_stages(
-            face=face, plate=plate, stale_s=float(hearth["VIDEO_STALE_S"]), recheck=True
-        )
         analyser = _pii_analyser(DecisionTimeline()) if options["bleep_pii"] else None
-        audio_stages = (
-            _audio_stages(
-                denoise=not options["no_denoise"], analyser=analyser, redact=options["redact"]
-            )
-            if info.has_audio
-            else []
-        )
-        partial = target.with_name(f".{target.name}.partial")
-        video_source = VideoFileSource(source)
-        audio_source = FileSource(source) if info.has_audio else None
         try:
-            video_source.open()
-            if audio_source is not None:
-                audio_source.open()
-            writer = Mp4Writer(
-                partial, width=info.width, height=info.height, rate=info.rate, audio=info.has_audio
+            result = video_file_process(
+                source=source,
+                target=target,
+                info=info,
+                blur_faces=options["blur_faces"],
+                blur_plates=options["blur_plates"],
+                denoise=not options["no_denoise"],
+                face_detector=options["face_detector"],
+                analyser=analyser,
+                redact=options["redact"],
             )
-        except (VideoDecodeError, AudioDecodeError) as exc:
-            _close_all(video_stages, audio_stages, video_source, audio_source)
-            raise CommandError(f"cannot read input: {exc}") from exc
-        except VideoEncodeError as exc:
-            _close_all(video_stages, audio_stages, video_source, audio_source)
-            raise CommandError(f"cannot write output {target}: {exc}") from exc
-        workers = Workers(load_threads=1, io_threads=1, encode_threads=1)
-        mux = ThreadPoolExecutor(1, thread_name_prefix="hearth-mux")  # one muxer thread
-        video_sink = VideoWriterSink(writer, mux)
-        video_runner = GraphRunner(
-            Graph(stages=video_stages, sinks=[video_sink]),
-            video_source,
-            workers=workers,
-            name="file-video",
-            deadline_s=FILE_DEADLINE_S,
-            max_lag_s=None,
-            backpressure=True,
-        )
-        events: list[Event] = []
-        audio_sink: AudioWriterSink | None = None
-        audio_runner: GraphRunner | None = None
-        if audio_source is not None:
-            offset = round(info.audio_start_s * SAMPLE_RATE)
-            audio_sink = AudioWriterSink(writer, mux, offset=offset)
-            audio_runner = GraphRunner(
-                Graph(stages=audio_stages, sinks=[audio_sink]),
-                audio_source,
-                workers=workers,
-                name="file-audio",
-                deadline_s=FILE_DEADLINE_S,
-                max_lag_s=None,
-                on_event=events.append,
-                backpressure=True,
-            )
-
-        async def run_both() -> tuple[MediaMetrics, MediaMetrics | None]:
-            runs = [video_runner.run()] + ([audio_runner.run()] if audio_runner else [])
-            results = await asyncio.gather(*runs)
-            return results[0], (results[1] if len(results) > 1 else None)
-
-        problem = ""
-        started = time.perf_counter()
-        try:
-            video_metrics, audio_metrics = asyncio.run(run_both())
-            try:
-                writer.close()
-            except VideoEncodeError as exc:
-                problem = f"write failed: {exc}"
-        finally:
-            elapsed = time.perf_counter() - started
-            video_source.close()
-            if audio_source is not None:
-                audio_source.close()
-            video_runner.stages_close()
-            if audio_runner is not None:
-                audio_runner.stages_close()
-            workers.shutdown()
-            mux.shutdown(wait=True)
-            with contextlib.suppress(VideoEncodeError):
-                writer.close()  # idempotent; closes the file after a failure too
-        failed_sink = video_sink.error or (audio_sink.error if audio_sink else None)
-        problem = (
-            (f"cannot read input: {video_runner.source_error}" if video_runner.source_error else "")
-            or (
-                f"cannot read input: {audio_runner.source_error}"
-                if audio_runner is not None and audio_runner.source_error
-                else ""
-            )
-            or (f"processing failed: {video_metrics.failed}" if video_metrics.failed else "")
-            or (
-                f"processing failed: {audio_metrics.failed}"
-                if audio_metrics is not None and audio_metrics.failed
-                else ""
-            )
-            or (f"write failed: {failed_sink}" if failed_sink is not None else "")
-            or problem
-            or ("" if writer.frames else f"cannot read input: {source}: no video frames")
-        )
-        if problem:
-            partial.unlink(missing_ok=True)
-            raise CommandError(problem)
-        os.replace(partial, target)
-
-        duration = writer.frames / float(info.rate)
+        except MediaFileError as exc:
+            raise CommandError(str(exc)) from exc
+        duration = result.frames / float(info.rate)
         self.stdout.write(
             f"{source} -> {target}: video {info.width}x{info.height} at "
-            f"{float(info.rate):g} fps, {writer.frames} frames ({duration:.2f} s), "
-            f"RTF {elapsed / max(duration, 1e-9):.3f}"
-            + (", padded to even sides for H.264" if writer.padded else "")
+            f"{float(info.rate):g} fps, {result.frames} frames ({duration:.2f} s), "
+            f"RTF {result.elapsed_s / max(duration, 1e-9):.3f}"
+            + (", padded to even sides for H.264" if result.padded else "")
         )
-        blurred = video_metrics.regions_blurred
-        detectors = (
-            ", ".join(f"{d.kind} {d.name}" for d in (face, plate) if d is not None)
-            or "none (frames pass unchanged)"
-        )
+        detectors = ", ".join(result.detectors) or "none (frames pass unchanged)"
         self.stdout.write(
             f"video redaction: detectors {detectors}; frames processed "
-            f"{video_metrics.frames_processed}, fail-closed (fully blurred) "
-            f"{video_metrics.frames_failed_closed}; faces blurred {blurred.get('face', 0)}, "
-            f"plates blurred {blurred.get('plate', 0)} (regions summed over frames)"
+            f"{result.video.frames_processed}, fail-closed (fully blurred) "
+            f"{result.video.frames_failed_closed}; faces blurred {result.faces_blurred}, "
+            f"plates blurred {result.plates_blurred} (regions summed over frames)"
         )
-        if audio_stages:
-            chain = audio_stages[0]
-            latency = chain.latency_ticks()
+        if info.has_audio:
+            latency = result.audio_latency
             self.stdout.write(
-                f"audio: chain {chain.name}, {writer.audio_samples / SAMPLE_RATE:.2f} s AAC, "
-                f"latency compensated {latency} samples ({latency / SAMPLE_RATE * 1000:.1f} ms)"
+                f"audio: chain {result.audio_chain}, {result.audio_samples / SAMPLE_RATE:.2f} s "
+                f"AAC, latency compensated {latency} samples "
+                f"({latency / SAMPLE_RATE * 1000:.1f} ms)"
             )
         else:
             self.stdout.write("audio: none in the input")
+        events = result.events
         if analyser is not None:
-            if audio_stages:
+            if info.has_audio:
                 how = "bleeped" if options["redact"] == "bleep" else "muted"
                 self._report_pii(analyser, events, how)
                 transcript_path: Path | None = options["transcript"]
@@ -438,38 +262,6 @@ class Command(BaseCommand):
             f"{seconds['unknown']:.2f} s muted undecided, {analyser.runs} ASR windows, "
             f"{len(analyser.transcript)} words"
         )
-
-
-def _audio_stages(*, denoise: bool, analyser: PiiAnalyser | None, redact: str) -> list[Stage]:
-    """The audio stages of a file run: the live chain, then (with an analyser) PII
-    analysis and the delay line that bleeps or mutes. First stage: the chain's
-    :class:`~streams.media.stage.ProcessorStage`."""
-    try:
-        chain = audio_chain_build(denoise=denoise)
-    except ProcessorError as exc:
-        raise CommandError(f"cannot build the processing chain: {exc}") from exc
-    stages: list[Stage] = [ProcessorStage(chain)]
-    if analyser is not None:
-        redactor: Redactor = bleep() if redact == "bleep" else mute
-        delay = round(FILE_PII_DELAY_S * SAMPLE_RATE)
-        stages += [
-            PiiAnalysisStage(analyser),
-            DelayLine(timeline=analyser.timeline, delay_ticks=delay, redactor=redactor),
-        ]
-    return stages
-
-
-def _close_all(
-    video_stages: list[Stage],
-    audio_stages: list[Stage],
-    *sources: VideoFileSource | FileSource | None,
-) -> None:
-    """Close stages and sources after a failed start."""
-    for stage in [*video_stages, *audio_stages]:
-        stage.close()
-    for source in sources:
-        if source is not None:
-            source.close()
 
 
 def _pii_analyser(timeline: DecisionTimeline) -> PiiAnalyser:
