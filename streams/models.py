@@ -86,6 +86,11 @@ class Recording(models.Model):
     # [{"start": s, "end": s, "text": "... [phone number] ..."}] (seconds into the
     # recording); personal information only ever appears as a mask.
     transcript = models.JSONField(default=list, blank=True)
+    # What transcript search reads: the cues' text with every mask ("[phone number]",
+    # "[…]") taken out, so only words that were heard in clear are searchable.
+    # Derived from ``transcript`` (streams.services.transcript_search_text); on
+    # PostgreSQL an expression GIN index over its English tsvector serves the search.
+    transcript_text = models.TextField(default="", blank=True, editable=False)
 
     class Meta:
         ordering = ["-started_at"]
