@@ -186,7 +186,9 @@ def test_a_stop_right_after_pii_still_bleeps_it_in_the_recording(detector) -> No
     expected = bleep()(np.zeros(tail.stop - tail.start, np.float32), tail.start)
     np.testing.assert_allclose(out[tail], expected, atol=1e-6)
     assert "PHONE_NUMBER" in {r.label for r in live.audit_drain()}
-    assert live.stats()["muted_s"] < 3.0  # at most what left before the analysis caught up
+    # Muted at most: what left during the stream before the analysis caught up (the
+    # source here runs faster than real time); nothing of the 3 s tail.
+    assert live.stats()["muted_s"] <= 3.0
 
 
 def test_clean_speech_at_the_end_of_a_broadcast_is_kept(detector) -> None:

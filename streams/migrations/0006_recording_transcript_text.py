@@ -15,12 +15,13 @@ def fill_text(apps, schema_editor):
     Recording = apps.get_model("streams", "Recording")
     for recording in Recording.objects.exclude(transcript=[]).only("id", "transcript"):
         cues = recording.transcript if isinstance(recording.transcript, list) else []
-        text = "\n".join(
+        lines = (
             " ".join(_MASK.sub(" ", str(cue.get("text", ""))).split())
             for cue in cues
             if isinstance(cue, dict)
         )
-        Recording.objects.filter(id=recording.id).update(transcript_text=text.strip())
+        text = "\n".join(line for line in lines if line)
+        Recording.objects.filter(id=recording.id).update(transcript_text=text)
 
 
 def index_create(apps, schema_editor):
