@@ -76,6 +76,19 @@ def signup(request: HttpRequest) -> HttpResponse:
     return render(request, "frontend/signup.html", {"form": form})
 
 
+PII_DELAY_CHOICES_S = (2.0, 3.0, 5.0, 10.0)
+"""Broadcast delays the go-live page offers with bleeping (those within the server's
+``PII_DELAY_MIN_S``..``PII_DELAY_MAX_S``, plus its default ``PII_DELAY_S``)."""
+
+
+def _pii_choices() -> dict[str, object]:
+    """Whether live bleeping is offered, the default delay and the delays to choose."""
+    hearth = settings.HEARTH
+    low, high, default = hearth["PII_DELAY_MIN_S"], hearth["PII_DELAY_MAX_S"], hearth["PII_DELAY_S"]
+    delays = sorted({d for d in PII_DELAY_CHOICES_S if low <= d <= high} | {float(default)})
+    return {"live": hearth["PII_LIVE"], "delay_s": float(default), "delays": delays}
+
+
 @login_required
 @require_safe
 def go_live(request: HttpRequest) -> HttpResponse:
@@ -85,6 +98,7 @@ def go_live(request: HttpRequest) -> HttpResponse:
         request,
         "frontend/go_live.html",
         active_session=live_session_json(active) if active else None,
+        pii=_pii_choices(),
     )
 
 

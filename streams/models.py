@@ -98,6 +98,11 @@ class Recording(models.Model):
     faces_blurred = models.PositiveIntegerField(default=0)
     plates_blurred = models.PositiveIntegerField(default=0)
     frames_failed_closed = models.PositiveIntegerField(default=0)
+    # What transcript search reads: the cues' text with every mask ("[phone number]",
+    # "[…]") taken out, so only words that were heard in clear are searchable.
+    # Derived from ``transcript`` (streams.services.transcript_search_text); on
+    # PostgreSQL an expression GIN index over its English tsvector serves the search.
+    transcript_text = models.TextField(default="", blank=True, editable=False)
 
     class Meta:
         ordering = ["-started_at"]

@@ -453,9 +453,13 @@ class BroadcastRoom:
         if self._pii_task is not None:
             self._pii_task.cancel()
         loop = asyncio.get_running_loop()
+        # Normally finished already (the delay line waited for it at the stop); one
+        # that overran that wait is stuck: give it little more.
+        wait_s = 1.0 if live.drain_timed_out else 10.0
         try:
             await asyncio.wait_for(
-                loop.run_in_executor(self.server.workers.load, live.threaded.close, 10.0), 12.0
+                loop.run_in_executor(self.server.workers.load, live.threaded.close, wait_s),
+                wait_s + 2.0,
             )
         except TimeoutError:
             logger.error("session %s: PII analysis did not finish", self.session_id)
@@ -904,8 +908,11 @@ class BroadcastRoom:
         if self.runner is not None:
             self.runner.stop()  # the runner flushes, its sinks drain (recorder: lossless)
         if self._task is not None:
+            # A bleeped broadcast's delay line first lets the analysis decide its tail
+            # (up to pii.drain_s), so the recording keeps it with its bleeps.
+            drain_s = CLOSE_DRAIN_S + (self.pii.drain_s if self.pii is not None else 0.0)
             try:
-                await asyncio.wait_for(asyncio.shield(self._task), timeout=CLOSE_DRAIN_S)
+                await asyncio.wait_for(asyncio.shield(self._task), timeout=drain_s)
             except TimeoutError:
                 logger.error("session %s graph did not drain; cancelling", self.session_id)
                 self._task.cancel()

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import re
 import shutil
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from django.conf import settings
-from django.db.models import Q, QuerySet, Sum
+from django.db import connection
+from django.db.models import F, FloatField, Func, Q, QuerySet, Sum, Value
+from django.db.models.functions import Cast, Length, Lower, Replace
 from django.utils import timezone
 
+from project.api import UNCLEAN_TEXT_MESSAGE, text_is_clean
 from streams.models import LiveSession, MediaWorker, Recording, UploadJob
 from users.models import User
-from users.selectors import friend_ids, friendship_exists
+from users.selectors import block_related_ids, friend_ids, friendship_exists
 
 
 def live_session_stale_cutoff() -> datetime:
@@ -146,6 +151,243 @@ def recording_page(
     more = len(page) > limit
     page = page[:limit]
     return page, (recording_cursor(page[-1]) if more and page else None)
+
+
+# --- Transcript search ------------------------------------------------------------------
+
+SEARCH_QUERY_MAX_CHARS = 100
+"""Longest search query accepted (characters, after trimming)."""
+SEARCH_MAX_TERMS = 8
+"""Most words a search query may have."""
+SEARCH_MAX_OFFSET = 1000
+"""How deep search results may be paged (results past this are not served)."""
+
+_SEARCH_WORD = re.compile(r"\w+")
+_MASK = re.compile(r"\[[^\]]*\]")
+
+
+class RecordingSearchError(ValueError):
+    """A search query that cannot be used (str() is user-facing)."""
+
+
+@dataclass(frozen=True)
+class RecordingSearchHit:
+    """One recording whose redacted transcript matches a search.
+
+    Attributes:
+        recording: The recording (``peaks`` deferred).
+        rank: Relevance, higher first (PostgreSQL ``ts_rank``; on SQLite, how often
+            the words occur). Only comparable within one search.
+        start_s: Seconds into the recording where the best matching cue starts (0.0
+            when no single cue could be pointed at).
+        snippet: The redacted transcript around that cue (masks shown as masks),
+            at most about 160 characters, "…" where it was cut.
+        highlights: ``(start, end)`` character ranges of ``snippet`` holding the
+            matched words.
+    """
+
+    recording: Recording
+    rank: float
+    start_s: float
+    snippet: str
+    highlights: list[tuple[int, int]]
+
+
+def search_terms(*, query: str) -> list[str]:
+    """The distinct lower-cased words of a search ``query``, in order.
+
+    Raises:
+        RecordingSearchError: the query is empty, longer than
+            :data:`SEARCH_QUERY_MAX_CHARS`, holds control characters, has no word
+            characters, or more than :data:`SEARCH_MAX_TERMS` words.
+    """
+    query = query.strip()
+    if not query:
+        raise RecordingSearchError("Type a word to search for.")
+    if len(query) > SEARCH_QUERY_MAX_CHARS:
+        raise RecordingSearchError(
+            f"Search for at most {SEARCH_QUERY_MAX_CHARS} characters at a time."
+        )
+    if not text_is_clean(query):
+        raise RecordingSearchError(UNCLEAN_TEXT_MESSAGE)
+    terms = list(dict.fromkeys(w.lower() for w in _SEARCH_WORD.findall(query)))
+    if not terms:
+        raise RecordingSearchError("Search for words or numbers.")
+    if len(terms) > SEARCH_MAX_TERMS:
+        raise RecordingSearchError(f"Search for at most {SEARCH_MAX_TERMS} words at a time.")
+    return terms
+
+
+class _EnglishTsVector(Func):
+    """``to_tsvector('english', <text column>)``: the exact expression the GIN index
+    of migration ``streams.0006`` is built on, so PostgreSQL can use that index."""
+
+    template = "to_tsvector('english'::regconfig, %(expressions)s)"
+
+    def __init__(self, column: str) -> None:
+        from django.contrib.postgres.search import SearchVectorField
+
+        super().__init__(F(column), output_field=SearchVectorField())
+
+
+def _search_ranked(visible: QuerySet[Recording], terms: list[str]) -> QuerySet[Recording]:
+    """``visible`` narrowed to the recordings whose transcript has every term, with a
+    ``rank`` annotation, best first (newest first among equals)."""
+    if connection.vendor == "postgresql":
+        from django.contrib.postgres.search import SearchQuery, SearchRank
+
+        # plainto_tsquery: every word must occur (stemmed: "gardens" finds "garden");
+        # the words are passed as data, never as tsquery syntax.
+        tsquery = SearchQuery(" ".join(terms), config="english", search_type="plain")
+        vector = _EnglishTsVector("transcript_text")
+        ranked = visible.annotate(found=vector).filter(found=tsquery)
+        # Normalisation 1: rank / (1 + log(length)), so a long transcript that says a
+        # word once does not outrank a short one about it (PostgreSQL §12.3.3).
+        ranked = ranked.annotate(rank=SearchRank(vector, tsquery, normalization=Value(1)))
+    else:
+        # The plain fallback: each term at the start of a word, any case (SQLite's
+        # REGEXP is Python's re, which Django provides); rank = occurrences.
+        ranked = visible
+        occurrences = []
+        for term in terms:
+            ranked = ranked.filter(transcript_text__iregex=rf"\b{re.escape(term)}")
+            lowered = Lower("transcript_text")
+            removed = Length(lowered) - Length(Replace(lowered, Value(term), Value("")))
+            occurrences.append(Cast(removed, FloatField()) / Value(float(len(term))))
+        rank = occurrences[0]
+        for more in occurrences[1:]:
+            rank = rank + more
+        ranked = ranked.annotate(rank=rank)
+    return ranked.order_by("-rank", "-started_at", "-id")
+
+
+def _word_matches(word: str, term: str) -> bool:
+    """Whether transcript ``word`` is (roughly) a form of search ``term``: the same
+    word, one a prefix of the other ("run"/"running"), or a long shared stem
+    ("studies"/"study"). Only used to point at a moment and highlight; which
+    recordings match is the database's decision."""
+    word = word.lower()
+    if word == term:
+        return True
+    short, long = sorted((word, term), key=len)
+    if len(short) >= 3 and long.startswith(short):
+        return True
+    common = len(short)
+    for i, (a, b) in enumerate(zip(short, long, strict=False)):
+        if a != b:
+            common = i
+            break
+    return common >= max(4, len(short) - 2)
+
+
+def _matched_words(text: str, terms: list[str]) -> list[tuple[int, int, str]]:
+    """``(start, end, term)`` of the words of ``text`` outside masks matching a term."""
+    masked = [(m.start(), m.end()) for m in _MASK.finditer(text)]
+    found = []
+    for m in _SEARCH_WORD.finditer(text):
+        if any(a <= m.start() < b for a, b in masked):
+            continue
+        term = next((t for t in terms if _word_matches(m.group(), t)), None)
+        if term is not None:
+            found.append((m.start(), m.end(), term))
+    return found
+
+
+def _search_moment(
+    cues: list[dict[str, object]], terms: list[str], *, width: int = 160
+) -> tuple[float, str, list[tuple[int, int]]]:
+    """Where in ``cues`` the terms are best heard: the cue with the most distinct
+    matched terms (the earliest among equals), as ``(start_s, snippet, highlights)``;
+    the snippet is that cue's text with neighbouring cues around it up to ``width``
+    characters."""
+    texts = [" ".join(str(c.get("text", "")).split()) for c in cues]
+    scores = [len({t for _, _, t in _matched_words(text, terms)}) for text in texts]
+    if not texts:
+        return 0.0, "", []
+    best = max(range(len(texts)), key=lambda i: (scores[i], -i))
+    if scores[best] == 0:
+        best = 0
+    first = last = best
+    length = len(texts[best])
+    while first > 0 and length + len(texts[first - 1]) + 1 <= width // 3 + len(texts[best]):
+        first -= 1
+        length += len(texts[first]) + 1
+    while last + 1 < len(texts) and length + len(texts[last + 1]) + 1 <= width:
+        last += 1
+        length += len(texts[last]) + 1
+    snippet = " ".join(t for t in texts[first : last + 1] if t)
+    if len(snippet) > width:  # one very long cue
+        snippet = snippet[:width].rsplit(" ", 1)[0]
+    lead = "… " if first > 0 else ""
+    snippet = lead + snippet + (" …" if last + 1 < len(texts) else "")
+    highlights = [(a, b) for a, b, _ in _matched_words(snippet, terms)] if scores[best] else []
+    try:
+        start_s = max(0.0, float(cues[best].get("start", 0.0)))  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        start_s = 0.0
+    return start_s, snippet, highlights
+
+
+def recording_search(
+    *,
+    user: User,
+    query: str,
+    owner_id: int | None = None,
+    offset: int = 0,
+    limit: int = 20,
+) -> tuple[list[RecordingSearchHit], int | None]:
+    """Search the redacted transcripts of the recordings ``user`` may see (their own
+    and their friends', never those of a user either of them blocked).
+
+    Every word of ``query`` must occur. On PostgreSQL this is full-text search
+    (English stemming and stop words, ``ts_rank`` relevance, served by the GIN index
+    of migration ``streams.0006``); elsewhere (SQLite) a plain case-insensitive
+    match at word starts, ranked by how often the words occur. Only the masked
+    text is searched (``Recording.transcript_text``): personal information never
+    reached the database, and masks themselves are not searchable.
+
+    Args:
+        owner_id: Only this user's recordings (``user`` or a friend; anyone else
+            gives no results).
+        offset: Results to skip (0 to :data:`SEARCH_MAX_OFFSET`).
+        limit: At most this many results (1 or more).
+
+    Returns:
+        The hits, best first, and the offset of the next page (None at the end).
+
+    Raises:
+        RecordingSearchError: an unusable query (see :func:`search_terms`) or offset.
+    """
+    terms = search_terms(query=query)
+    if not 0 <= offset <= SEARCH_MAX_OFFSET:
+        raise RecordingSearchError(f"Results can be paged up to {SEARCH_MAX_OFFSET} deep.")
+    limit = max(1, limit)
+    visible = (
+        recording_list_visible(user=user)
+        .exclude(owner_id__in=block_related_ids(user=user))
+        .exclude(transcript_text="")
+        .defer("peaks", "transcript_text")
+    )
+    if owner_id is not None:
+        visible = visible.filter(owner_id=owner_id)
+    page = list(_search_ranked(visible, terms)[offset : offset + limit + 1])
+    more = len(page) > limit
+    hits = []
+    for recording in page[:limit]:
+        cues = recording.transcript if isinstance(recording.transcript, list) else []
+        start_s, snippet, highlights = _search_moment(
+            [c for c in cues if isinstance(c, dict)], terms
+        )
+        hits.append(
+            RecordingSearchHit(
+                recording=recording,
+                rank=float(recording.rank),
+                start_s=start_s,
+                snippet=snippet,
+                highlights=highlights,
+            )
+        )
+    return hits, (offset + limit if more else None)
 
 
 def live_session_ended_visible_get(*, user: User, session_id: int) -> LiveSession | None:

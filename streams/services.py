@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import secrets
 import threading
 import time
@@ -926,10 +927,28 @@ def redaction_events_add(*, session_id: int, events: list[RedactionInput]) -> in
     return len(rows)
 
 
+_MASK = re.compile(r"\[[^\]]*\]")
+"""A transcript mask ("[phone number]", "[…]") or an ASR tag ("[Music]")."""
+
+
+def transcript_search_text(*, cues: list[dict[str, object]]) -> str:
+    """The searchable text of redacted transcript ``cues``: each cue's text, masks
+    removed and whitespace collapsed, one cue per line.
+
+    Only words the transcript shows in clear end up here; a mask is not something
+    that was said, so searching "phone number" does not find every bleeped number.
+    """
+    lines = (" ".join(_MASK.sub(" ", str(cue.get("text", ""))).split()) for cue in cues)
+    return "\n".join(line for line in lines if line)
+
+
 def recording_transcript_set(*, session_id: int, cues: list[dict[str, object]]) -> None:
     """Store the redacted transcript cues (``{"start", "end", "text"}``, seconds) on the
-    recording of session ``session_id`` (nothing if it has none)."""
-    Recording.objects.filter(session_id=session_id).update(transcript=cues)
+    recording of session ``session_id`` (nothing if it has none), and its searchable
+    text (:func:`transcript_search_text`)."""
+    Recording.objects.filter(session_id=session_id).update(
+        transcript=cues, transcript_text=transcript_search_text(cues=cues)
+    )
 
 
 # -- Upload & process ------------------------------------------------------------------

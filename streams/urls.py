@@ -6,6 +6,7 @@ from streams import views
 api_urlpatterns = [
     path("live", views.live_list, name="api_live_list"),
     path("recordings", views.recording_list, name="api_recording_list"),
+    path("recordings/search", views.recording_search, name="api_recording_search"),
     path("recordings/<id:recording_id>", views.recording_detail, name="api_recording_detail"),
     path("uploads", views.upload_create, name="api_upload_create"),
     path("uploads/<id:job_id>", views.upload_detail, name="api_upload_detail"),

@@ -171,15 +171,8 @@ def recording_list(request: HttpRequest) -> JsonResponse:
     400 for an owner who is neither you nor a friend, a bad cursor or a bad limit.
     """
     user = request.user
-    owner_id = _query_id(request, "owner")
-    if owner_id is not None and owner_id != user.id and owner_id not in friend_ids(user=user):
-        raise ApiError("You can only filter by yourself or one of your friends.")
-    raw_limit = request.GET.get("limit", "")
-    limit = settings.HEARTH["RECORDINGS_PAGE_SIZE"]
-    if raw_limit:
-        if not re.fullmatch(r"[0-9]{1,3}", raw_limit) or not 1 <= int(raw_limit) <= 100:
-            raise ApiError("limit must be a number from 1 to 100.")
-        limit = int(raw_limit)
+    owner_id = _query_owner(request)
+    limit = _query_limit(request)
     try:
         page, cursor = selectors.recording_page(
             user=user, owner_id=owner_id, before=request.GET.get("before") or None, limit=limit
@@ -189,6 +182,82 @@ def recording_list(request: HttpRequest) -> JsonResponse:
     return JsonResponse(
         {"recordings": [recording_json(r, viewer_id=user.id) for r in page], "next": cursor}
     )
+
+
+@api_view(("GET",))
+def recording_search(request: HttpRequest) -> JsonResponse:
+    """GET → ``{"results": [...], "next": cursor | null}``: own and friends'
+    recordings whose redacted transcript holds every word of ``q``, best first.
+
+    Each result: ``{"recording": <recording_json>, "start_s", "snippet",
+    "highlights": [[start, end], ...], "url"}``; ``url`` opens the recording's page
+    at ``start_s`` (``?t=``), the moment the words are heard; ``highlights`` are
+    character ranges of ``snippet`` (plain text, masks such as "[phone number]"
+    kept) that matched.
+
+    Query: ``q`` (1-100 characters, at most 8 words), ``owner`` and ``limit`` as
+    for the list, ``after`` (the ``next`` of the previous answer). 400 with a
+    message for an empty, long or unusable ``q`` and for bad parameters.
+    """
+    user = request.user
+    owner_id = _query_owner(request)
+    limit = _query_limit(request)
+    after = request.GET.get("after", "")
+    if after and not re.fullmatch(r"[0-9]{1,5}", after):
+        raise ApiError("Bad page cursor.")
+    try:
+        hits, next_offset = selectors.recording_search(
+            user=user,
+            query=request.GET.get("q", ""),
+            owner_id=owner_id,
+            offset=int(after or 0),
+            limit=limit,
+        )
+    except selectors.RecordingSearchError as exc:
+        raise ApiError(str(exc)) from exc
+    results = []
+    for hit in hits:
+        at = f"{hit.start_s:.1f}"
+        page_url = reverse("recording_page", args=[hit.recording.id])
+        results.append(
+            {
+                "recording": recording_json(hit.recording, viewer_id=user.id),
+                "start_s": round(hit.start_s, 2),
+                "snippet": hit.snippet,
+                "highlights": [list(span) for span in hit.highlights],
+                "url": f"{page_url}?t={at}" if hit.start_s > 0 else page_url,
+            }
+        )
+    return JsonResponse(
+        {"results": results, "next": str(next_offset) if next_offset is not None else None}
+    )
+
+
+def _query_limit(request: HttpRequest) -> int:
+    """Query parameter ``limit`` (1-100), default ``HEARTH["RECORDINGS_PAGE_SIZE"]``.
+
+    Raises:
+        ApiError: 400 when it is not a number in range.
+    """
+    raw_limit = request.GET.get("limit", "")
+    if not raw_limit:
+        return settings.HEARTH["RECORDINGS_PAGE_SIZE"]
+    if not re.fullmatch(r"[0-9]{1,3}", raw_limit) or not 1 <= int(raw_limit) <= 100:
+        raise ApiError("limit must be a number from 1 to 100.")
+    return int(raw_limit)
+
+
+def _query_owner(request: HttpRequest) -> int | None:
+    """Query parameter ``owner``: the requesting user's id or a friend's, or None.
+
+    Raises:
+        ApiError: 400 for a malformed id or anyone else's.
+    """
+    user = request.user
+    owner_id = _query_id(request, "owner")
+    if owner_id is not None and owner_id != user.id and owner_id not in friend_ids(user=user):
+        raise ApiError("You can only filter by yourself or one of your friends.")
+    return owner_id
 
 
 @api_view(("GET", "PATCH", "DELETE"))

@@ -1,8 +1,9 @@
 """Recordings in headless Debian Chromium (Playwright): a recording's own page
 (waveform drawn from the peaks, play, seek by clicking it, download named after the
-title, rename, delete), the list (pages, the friend filter, live updates when a
-friend goes live and when the recording is finalised and compressed) and the link
-to a broadcast that has ended. Any console error (CSP violations included) fails.
+title, found by transcript search and opened at that moment, rename, delete), the
+list (pages, the friend filter, live updates when a friend goes live and when the
+recording is finalised and compressed) and the link to a broadcast that has ended.
+Any console error (CSP violations included) fails.
 
 Same rules as tests/test_browser.py, whose fixtures and helpers this uses: daphne
 and Chromium inside a loopback-only network namespace, production settings for
@@ -84,6 +85,66 @@ def _ink(page: Page) -> float:
     )
 
 
+def _search_and_land(page: Page, base: str, recording_id: int, title: str) -> None:
+    """``page``'s user searches the recordings' transcripts for a word of the
+    recording's stored transcript, sees the hit, opens it at that moment, comes back
+    to the results and clears the search."""
+    from streams import services
+    from streams.models import Recording
+
+    cues = [
+        {"start": 0.3, "end": 2.9, "text": "And so, my fellow Americans,"},
+        {"start": 3.6, "end": 6.8, "text": "ask not what your country can do for you,"},
+        {"start": 7.3, "end": 10.6, "text": "ask what you can do for [place]."},
+    ]
+    _orm(
+        lambda: Recording.objects.filter(id=recording_id).update(
+            transcript=cues, transcript_text=services.transcript_search_text(cues=cues)
+        )
+    )
+    page.goto(f"{base}/recordings/")
+    expect(page.locator("#recordings-list .recording-item")).to_have_count(1)
+    box = page.get_by_label("Search transcripts")
+    box.fill("Country")  # typing searches by itself
+    result = page.locator("#search-results-list .search-result")
+    expect(result).to_have_count(1)
+    expect(page.locator("#recordings-all")).to_be_hidden()
+    expect(result.locator(".recording-title")).to_have_text(title)
+    expect(result.locator(".row-meta")).to_contain_text("alice")
+    expect(result.locator(".search-snippet mark")).to_have_text("country")
+    expect(result.locator(".search-snippet")).to_contain_text("[place]")
+    expect(result.locator(".search-play")).to_have_text("Play from 0:03")
+    expect(page).to_have_url(f"{base}/recordings/?q=Country")
+    test_browser._screenshot(page, "recordings-search")
+
+    # A masked place is not searchable; the words around it are.
+    box.fill("place")
+    expect(page.locator("#search-results-title")).to_have_text("No recording mentions “place”.")
+    expect(result).to_have_count(0)
+    box.fill("country")
+    expect(result).to_have_count(1)
+
+    result.locator(".recording-title a").click()
+    expect(page).to_have_url(f"{base}/recordings/{recording_id}/?t=3.6")
+    expect(page.locator("#recording-title")).to_have_text(title)
+    position = 0.0
+    for _ in range(50):  # the page's CSP forbids the eval wait_for_function needs
+        position = page.evaluate("document.getElementById('recording-audio').currentTime")
+        if position > 0:
+            break
+        page.wait_for_timeout(200)
+    assert abs(position - 3.6) < 0.2, f"the player is at {position} s, not 3.6 s"
+
+    # Back to the same results; Escape clears the search and shows the list again.
+    page.go_back()
+    expect(box).to_have_value("country")
+    expect(result).to_have_count(1)
+    box.press("Escape")
+    expect(page.locator("#recordings-all")).to_be_visible()
+    expect(page.locator("#search-results")).to_be_hidden()
+    expect(page).to_have_url(f"{base}/recordings/")
+
+
 def test_a_recording_page_plays_seeks_downloads_renames_and_deletes(
     server, noisy_jfk_wav: Path, settings, tmp_path: Path
 ) -> None:
@@ -155,6 +216,10 @@ def test_a_recording_page_plays_seeks_downloads_renames_and_deletes(
         download.save_as(saved)
         assert saved.read_bytes()[:4] == b"OggS"
         assert saved.stat().st_size == rec.size_bytes
+
+        # Bob finds it by a word of its (redacted) transcript and opens it there.
+        _search_and_land(bob, base, recording_id, rec.title)
+        bob.goto(f"{base}/recordings/{recording_id}/")
 
         # Alice renames it on its page; Bob's page follows without a reload.
         alice.goto(f"{base}/recordings/{recording_id}/")

@@ -561,6 +561,50 @@ async def test_delay_line_passes_only_what_the_analysis_cleared(workers) -> None
     assert (first, last) == (48_000, 62_400)
 
 
+async def test_a_delay_line_settles_before_its_tail_is_judged_and_taps_get_everything(
+    workers,
+) -> None:
+    # A delaying stage (1440 samples held, flushed at the end) tapped by an analysis
+    # that clears what it sees; the delay line waits for it at the end of the stream.
+    timeline = DecisionTimeline()
+    seen: list[AudioChunk] = []
+    tap_lengths_at_settle: list[int] = []
+
+    def analysis(item: Item) -> None:
+        if isinstance(item, AudioChunk):
+            seen.append(item)
+
+    async def settle() -> None:
+        tap_lengths_at_settle.append(sum(len(c.samples) for c in seen))
+        await asyncio.sleep(0.05)  # the analysis deciding, off the worker thread
+        for chunk in seen:
+            timeline.clear(start=chunk.pts, end=chunk.end_pts)
+
+    delay = DelayLine(timeline=timeline, delay_ticks=50 * BLOCK_SAMPLES, settle=settle)
+    out = CollectSink()
+    runner = GraphRunner(
+        Graph(
+            stages=[ProcessorStage(Delaying(1440)), delay],
+            sinks=[out],
+            taps={0: [CallbackSink(analysis, name="analysis", max_items=1000)]},
+        ),
+        TrackSource(ToneTrack(40)),  # 0.8 s, all of it still in the 1 s delay line
+        workers=workers,
+        name="settle",
+        max_lag_s=None,
+    )
+    await asyncio.wait_for(runner.run(), 30)
+    # Every sample, the stage's flushed 1440 included, reached the tap before settle.
+    assert tap_lengths_at_settle == [40 * BLOCK_SAMPLES]
+    audio = out.samples
+    assert len(audio) == 40 * BLOCK_SAMPLES
+    assert _rms(audio[1440:]) > 0.3  # decided during settle: passed, not muted
+    # Only the stage's pre-roll and flush padding, trimmed off the output, went
+    # undecided.
+    undecided = [(e.pts, e.end_pts) for e in out.events if e.kind == "redact"]
+    assert all(end <= 0 or start >= 40 * BLOCK_SAMPLES for start, end in undecided), undecided
+
+
 # -- encode once, forward to all --------------------------------------------------------------
 class CountingEncoder(OpusEncoder):
     def __init__(self) -> None:

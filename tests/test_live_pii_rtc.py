@@ -1,7 +1,9 @@
 """Bleeping personal information live, end to end with aiortc peers in this process:
 the broadcaster's page asks for it, a friend listens behind the delay line.
 
-A stalled speech-to-text branch must give muted audio, never raw; real speech with a
+A stalled speech-to-text branch must give muted audio, never raw, also in the
+recording's tail when the broadcast stops; a stop keeps the delay line's tail once it
+is checked (not muted); real speech with a
 phone number (espeak-ng + Whisper base) must leave no digit audible in the recording,
 captions must arrive masked, and the redactions must reach the audit trail.
 """
@@ -21,6 +23,7 @@ from channels.db import database_sync_to_async
 from bench._pii_corpus import espeak_available, speak
 from streams import pii_setup, rtc
 from streams.audio import load_audio, write_wav
+from streams.media import live_pii
 from streams.media.pii_analysis import PiiAnalyser
 from streams.models import Recording, RedactionEvent
 from tests.factories import befriend, make_user
@@ -100,6 +103,7 @@ class _Stalled:
 
 async def test_a_stalled_analysis_mutes_the_live_audio(monkeypatch, noisy_jfk_wav: Path) -> None:
     words = _Stalled()
+    monkeypatch.setattr(live_pii, "DRAIN_MARGIN_S", 1.0)  # the stop waits D + 1 s for it
     monkeypatch.setattr(
         rtc,
         "build_analyser",
@@ -118,11 +122,67 @@ async def test_a_stalled_analysis_mutes_the_live_audio(monkeypatch, noisy_jfk_wa
         heard = sink.samples
         assert len(heard) > 48_000 and not heard.any(), "raw audio reached the listener"
         await sink.stop()
+        # Stopped while the analysis is still stuck: the stop waits for it only so long
+        # (D + the margin), and the delay line's tail reaches the recording muted.
+        await a.send_json_to({"type": "broadcast.stop"})
+        ended = await expect_matching(a, "broadcast.ended", timeout=WAIT_S)
     finally:
         words.release.set()
         if player is not None and player.audio is not None:
             player.audio.stop()
         await close_all(pcs, [a, b])
+    recording = await database_sync_to_async(Recording.objects.get)(id=ended["recording_id"])
+    audio = load_audio(Path(recording.file.path))
+    assert len(audio) > 2 * 48_000 and not audio.any(), "raw audio reached the recording"
+
+
+class _HearsNothing:
+    """Speech-to-text that finds no words: everything it is given is cleared."""
+
+    name = "nothing"
+
+    def transcribe(self, samples, pts):
+        return []
+
+
+async def test_a_stop_keeps_the_checked_tail_of_the_delay_line(
+    monkeypatch, noisy_jfk_wav: Path
+) -> None:
+    monkeypatch.setattr(
+        rtc,
+        "build_analyser",
+        lambda timeline, **_: PiiAnalyser(_HearsNothing(), pii_setup.detector(), timeline),
+    )
+    alice, bob = await _people()
+    a, b = await connected(alice), await connected(bob)
+    pcs: list[Any] = []
+    player = None
+    try:
+        _, sink, player = await _broadcast(a, b, noisy_jfk_wav, bleep="tone", delay_s=2.0, pcs=pcs)
+        # Speech has reached the listener for a while (well into the speech): stop.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + WAIT_S
+        while len(sink.samples) < 2 * 48_000 or not np.abs(sink.samples).max() > 0.01:
+            assert loop.time() < deadline, "no speech reached the listener"
+            await asyncio.sleep(0.1)
+        await a.send_json_to({"type": "broadcast.stop"})
+        ended = await expect_matching(a, "broadcast.ended", timeout=WAIT_S)
+        await sink.stop()
+    finally:
+        if player is not None and player.audio is not None:
+            player.audio.stop()
+        await close_all(pcs, [a, b])
+    recording = await database_sync_to_async(Recording.objects.get)(id=ended["recording_id"])
+    audio = load_audio(Path(recording.file.path))
+    # The last 2 s were still in the delay line at the stop: the analysis decided them
+    # (clear) before they left, so they are the speech, not silence.
+    tail = audio[-2 * 48_000 :]
+    assert len(audio) > 2.5 * 48_000
+    assert np.sqrt(np.mean(tail**2)) > 0.01, "the delay line's tail was muted at the stop"
+    muted = await database_sync_to_async(
+        lambda: list(RedactionEvent.objects.filter(recording=recording, entity="UNKNOWN"))
+    )()
+    assert all(r.end_s < recording.duration_s - 2.0 for r in muted), muted
 
 
 @pytest.mark.skipif(not espeak_available(), reason="needs Debian espeak-ng (.ci/dev installs it)")

@@ -214,6 +214,19 @@ def test_go_live_shows_own_active_session(client, alice):
     assert active["started_at"] == session.started_at.isoformat()
 
 
+def test_go_live_offers_bleeping_with_the_servers_delays(client, alice, settings):
+    settings.HEARTH = {**settings.HEARTH, "PII_LIVE": True, "PII_DELAY_S": 4.0}
+    client.force_login(alice)
+    html = client.get(reverse("go_live")).content.decode()
+    assert 'id="bleep"' in html
+    delays = re.findall(r'<option value="([0-9.]+)"( selected)?>\1 seconds</option>', html)
+    assert delays == [("2", ""), ("3", ""), ("4", " selected"), ("5", ""), ("10", "")]
+
+    settings.HEARTH = {**settings.HEARTH, "PII_LIVE": False}
+    html = client.get(reverse("go_live")).content.decode()
+    assert 'id="bleep"' not in html and 'id="bleep-delay"' not in html
+
+
 # --- Listen page ---------------------------------------------------------------------
 
 

@@ -37,6 +37,7 @@ const page = () => ({
   title: $("live-title"),
   bleep: $("bleep"),
   bleepSound: $("bleep-sound"),
+  bleepDelay: $("bleep-delay"),
   piiStatus: $("pii-status"),
   mute: $("live-mute"),
   listenersPanel: $("listeners-panel"),
@@ -120,9 +121,9 @@ function setState(next, { message = "", error = "" } = {}) {
   // Denoise can be switched while live (the server applies it), not mid-transition.
   els.denoise.disabled = next === "connecting" || next === "stopping";
   els.title.disabled = broadcasting;
-  els.bleep.disabled = broadcasting;
-  els.bleepSound.disabled = broadcasting;
-  if (!broadcasting) showMessage(els.piiStatus, "");
+  // Bleeping is chosen before going live (absent where the server turned it off).
+  for (const el of [els.bleep, els.bleepSound, els.bleepDelay]) if (el) el.disabled = broadcasting;
+  if (!broadcasting && els.piiStatus) showMessage(els.piiStatus, "");
   els.mute.hidden = next !== "live";
   els.listenersPanel.hidden = next !== "live";
   if (next !== "live") {
@@ -429,7 +430,9 @@ async function start() {
         sdp,
         denoise: els.denoise.checked,
         title: els.title.value.trim(),
-        bleep: els.bleep.checked ? els.bleepSound.value : false,
+        ...(els.bleep?.checked
+          ? { bleep: els.bleepSound.value, delay_s: Number(els.bleepDelay.value) }
+          : { bleep: false }),
       },
       "broadcast.answer",
       { timeout: 20_000 },
@@ -479,7 +482,7 @@ socket.on("session.stats", (msg) => {
   if (msg.session_id !== sessionId) return;
   showListeners(msg.listeners);
   const pii = msg.pii;
-  if (pii && state === "live") {
+  if (pii && state === "live" && els.piiStatus) {
     // Fail closed, in the open: say when audio was muted because it could not be checked.
     const parts = [`Friends hear you ${pii.delay_s} s late.`];
     if (pii.redacted_s > 0) parts.push(`${pii.redacted_s} s bleeped so far.`);

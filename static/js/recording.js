@@ -1,6 +1,7 @@
 // One recording's page: waveform (precomputed peaks on a canvas) with click-to-seek,
-// play/pause, download, and rename/delete for the owner. Refreshes itself on
-// "recordings.changed" (a rename elsewhere, or the file compressed after the end).
+// play/pause, download, and rename/delete for the owner; ?t=seconds starts there.
+// Refreshes itself on "recordings.changed" (a rename elsewhere, or the file
+// compressed after the end).
 import { api, errorMessage } from "./api.js";
 import { pageSocket } from "./nav.js";
 import { formatDuration, h, readJson, showMessage } from "./ui.js";
@@ -219,3 +220,17 @@ socket.onState((state, { reconnected }) => {
   if (reconnected) refresh();
 });
 render();
+
+// Opened from a transcript search result (?t=seconds): the player starts at that
+// moment (it does not play by itself; autoplay is the browser's call).
+const startAt = Number(new URLSearchParams(window.location.search).get("t"));
+if (Number.isFinite(startAt) && startAt > 0 && !els.player.hidden) {
+  const seek = () => {
+    const end = Number.isFinite(els.audio.duration) ? els.audio.duration : startAt;
+    els.audio.currentTime = Math.min(startAt, end);
+    waveform.draw();
+  };
+  if (els.audio.readyState >= 1) seek();
+  else els.audio.addEventListener("loadedmetadata", seek, { once: true });
+  els.status.textContent = `Ready to play from ${formatDuration(startAt)}.`;
+}

@@ -4,6 +4,10 @@
 // DELETE). The list refreshes on "recordings.changed" and when a friend goes live
 // or stops ("live"), without interrupting a playing item. Times are the server's
 // labels (one format everywhere, see streams/when.py).
+// The search box searches the redacted transcripts (GET /api/recordings/search): the
+// results replace the list until the box is cleared; each links to its recording's
+// page at the moment the words are heard (?t=seconds). The query is kept in the
+// address (?q=), so Back from a recording returns to the same results.
 import { api, errorMessage } from "./api.js";
 import { pageSocket } from "./nav.js";
 import { formatDuration, h, readJson, showMessage, shownName } from "./ui.js";
@@ -18,6 +22,13 @@ const els = {
   status: $("recordings-status"),
   owner: $("recordings-owner"),
   more: $("recordings-more"),
+  all: $("recordings-all"),
+  searchForm: $("recordings-search-form"),
+  search: $("recordings-search"),
+  results: $("search-results"),
+  resultsTitle: $("search-results-title"),
+  resultsList: $("search-results-list"),
+  searchMore: $("search-more"),
 };
 
 const PAGE = 20;
@@ -291,18 +302,156 @@ async function remove(item, button) {
   }
 }
 
+// --- Transcript search ---------------------------------------------------------------
+
+const SEARCH_MAX = 100; // characters, as the server allows
+let searched = ""; // the query whose results are shown ("" : the list is shown)
+let searchNext = null; // cursor of the next page of results
+let searchSeq = 0;
+let searchTimer = null;
+
+function searchUrl(q, extra = {}) {
+  const params = new URLSearchParams({ q });
+  if (els.owner.value) params.set("owner", els.owner.value);
+  for (const [key, value] of Object.entries(extra)) params.set(key, value);
+  return `/api/recordings/search?${params}`;
+}
+
+/** The snippet as text nodes, the matched words in <mark> (never parsed as HTML). */
+function snippetNodes(snippet, highlights) {
+  const nodes = [];
+  let at = 0;
+  for (const [start, end] of highlights || []) {
+    if (start < at || end > snippet.length) continue;
+    nodes.push(snippet.slice(at, start), h("mark", {}, snippet.slice(start, end)));
+    at = end;
+  }
+  nodes.push(snippet.slice(at));
+  return nodes.filter((node) => node !== "");
+}
+
+function resultItem(result) {
+  const rec = result.recording;
+  const title = rec.title || "Untitled";
+  return h(
+    "li",
+    { class: "recording-item card search-result", dataset: { recordingId: rec.id } },
+    h("h3", { class: "recording-title" }, h("a", { href: result.url, class: "recording-link" }, title)),
+    h(
+      "p",
+      { class: "row-meta" },
+      rec.is_owner ? "You" : rec.owner.username,
+      " · ",
+      h("time", { datetime: rec.started_at }, rec.started_label),
+    ),
+    h("p", { class: "search-snippet" }, ...snippetNodes(result.snippet, result.highlights)),
+    h(
+      "a",
+      { href: result.url, class: "btn btn-small search-play", "aria-label": `Play ${title} from ${formatDuration(result.start_s)}` },
+      `Play from ${formatDuration(result.start_s)}`,
+    ),
+  );
+}
+
+function showSearch(on) {
+  els.results.hidden = !on;
+  els.all.hidden = on;
+  if (on) for (const item of items.values()) item.parts.audio?.pause();
+}
+
+function keepInAddress(q) {
+  const url = new URL(window.location.href);
+  if (q) url.searchParams.set("q", q);
+  else url.searchParams.delete("q");
+  window.history.replaceState(window.history.state, "", url);
+}
+
+async function search(q, { more = false } = {}) {
+  q = q.trim();
+  const seq = ++searchSeq;
+  if (!q) {
+    searched = "";
+    searchNext = null;
+    keepInAddress("");
+    showMessage(els.error, "");
+    els.search.removeAttribute("aria-invalid");
+    showSearch(false);
+    return;
+  }
+  if (q.length > SEARCH_MAX) {
+    els.search.setAttribute("aria-invalid", "true");
+    showMessage(els.error, `Search for at most ${SEARCH_MAX} characters at a time.`);
+    return;
+  }
+  els.searchMore.disabled = true;
+  try {
+    const data = await api(searchUrl(q, more && searchNext ? { after: searchNext } : {}));
+    if (seq !== searchSeq) return;
+    showMessage(els.error, "");
+    els.search.removeAttribute("aria-invalid");
+    searched = q;
+    searchNext = data.next;
+    keepInAddress(q);
+    const nodes = data.results.map(resultItem);
+    if (more) els.resultsList.append(...nodes);
+    else els.resultsList.replaceChildren(...nodes);
+    const shown = els.resultsList.children.length;
+    els.resultsTitle.textContent = shown
+      ? `Recordings that mention “${q}”`
+      : `No recording mentions “${q}”.`;
+    els.status.textContent = shown
+      ? `${shown}${searchNext ? " or more" : ""} recording${shown === 1 ? "" : "s"} found.`
+      : "No recordings found.";
+    els.searchMore.hidden = !searchNext;
+    showSearch(true);
+  } catch (error) {
+    if (seq !== searchSeq) return;
+    if (error.status === 400) els.search.setAttribute("aria-invalid", "true");
+    showMessage(els.error, `Couldn't search: ${errorMessage(error)}`);
+  } finally {
+    els.searchMore.disabled = false;
+  }
+}
+
+els.searchForm.addEventListener("submit", (event) => {
+  event.preventDefault();
+  clearTimeout(searchTimer);
+  search(els.search.value);
+});
+els.search.addEventListener("input", () => {
+  clearTimeout(searchTimer);
+  searchTimer = setTimeout(() => search(els.search.value), 350);
+});
+els.search.addEventListener("keydown", (event) => {
+  if (event.key === "Escape" && els.search.value) {
+    els.search.value = "";
+    clearTimeout(searchTimer);
+    search("");
+  }
+});
+els.searchMore.addEventListener("click", () => search(searched, { more: true }));
+
 els.owner.addEventListener("change", () => {
   for (const item of items.values()) item.parts.audio?.pause();
   items.clear();
   els.list.replaceChildren();
   next = null;
   load();
+  if (searched) search(searched);
 });
 els.more.addEventListener("click", loadMore);
-socket.on("recordings.changed", () => load());
+socket.on("recordings.changed", () => {
+  load();
+  if (searched) search(searched);
+});
 socket.on("live", () => load());
 socket.on("friends.changed", () => refreshOwners().then(load));
 socket.onState((connState, { reconnected }) => {
   if (reconnected) load();
 });
 load();
+const initialQuery = new URLSearchParams(window.location.search).get("q");
+if (initialQuery) {
+  els.search.value = initialQuery.slice(0, SEARCH_MAX);
+  search(els.search.value);
+}

@@ -816,10 +816,21 @@ class GraphRunner:
         return [*self._queues, *(q for qs in self._tap_queues.values() for q in qs)]
 
     async def _flush(self, after_pts: int) -> None:
-        """End of stream: each stage's held content, through the stages after it."""
+        """End of stream: each stage's held content, through the stages after it (and
+        to the stage's own taps). A stage that asks to wait first
+        (:meth:`Stage.before_flush`) is awaited once the taps before it have drained."""
         for index, stage in enumerate(self.graph.stages):
             if index in self.stage_failed:
                 continue
+            waiting = stage.before_flush()
+            if waiting is not None:
+                await self._taps_drain(before=index)
+                try:
+                    await waiting
+                except Exception:
+                    logger.exception(
+                        "stage %s of %s: wait before flush failed", stage.name, self.name
+                    )
             worker = self._worker_now()
             pts = after_pts - sum(s.latency_ticks() for s in self.graph.stages[:index])
             try:
@@ -834,7 +845,18 @@ class GraphRunner:
                 continue
             if held:
                 result = await self._run_blocks(index + 1, held, False)
+                if index in self.graph.taps:  # the tap reads this stage's output
+                    result.taps[index] = list(held)
                 self._deliver(result, count_blocks=False)
+
+    async def _taps_drain(self, *, before: int) -> None:
+        """End the taps of stages ``< before`` (flushed: nothing more comes to them)
+        and wait until their sinks have taken every item."""
+        queues = [q for index, qs in self._tap_queues.items() if index < before for q in qs]
+        for queue in queues:
+            queue.finish()
+        with contextlib.suppress(Exception):
+            await asyncio.gather(*(q.task for q in queues))
 
     def stop(self) -> None:
         """Stop reading the source now (a pending read is cancelled: a track that never

@@ -9,7 +9,10 @@ The analysis thread reads the processed audio and posts *clear*/*redact* decisio
 on the timeline; the delay line lets audio out ``D`` seconds later, judged by the
 timeline at that moment: cleared audio passes, redacted audio is bleeped (or
 silenced), and audio still undecided — the analysis fell behind, stalled or failed —
-is muted. Nothing raw leaves unchecked: that is the fail-closed rule.
+is muted. Nothing raw leaves unchecked: that is the fail-closed rule. When the
+broadcast stops, the last ``D`` seconds still held wait (up to ``drain_s``, on the
+event loop without blocking it) for the analysis to finish, then leave judged the
+same way, so the recording keeps the tail with its bleeps instead of muting it.
 
 What left the delay line also drives the rest, so listeners and the audit only ever
 see what was decided: captions (:meth:`LivePii.captions_due`) are built from words
@@ -22,6 +25,8 @@ Imports nothing from Django.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,6 +40,13 @@ from streams.media.timeline import DecisionTimeline, DelayLine, Redactor, bleep,
 
 UNCHECKED_MASK = "[…]"
 """Caption text for words whose audio left the delay line undecided (muted)."""
+
+DRAIN_MARGIN_S = 4.0
+"""Seconds beyond ``D`` a stop waits for the analysis to decide the delay line's tail:
+about two analysis windows of Whisper base on a loaded 2-core machine (one window
+~0.6-1.5 CPU-s, see the README's figures)."""
+
+logger = logging.getLogger("hearth.media.pii")
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,9 +79,13 @@ class LivePii:
         bleep_tone: True: redacted ranges become a 1 kHz tone; False: silence.
         max_queue_s: Audio the analysis may fall behind before its oldest queued
             blocks are dropped (that audio stays undecided, hence muted).
+        drain_s: At the end of the stream (a stop), how long the delay line's tail
+            waits for the analysis to finish deciding it; default ``delay_s`` +
+            :data:`DRAIN_MARGIN_S` (the tail is at most D seconds of audio, plus the
+            analysis's own backlog and last window). Still undecided then: muted.
 
     Raises:
-        ValueError: ``delay_s`` is not positive.
+        ValueError: ``delay_s`` is not positive, or ``drain_s`` is negative.
     """
 
     def __init__(
@@ -79,16 +95,24 @@ class LivePii:
         delay_s: float,
         bleep_tone: bool,
         max_queue_s: float = 30.0,
+        drain_s: float | None = None,
     ) -> None:
         if delay_s <= 0:
             raise ValueError(f"delay_s must be positive, got {delay_s}")
+        if drain_s is not None and drain_s < 0:
+            raise ValueError(f"drain_s must be >= 0, got {drain_s}")
         self.delay_s = delay_s
+        self.drain_s = delay_s + DRAIN_MARGIN_S if drain_s is None else drain_s
+        self.drain_timed_out = False  # the analysis had not finished when the tail left
         self.timeline = DecisionTimeline()
         self.analyser = analyser_factory(self.timeline)
         self.threaded = ThreadedPiiAnalyser(self.analyser, max_chunks=int(max_queue_s * 50))
         redactor: Redactor = bleep() if bleep_tone else mute
         self.delay = DelayLine(
-            timeline=self.timeline, delay_ticks=round(delay_s * SAMPLE_RATE), redactor=redactor
+            timeline=self.timeline,
+            delay_ticks=round(delay_s * SAMPLE_RATE),
+            redactor=redactor,
+            settle=self._settle,
         )
         self._lock = threading.Lock()
         self.released_start: int | None = None  # tick of the first audio that left
@@ -98,6 +122,24 @@ class LivePii:
         self.redacted_ticks = 0
         self.muted_ticks = 0
         self._captioned_until = -(1 << 62)  # words ending before this were captioned
+
+    async def _settle(self) -> None:
+        """End of stream (the delay line's ``settle``): tell the analysis the stream
+        ended and wait, polling on the loop, until it has finished or ``drain_s``
+        passed. Fail closed: a timeout only means the undecided rest is muted."""
+        self.threaded.end()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.drain_s
+        while not self.threaded.finished.is_set():
+            if loop.time() >= deadline:
+                self.drain_timed_out = True
+                logger.warning(
+                    "PII analysis did not finish within %.1f s of the stop; "
+                    "the undecided tail is muted",
+                    self.drain_s,
+                )
+                return
+            await asyncio.sleep(0.02)
 
     # -- wiring ----------------------------------------------------------------------
     def stages(self) -> list[Stage]:

@@ -381,25 +381,32 @@ class ThreadedPiiAnalyser:
     :meth:`submit` is called from the event loop (e.g. by a tap's
     :class:`~streams.media.sinks.CallbackSink`); chunks queue up to ``max_chunks``
     (then the oldest are dropped: that audio stays undecided, so the delay line mutes
-    it). :meth:`close` drains the queue and finishes the analysis.
+    it). :meth:`end` marks the end of the stream (the queue is then drained and the
+    analysis finished; :attr:`finished` is set once it is); :meth:`close` also waits.
 
     Args:
         analyser: The analyser it owns.
         max_chunks: Queue bound (default 1500 blocks = 30 s of 20 ms blocks).
+
+    Attributes:
+        finished: Set when the thread is done: everything queued before :meth:`end`
+            was analysed and :meth:`PiiAnalyser.finish` ran (or the analysis failed).
     """
 
     def __init__(self, analyser: PiiAnalyser, *, max_chunks: int = 1500) -> None:
         self.analyser = analyser
         self.dropped = 0
         self.failed = ""
+        self.finished = threading.Event()
         self._queue: queue.Queue[AudioChunk | None] = queue.Queue()
         self._max = max_chunks
+        self._ended = False
         self._thread = threading.Thread(target=self._loop, name="pii-analysis", daemon=True)
         self._thread.start()
 
     def submit(self, item: Item) -> None:
-        """Queue an audio chunk (other items are ignored)."""
-        if not isinstance(item, AudioChunk):
+        """Queue an audio chunk (other items, and anything after :meth:`end`, are ignored)."""
+        if not isinstance(item, AudioChunk) or self._ended:
             return
         if self._queue.qsize() >= self._max:
             try:
@@ -409,12 +416,25 @@ class ThreadedPiiAnalyser:
                 pass
         self._queue.put(item)
 
+    def end(self) -> None:
+        """End of the stream: analyse what is queued, finish, stop (returns at once;
+        idempotent; chunks submitted later are ignored)."""
+        if not self._ended:
+            self._ended = True
+            self._queue.put(None)
+
     def close(self, timeout: float | None = None) -> None:
-        """Finish the queued audio and the analysis, then stop the thread."""
-        self._queue.put(None)
+        """:meth:`end`, then wait up to ``timeout`` seconds for the thread to stop."""
+        self.end()
         self._thread.join(timeout)
 
     def _loop(self) -> None:
+        try:
+            self._analyse()
+        finally:
+            self.finished.set()
+
+    def _analyse(self) -> None:
         while True:
             chunk = self._queue.get()
             if chunk is None:

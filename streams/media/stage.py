@@ -13,6 +13,7 @@ states what leaves in place of its output when it cannot produce it
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Awaitable
 
 import numpy as np
 
@@ -73,6 +74,18 @@ class Stage(ABC):
             failed_closed=True,
         )
         return [out]
+
+    def before_flush(self) -> Awaitable[None] | None:
+        """End of stream, before :meth:`flush`: something for the runner to await on
+        the event loop first, or None (the default) to flush at once.
+
+        For a stage whose held output depends on work elsewhere: a live delay line
+        lets its analysis decide the tail. The runner has flushed the stages before
+        this one and drained their taps when it awaits. The awaitable must bound its
+        own wait and never block the loop; an error it raises is logged and the
+        stage is flushed anyway (its usual judgement then applies).
+        """
+        return None
 
     def flush(self, *, after_pts: int, block_samples: int) -> list[Item]:
         """End of stream: emit what the stage still holds (default: nothing).

@@ -18,7 +18,7 @@ import enum
 import itertools
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -192,13 +192,18 @@ class DelayLine(Stage):
     muted whatever the redactor. Both are reported as ``Event("redact", ...)`` items with
     ``data={"verdict": ..., "label": ..., "confidence": ..., "source": ...}``.
     At the end of the stream (:meth:`flush`) everything held leaves, judged the same
-    way. Content timestamps are kept (the delay is wall-clock, not content).
+    way; with ``settle``, the runner first awaits it (:meth:`before_flush`), so a live
+    analysis can decide the held tail instead of it being muted as undecided.
+    Content timestamps are kept (the delay is wall-clock, not content).
 
     Args:
         timeline: Where analysis posts its decisions.
         delay_ticks: Hold time in ticks (e.g. ``3 * 48000`` for 3 s at 48 kHz).
         redactor: Replacement for redacted/unknown pieces.
         prune: Forget timeline entries older than what has left (default True).
+        settle: Called at the end of the stream, before the tail is judged: returns
+            an awaitable that finishes once the analysis has decided what it can
+            (it bounds its own wait; whatever is still undecided is then muted).
     """
 
     name = "delay"
@@ -211,14 +216,22 @@ class DelayLine(Stage):
         delay_ticks: int,
         redactor: Redactor = mute,
         prune: bool = True,
+        settle: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         if delay_ticks < 0:
             raise ValueError(f"delay_ticks must be >= 0, got {delay_ticks}")
         self.timeline = timeline
         self.delay_ticks = delay_ticks
         self.redactor = redactor
+        self.settle = settle
         self._prune = prune
         self._held: deque[AudioChunk] = deque()
+
+    def before_flush(self) -> Awaitable[None] | None:
+        """``settle()`` when given and audio is held (see the class doc), else None."""
+        if self.settle is None or not self._held:
+            return None
+        return self.settle()
 
     def latency_ticks(self) -> int:
         """0: content timestamps are kept; the wall-clock delay is ``delay_ticks``."""
