@@ -22,6 +22,7 @@ from tests.test_browser import (
     _befriend,
     _launch,
     _orm,
+    _screenshot,
     _sign_up,
     _watch_console,
     server,  # noqa: F401  (the fixture)
@@ -84,6 +85,8 @@ def test_navigating_while_live_keeps_the_broadcast_and_one_recording(
             assert alice.title().startswith("● Live · ")
             assert alice.evaluate("window.hearthBroadcaster.pc.connectionState") == "connected"
             assert _audio_level(bob) > 0.01, f"bob hears nothing after alice opened {name}"
+            if path == "/recordings/":
+                _screenshot(alice, "live-bar-broadcasting")
             alice.wait_for_timeout(1500)
         expect(bob.locator("#listen-status")).to_have_attribute("data-state", "live")
 
@@ -264,6 +267,8 @@ def test_a_listen_lives_in_the_bar_across_pages_and_ends_there(
             assert bob.evaluate("window.hearthListener.pc === window.firstPc")
             assert _audio_level(bob) > 0.01, f"bob hears nothing on {name}"
             assert bob.evaluate(LIVE_PLAYERS) == 1, "a second live player"
+            if path == "/recordings/":
+                _screenshot(bob, "live-bar-listening")
             bob.wait_for_timeout(1000)
 
         # The socket drops under the bar: it says so and resumes by itself.
