@@ -20,6 +20,8 @@ from streams.recording import (
     wav_repair,
 )
 
+pytestmark = pytest.mark.backend_free
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -105,8 +107,6 @@ import numpy as np
 from pathlib import Path
 from streams.recording import WavRecorder
 from tests.test_recording import ramp
-
-pytestmark = pytest.mark.backend_free
 
 recorder = WavRecorder(Path(sys.argv[1]), flush_interval_s=0.25)
 reported = 0
