@@ -32,19 +32,27 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from streams.audio import samples_to_frame
 from streams.media.graph import QueuePolicy, Sink
-from streams.media.items import AUDIO_TIME_BASE, SAMPLE_RATE, AudioChunk, EncodedPacket, Item
+from streams.media.items import (
+    AUDIO_TIME_BASE,
+    SAMPLE_RATE,
+    AudioChunk,
+    EncodedPacket,
+    Item,
+    MediaItem,
+    VideoFrame,
+)
 from streams.media.metrics import MediaMetrics
 
 logger = logging.getLogger("hearth.media")
 
 
 class Encoder(Protocol):
-    """A shared encoder: chunks in, packets out (one thread at a time)."""
+    """A shared encoder: chunks (or video frames) in, packets out (one thread at a time)."""
 
     kind: str
 
-    def encode(self, chunk: AudioChunk, *, keyframe: bool = False) -> list[av.Packet]:
-        """Encode one chunk; the packets carry ``pts``/``time_base``."""
+    def encode(self, chunk: Any, *, keyframe: bool = False) -> list[av.Packet]:
+        """Encode one chunk or frame; the packets carry ``pts``/``time_base``."""
         ...
 
     def close(self) -> None:
@@ -122,6 +130,10 @@ class RelayTrack(MediaStreamTrack):
         """Queue one item (event-loop thread)."""
         if len(self._queue) == self._queue.maxlen:
             self.dropped += 1
+            if self.kind == "video":
+                # A dropped video packet breaks the decoder's reference chain until
+                # the next keyframe: ask for one now.
+                self._relay.request_keyframe()
         self._queue.append((item, published))
         self._ready.set()
 
@@ -215,13 +227,16 @@ class Relay:
         """
         sender._send_keyframe = self.request_keyframe
 
-    async def publish(self, chunk: AudioChunk) -> None:
-        """Encode ``chunk`` once (in the executor) and queue it on every live track."""
+    async def publish(self, chunk: MediaItem) -> None:
+        """Encode ``chunk`` (an audio chunk, or a video frame for a video relay) once,
+        in the executor, and queue its packets on every live track."""
         tracks = [t for t in self.tracks if t.readyState == "live"]
         if not tracks:
             return
         now = time.monotonic()
         if self.per_listener:
+            if isinstance(chunk, VideoFrame):
+                raise TypeError("a per-listener relay carries audio only")
             for track in tracks:
                 track.push(chunk, now)
             return
@@ -241,7 +256,7 @@ class Relay:
                 time_base=packet.time_base,
                 produced=produced,
                 arrived=chunk.arrived,
-                keyframe=keyframe or self.kind == "audio",
+                keyframe=self.kind == "audio" or bool(packet.is_keyframe),
             )
             for track in tracks:
                 track.push(item, produced)
