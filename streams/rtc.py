@@ -31,7 +31,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
+from aiortc import (
+    RTCConfiguration,
+    RTCIceServer,
+    RTCPeerConnection,
+    RTCRtpSender,
+    RTCSessionDescription,
+)
 from aiortc.jitterbuffer import JitterBuffer
 from channels.db import database_sync_to_async
 from channels.layers import InMemoryChannelLayer, get_channel_layer
@@ -163,8 +169,6 @@ def _vp8_only(transceiver: Any) -> None:
     Raises:
         SignalingError: the listener's offer has no VP8.
     """
-    from aiortc import RTCRtpSender
-
     codecs = [
         codec
         for codec in RTCRtpSender.getCapabilities("video").codecs
@@ -415,9 +419,15 @@ class BroadcastRoom:
             deadline_s=settings.HEARTH["PROCESS_DEADLINE_S"],
             max_lag_s=settings.HEARTH["VIDEO_STALE_S"],
             metrics=self.video_metrics,
-            on_event=self._on_event,
+            on_event=self._on_video_event,
         )
         self._video_task = asyncio.ensure_future(self.video_runner.run())
+
+    def _on_video_event(self, event: Event) -> None:
+        """The camera graph's events (never the audio's PII branch): a detector that
+        stalled is logged; its frames leave fully blurred and are counted."""
+        if event.kind == "stage.failed":
+            logger.error("session %s: camera %s failed closed", self.session_id, event.data)
 
     def video_stats(self) -> dict[str, Any] | None:
         """The camera's figures for the broadcaster's page, or None without a camera:

@@ -256,3 +256,46 @@ async def test_blur_switches_must_be_booleans() -> None:
     error = await expect(a, "error")
     assert error["ref"] == "broadcast.start" and "blur_faces" in error["message"]
     await close_all([pc], [a])
+
+
+@pytest.mark.django_db(transaction=False)
+async def test_a_video_track_starts_at_a_keyframe_and_resyncs_after_overflow() -> None:
+    from streams.media.items import VideoFrame
+    from streams.media.metrics import MediaMetrics
+    from streams.media.relay import Relay
+    from streams.media.video_live import RTP_VIDEO_TIME_BASE, Vp8Encoder
+    from streams.media.workers import Workers
+
+    workers = Workers(load_threads=1, io_threads=1, encode_threads=1)
+    relay = Relay(encoder=Vp8Encoder(), executor=workers.encode, metrics=MediaMetrics())
+    crops = pan_frames(frames=40, width=320, height=240, top=TOP, step=PAN_STEP)
+
+    def frame(index: int) -> VideoFrame:
+        return VideoFrame(
+            image=crops[index], pts=index * 6000, time_base=RTP_VIDEO_TIME_BASE, arrived=0.0
+        )
+
+    try:
+        early = relay.subscribe()  # asks for a keyframe: the first frame is one
+        await relay.publish(frame(0))
+        await relay.publish(frame(1))
+        first = await early.recv()
+        assert first.is_keyframe and first.pts == 0
+        assert not (await early.recv()).is_keyframe
+        late = relay.subscribe()  # joins mid-stream: the next frame is a keyframe
+        await relay.publish(frame(2))
+        assert (await late.recv()).is_keyframe
+        assert relay.packets_encoded == 3
+        early.stop()
+        # A reader that falls behind by more than its queue loses its queue and gets
+        # nothing until the keyframe it asked for.
+        overflow = 3 + late._queue.maxlen
+        for index in range(3, overflow + 1):
+            await relay.publish(frame(index))
+        assert len(late._queue) == 0 and late.dropped == late._queue.maxlen
+        await relay.publish(frame(overflow + 1))
+        resumed = await late.recv()
+        assert resumed.is_keyframe and resumed.pts == (overflow + 1) * 6000
+    finally:
+        relay.close()
+        workers.shutdown()
