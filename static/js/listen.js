@@ -1,10 +1,13 @@
-// Listen to a friend's live session: a receive-only WebRTC connection to the server,
+// Listen to (and watch) a friend's live session: a receive-only WebRTC connection to the server,
 // signalled on the page's WebSocket. States: idle, connecting, live, reconnecting,
 // ended, error. The hidden <audio> is only the sink: the page's own player has the
 // one Listen / Stop button, a "Live" light that is on while audio plays, the time
 // since the broadcast began and a volume slider. Opened from a Listen link
 // (?autoplay=1) it starts at once; should the browser refuse to play without a
-// click, "Click to play" is the one thing left to press.
+// click, "Click to play" is the one thing left to press. A broadcast with a camera also
+// sends its video (faces and plates already blurred on the server): it plays in a muted
+// <video> beside the audio sink, both tracks of one stream, so the browser keeps them in
+// sync.
 import { api, errorMessage } from "./api.js";
 import { onPreempt } from "./playback.js";
 import { pageSignal, pageSocket } from "./nav.js";
@@ -19,6 +22,7 @@ const els = {
   status: $("listen-status"),
   error: $("listen-error"),
   audio: $("remote-audio"),
+  video: $("remote-video"),
   start: $("listen-start"),
   play: $("listen-play"),
   stop: $("listen-stop"),
@@ -98,6 +102,9 @@ function teardown() {
   pc = null;
   els.audio.pause();
   els.audio.srcObject = null;
+  els.video.pause();
+  els.video.srcObject = null;
+  els.video.hidden = true;
 }
 
 function play() {
@@ -172,9 +179,15 @@ async function start() {
     window.hearthListener = { pc: peer };
     peer.addEventListener("connectionstatechange", () => onConnectionState(peer));
     peer.addTransceiver("audio", { direction: "recvonly" });
+    // The server answers "inactive" for video when the broadcast has no camera.
+    peer.addTransceiver("video", { direction: "recvonly" });
     peer.addEventListener("track", (event) => {
       if (peer !== pc) return;
-      els.audio.srcObject = event.streams[0] || new MediaStream([event.track]);
+      if (event.track.kind === "video") {
+        els.video.srcObject = new MediaStream([event.track]);
+        return; // shown once the answer says the broadcast sends video
+      }
+      els.audio.srcObject = new MediaStream([event.track]);
       play();
     });
     const sdp = await createOfferSdp(peer);
@@ -185,7 +198,12 @@ async function start() {
     });
     if (mine !== attempt) return;
     await peer.setRemoteDescription({ type: "answer", sdp: reply.sdp });
-    if (mine === attempt && peer.connectionState === "connected") setState("live");
+    if (mine !== attempt) return;
+    if (reply.video && els.video.srcObject) {
+      els.video.hidden = false;
+      els.video.play()?.catch(() => {}); // muted: autoplay is allowed
+    }
+    if (peer.connectionState === "connected") setState("live");
   } catch (error) {
     if (mine !== attempt) return;
     if (["not_allowed", "not_live"].includes(error?.code) && (await stillLive()) === false) {
