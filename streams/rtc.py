@@ -652,7 +652,10 @@ class BroadcastRoom:
                 t.kind == "video" and t.direction in ("sendrecv", "recvonly")
                 for t in pc.getTransceivers()
             )
-            if self.video_relay is not None and offers_video:
+            # A listener that cannot decode VP8 (the shared encoder's codec) gets the
+            # audio alone.
+            vp8 = "vp8/90000" in offer_sdp.lower()
+            if self.video_relay is not None and offers_video and vp8:
                 video = self.video_relay.subscribe()
                 video_sender = pc.addTrack(video)
                 _vp8_only(next(t for t in pc.getTransceivers() if t.sender is video_sender))
@@ -756,6 +759,12 @@ class BroadcastRoom:
         await listener.pc.close()
         if not self.closing:
             self.server.spawn(self.publish_stats())
+
+    def listener_has_video(self, key: str) -> bool:
+        """Whether the listener ``key`` is sent the redacted camera (the broadcast has
+        one, and its offer receives VP8 video)."""
+        listener = self.listeners.get(key)
+        return listener is not None and listener.video_track is not None
 
     def listeners_connected(self) -> int:
         """Listeners whose peer connection is connected (the count friends see)."""
@@ -1409,7 +1418,7 @@ class MediaServer:
                     "type": "rtc.listen.answer",
                     "session_id": session_id,
                     "sdp": answer,
-                    "video": room.video_relay is not None,
+                    "video": room.listener_has_video(reply_channel),
                 },
             )
         elif kind == "rtc.listen.stop" and room is not None:

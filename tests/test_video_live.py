@@ -299,3 +299,28 @@ async def test_a_video_track_starts_at_a_keyframe_and_resyncs_after_overflow() -
     finally:
         relay.close()
         workers.shutdown()
+
+
+async def test_a_listener_without_vp8_gets_the_audio_alone() -> None:
+    from aiortc import RTCRtpSender
+
+    ann, ben = await friends_make()
+    a, b = await connected(ann), await connected(ben)
+    pc_a, _, session_id = await _go_live(a)
+    pc_b = client_peer()
+    pc_b.addTransceiver("audio", direction="recvonly")
+    video = pc_b.addTransceiver("video", direction="recvonly")
+    video.setCodecPreferences(
+        [c for c in RTCRtpSender.getCapabilities("video").codecs if c.mimeType == "video/H264"]
+    )
+    await b.send_json_to(
+        {"type": "listen.start", "session_id": session_id, "sdp": await offer_sdp(pc_b)}
+    )
+    answer = await expect(b, "listen.answer", timeout=20)
+    assert answer["video"] is False
+    sections = answer["sdp"].split("\r\nm=")[1:]
+    assert [s.split(" ", 1)[0] for s in sections] == ["audio", "video"]
+    assert "a=sendonly" in sections[0] and "a=inactive" in sections[1]
+    await a.send_json_to({"type": "broadcast.stop"})
+    await expect(a, "broadcast.ended")
+    await close_all([pc_a, pc_b], [a, b])
