@@ -410,7 +410,11 @@ class BroadcastRoom:
         detection and leaves fully blurred. Both are counted in ``video_metrics``.
         """
         assert self.video_relay is not None
-        graph = Graph(stages=self._video_stages, sinks=[VideoRelaySink(self.video_relay)])
+        # A bleeped broadcast's audio leaves through a delay line of delay_s: the
+        # picture is held as long, so that it does not lead the sound.
+        delay = self.delay_s if self.bleep else 0.0
+        sink = VideoRelaySink(self.video_relay, delay_s=delay)
+        graph = Graph(stages=self._video_stages, sinks=[sink])
         self.video_runner = GraphRunner(
             graph,
             VideoTrackSource(track),

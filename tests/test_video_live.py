@@ -324,3 +324,29 @@ async def test_a_listener_without_vp8_gets_the_audio_alone() -> None:
     await a.send_json_to({"type": "broadcast.stop"})
     await expect(a, "broadcast.ended")
     await close_all([pc_a, pc_b], [a, b])
+
+
+@pytest.mark.django_db(transaction=False)
+async def test_the_picture_is_held_as_long_as_a_bleeped_broadcasts_audio() -> None:
+    import time
+
+    from streams.media.items import VideoFrame
+    from streams.media.video_live import RTP_VIDEO_TIME_BASE, VideoRelaySink
+
+    published: list[float] = []
+
+    class Recorder:
+        async def publish(self, item) -> None:
+            published.append(time.monotonic() - item.arrived)
+
+    sink = VideoRelaySink(Recorder(), delay_s=0.3)  # type: ignore[arg-type]
+    assert sink.max_items >= 0.3 * 30  # the queue holds the delayed frames
+    image = pan_frames(frames=1, width=64, height=48)[0]
+    for index in range(3):
+        frame = VideoFrame(
+            image=image, pts=index, time_base=RTP_VIDEO_TIME_BASE, arrived=time.monotonic()
+        )
+        await sink.write(frame)
+    assert len(published) == 3 and min(published) >= 0.3
+    undelayed = VideoRelaySink(Recorder())  # type: ignore[arg-type]
+    assert undelayed.max_items == 4

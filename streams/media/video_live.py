@@ -27,6 +27,7 @@ only consumer. Imports nothing from Django.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from fractions import Fraction
 
@@ -178,19 +179,30 @@ class VideoRelaySink(Sink):
     """The video graph's sink: each redacted frame to a :class:`Relay` (encoded once).
 
     Drop-oldest with a short queue (4 frames): live video never waits, and a frame that
-    waited is not worth sending late.
+    waited is not worth sending late. With ``delay_s`` (a bleeped broadcast's audio
+    delay line) each frame is held until ``delay_s`` after it arrived, so the picture
+    does not lead the sound; the queue then holds that many seconds of frames.
+
+    Args:
+        relay: The video relay.
+        delay_s: Hold each frame until this long after its arrival, seconds (0: none).
+        max_rate: Frames per second the queue is sized for while delaying.
     """
 
     name = "video_relay"
     policy = QueuePolicy.DROP_OLDEST
     max_items = 4
 
-    def __init__(self, relay: Relay) -> None:
+    def __init__(self, relay: Relay, *, delay_s: float = 0.0, max_rate: int = 30) -> None:
         self.relay = relay
+        self.delay_s = max(0.0, delay_s)
+        self.max_items = 4 + math.ceil(self.delay_s * max_rate)
 
     async def write(self, item: Item) -> None:
-        """Publish video frames; events are not relayed."""
+        """Publish video frames (after the delay); events are not relayed."""
         if isinstance(item, VideoFrame):
+            if self.delay_s:
+                await asyncio.sleep(max(0.0, item.arrived + self.delay_s - time.monotonic()))
             await self.relay.publish(item)
 
 
