@@ -350,3 +350,17 @@ async def test_the_picture_is_held_as_long_as_a_bleeped_broadcasts_audio() -> No
     assert len(published) == 3 and min(published) >= 0.3
     undelayed = VideoRelaySink(Recorder())  # type: ignore[arg-type]
     assert undelayed.max_items == 4
+
+
+async def test_the_blur_switches_choose_the_detectors() -> None:
+    ann, _ = await friends_make()
+    a = await connected(ann)
+    pc_a, _, session_id = await _go_live(a, blur_faces=False)
+    room = media_server().rooms[session_id]
+    names = [stage.name for stage in room._video_stages]
+    assert names == ["detect_plate", "track", "blur"]  # no face detector, no recheck
+    stats = room.video_stats()
+    assert stats is not None and stats["blur_faces"] is False and stats["blur_plates"] is True
+    await a.send_json_to({"type": "broadcast.stop"})
+    await expect(a, "broadcast.ended")
+    await close_all([pc_a], [a])
