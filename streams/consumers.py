@@ -4,7 +4,8 @@ Thin by design: parse, authorise, call a service or the media server, reply.
 Protocol (JSON text frames; every reply to a bad frame is
 ``{"type": "error", "code", "message", "ref"}``):
 
-client → server: ``ping``; ``broadcast.start {sdp, denoise, title?, bleep?, delay_s?}``;
+client → server: ``ping``; ``broadcast.start {sdp, denoise, title?, bleep?, delay_s?,
+blur_faces?, blur_plates?}``;
 ``broadcast.control {muted?, denoise?}``; ``broadcast.stop``;
 ``broadcast.resume {session_id}`` (a reconnected page takes its live broadcast back);
 ``broadcast.reconnect {session_id, sdp}`` (the live page's media path failed: a fresh
@@ -16,7 +17,8 @@ id; ``live``: the user's own live session, or null),
 ``pong``, ``broadcast.answer``, ``broadcast.ended``, ``broadcast.resumed``,
 ``broadcast.reconnected {session_id, sdp}``,
 ``broadcast.moved`` (another page of the user took the broadcast over),
-``listen.answer``, and events ``presence``, ``live``, ``friends.changed``,
+``listen.answer {session_id, sdp, video}`` (``video``: the answer sends the
+broadcaster's redacted camera), and events ``presence``, ``live``, ``friends.changed``,
 ``session.stats``, ``session.state`` (muted, denoise), ``session.caption`` (masked
 live captions), ``session.listeners`` (names,
 to the broadcaster's page), ``session.warning``, ``session.ended``,
@@ -155,6 +157,22 @@ def _title_parse(value: object) -> str:
     if not text_is_clean(title):
         raise ProtocolError(UNCLEAN_TEXT_MESSAGE)
     return title
+
+
+def _blur_parse(content: dict[str, Any]) -> tuple[bool, bool]:
+    """``blur_faces`` and ``blur_plates`` of a go-live (each true when absent): whether
+    the server blurs faces / licence plates in the camera's frames.
+
+    Raises:
+        ProtocolError: either is present and not a boolean.
+    """
+    switches = []
+    for key in ("blur_faces", "blur_plates"):
+        value = content.get(key, True)
+        if not isinstance(value, bool):
+            raise ProtocolError(f"{key} must be true or false.")
+        switches.append(value)
+    return switches[0], switches[1]
 
 
 def _bleep_parse(content: dict[str, Any]) -> tuple[str, float]:
@@ -379,6 +397,7 @@ class HearthConsumer(ConsumerMetricsMixin, AsyncWebsocketConsumer):
             raise ProtocolError("denoise must be true or false.")
         title = _title_parse(content.get("title", ""))
         bleep, delay_s = _bleep_parse(content)
+        blur_faces, blur_plates = _blur_parse(content)
         sdp = sdp_validate(content.get("sdp"))
         if settings.HEARTH["MEDIA_IN_PROCESS"]:
             await media_server().ensure_started()  # this process's worker is placeable
@@ -390,6 +409,8 @@ class HearthConsumer(ConsumerMetricsMixin, AsyncWebsocketConsumer):
                 "title": title,
                 "bleep": bleep,
                 "delay_s": delay_s,
+                "blur_faces": blur_faces,
+                "blur_plates": blur_plates,
             },
         )
         try:
@@ -780,7 +801,12 @@ class HearthConsumer(ConsumerMetricsMixin, AsyncWebsocketConsumer):
             return
         self._listen_reply_done(event["session_id"])
         await self._send(
-            {"type": "listen.answer", "session_id": event["session_id"], "sdp": event["sdp"]}
+            {
+                "type": "listen.answer",
+                "session_id": event["session_id"],
+                "sdp": event["sdp"],
+                "video": bool(event.get("video", False)),
+            }
         )
 
     async def rtc_listen_error(self, event: dict[str, Any]) -> None:

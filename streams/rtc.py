@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import dataclasses
 import functools
 import logging
 import os
@@ -32,7 +31,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
+from aiortc import (
+    RTCConfiguration,
+    RTCIceServer,
+    RTCPeerConnection,
+    RTCRtpSender,
+    RTCSessionDescription,
+)
 from aiortc.jitterbuffer import JitterBuffer
 from channels.db import database_sync_to_async
 from channels.layers import InMemoryChannelLayer, get_channel_layer
@@ -43,12 +48,15 @@ from project.metrics import broadcast_ended_count, broadcast_started_count
 from streams import selectors, services
 from streams.ice import ice_host_addresses_apply
 from streams.media.controls import DenoiseSwitchStage, MuteStage
+from streams.media.detectors import HaarPlateDetector, face_detector_build
 from streams.media.graph import Graph, GraphRunner, TrackSource
 from streams.media.items import SAMPLE_RATE, Event
 from streams.media.live_pii import LivePii
 from streams.media.metrics import MediaMetrics, StageTimer
 from streams.media.relay import OpusEncoder, Relay, RelaySink, RelayTrack
 from streams.media.sinks import RecorderSink
+from streams.media.video import redaction_stages
+from streams.media.video_live import VideoRelaySink, VideoTrackSource, Vp8Encoder
 from streams.media.workers import Workers
 from streams.pii_setup import build_analyser
 from streams.processors.denoise import ALGORITHMIC_DELAY_SAMPLES
@@ -65,6 +73,17 @@ logger = logging.getLogger("hearth.rtc")
 SHUTDOWN_TIMEOUT_S = 15.0  # at most this long finalising broadcasts on SIGTERM/SIGINT
 LOOP_LAG_PROBE_S = 0.1  # the event-loop lag probe's sleep
 CLOSE_DRAIN_S = 10.0  # at most this long for a closing room's graph to flush and drain
+LIVE_YUNET_THRESHOLD = 0.3
+"""YuNet's score threshold on a live camera (0.5 on files): frames arrive VP8-compressed
+at a few hundred kb/s, which lowers face scores. Measured on a 640x480 pan of
+``city.jpg`` through libvpx at 500 kb/s (the browser's starting rate): at 0.5 the redacted
+frames still held faces CenterFace scored 0.53-0.55; at 0.3 with the recheck pass, none
+at CenterFace >= 0.3 or YuNet >= 0.45."""
+LIVE_DETECT_EVERY = 2
+"""The live detectors run on every 2nd frame; the tracker holds and grows the boxes
+between, and the recheck pass runs on every frame. At 15 fps a result is then at most
+67 ms old, inside ``VIDEO_STALE_S``; Haar plate detection alone costs ~100 ms per
+640x480 frame on a loaded 2-core machine."""
 
 
 class SignalingError(Exception):
@@ -119,26 +138,43 @@ class _Listener:
     connected: asyncio.Event
     pending: bool = True  # holds one of its user's MAX_PENDING_LISTENS_PER_USER slots
     watchdog: asyncio.Task[None] | None = None
+    video_track: RelayTrack | None = None  # the redacted camera, when the broadcast has one
 
 
 def _transceivers_limit(
-    pc: RTCPeerConnection, *, receive: Any = None, send_track: Any = None
+    pc: RTCPeerConnection, *, receive: tuple[Any, ...] = (), send: tuple[Any, ...] = ()
 ) -> None:
     """Answer ``inactive`` for every media section Hearth does not use.
 
-    ``receive`` is the one receiver track kept (the broadcaster's audio), ``send_track``
-    the one track sent (a listener's relay track). Any other section — a camera track,
-    a second microphone, a listener's own microphone — is answered ``inactive``
-    (RFC 8829 §5.3.1, direction intersection), so aiortc never starts its receiver:
-    nothing is received, decoded or kept for it.
+    ``receive`` are the receiver tracks kept (the broadcaster's microphone, and camera
+    when it sends one), ``send`` the tracks sent (a listener's relay tracks). Any other
+    section — a second camera or microphone, a listener's own microphone — is answered
+    ``inactive`` (RFC 8829 §5.3.1, direction intersection), so aiortc never starts its
+    receiver: nothing is received, decoded or kept for it.
     """
     for transceiver in pc.getTransceivers():
-        if send_track is not None and transceiver.sender.track is send_track:
+        if transceiver.sender.track is not None and transceiver.sender.track in send:
             transceiver.direction = "sendonly"
-        elif receive is not None and transceiver.receiver.track is receive:
+        elif transceiver.receiver.track is not None and transceiver.receiver.track in receive:
             transceiver.direction = "recvonly"
         else:
             transceiver.direction = "inactive"
+
+
+def _vp8_only(transceiver: Any) -> None:
+    """Make a listener's video section negotiate VP8 (and its RTX), the codec of the
+    relay's one shared encoder (:class:`Vp8Encoder`); every WebRTC browser decodes it
+    (RFC 7742 §5).
+
+    Raises:
+        SignalingError: the listener's offer has no VP8.
+    """
+    codecs = [
+        codec
+        for codec in RTCRtpSender.getCapabilities("video").codecs
+        if codec.mimeType.lower() in ("video/vp8", "video/rtx")
+    ]
+    transceiver.setCodecPreferences(codecs)
 
 
 def receiver_reorder_window_set(receiver: Any, *, frames: int) -> bool:
@@ -181,8 +217,19 @@ class BroadcastRoom:
         owner_page: str | None = None,
         bleep: str = "",
         delay_s: float = 3.0,
+        blur_faces: bool = True,
+        blur_plates: bool = True,
     ) -> None:
         self.server = server
+        # Camera redaction, used when the offer sends video: faces and licence plates
+        # blurred on the server before anyone receives a frame.
+        self.blur_faces = blur_faces
+        self.blur_plates = blur_plates
+        self.video_metrics = MediaMetrics()
+        self.video_relay: Relay | None = None
+        self.video_runner: GraphRunner | None = None
+        self._video_task: asyncio.Task[None] | None = None
+        self._video_stages: list[Any] = []
         # "tone"/"silence": spoken personal information is bleeped (or silenced)
         # behind a delay line of delay_s seconds; "" off.
         self.bleep = bleep
@@ -282,9 +329,17 @@ class BroadcastRoom:
         self.pc = pc = RTCPeerConnection(ice_configuration())
         connected = asyncio.Event()
         self._broadcaster_watch(pc, connected)
-        audio = await self._broadcaster_answer(pc, offer_sdp)
+        audio, camera = await self._broadcaster_answer(pc, offer_sdp)
         self._still_opening()
+        if camera is not None:
+            self._video_stages = await loop.run_in_executor(workers.load, self._video_stages_build)
+            self._still_opening()
+            self.video_relay = Relay(
+                encoder=Vp8Encoder(), executor=workers.encode, metrics=self.video_metrics
+            )
         self._start_graph(audio)
+        if camera is not None:
+            self._start_video_graph(camera)
         self._connect_task = asyncio.ensure_future(self._connect_deadline(connected))
         return pc.localDescription.sdp
 
@@ -305,8 +360,11 @@ class BroadcastRoom:
             if pc.connectionState in ("failed", "closed"):
                 self.media_lost(f"its peer connection {pc.connectionState}")
 
-    async def _broadcaster_answer(self, pc: RTCPeerConnection, offer_sdp: str) -> Any:
-        """Apply the broadcaster's offer to ``pc`` and answer it; returns the audio track.
+    async def _broadcaster_answer(
+        self, pc: RTCPeerConnection, offer_sdp: str
+    ) -> tuple[Any, Any | None]:
+        """Apply the broadcaster's offer to ``pc`` and answer it; returns the audio track
+        and the camera's track (None when the offer sends no video).
 
         Raises:
             SignalingError: unusable offer, or one that sends no audio.
@@ -328,10 +386,18 @@ class BroadcastRoom:
         if receiver is None:
             raise SignalingError("The SDP offer sends no audio (is the microphone track added?).")
         audio = receiver.track
-        _transceivers_limit(pc, receive=audio)
+        camera = next(
+            (
+                t.receiver.track
+                for t in pc.getTransceivers()
+                if t.kind == "video" and t.receiver.track is not None
+            ),
+            None,
+        )
+        _transceivers_limit(pc, receive=(audio, camera) if camera is not None else (audio,))
         receiver_reorder_window_set(receiver, frames=settings.HEARTH["RECEIVE_REORDER_FRAMES"])
         await pc.setLocalDescription(await pc.createAnswer())
-        return audio
+        return audio, camera
 
     # -- the broadcaster's media path: lost, then reconnected (no ICE restart) ------
     def media_lost(self, why: str) -> None:
@@ -391,7 +457,9 @@ class BroadcastRoom:
         pc = RTCPeerConnection(ice_configuration())
         try:
             self._broadcaster_watch(pc, asyncio.Event())
-            audio = await self._broadcaster_answer(pc, offer_sdp)
+            # A camera on the new connection is not swapped in: the camera graph's
+            # source cannot take a new track yet, so the picture ends at a reconnect.
+            audio, _camera = await self._broadcaster_answer(pc, offer_sdp)
             self._still_opening()
         except BaseException:
             await pc.close()
@@ -404,6 +472,79 @@ class BroadcastRoom:
         if old is not None:
             self.server.spawn(old.close())
         return pc.localDescription.sdp
+
+    def _video_stages_build(self) -> list[Any]:
+        """The camera's redaction stages (load pool: loads the detectors).
+
+        Raises:
+            ModelIntegrityError, DetectorUnavailable: a detector cannot be loaded.
+        """
+        hearth = settings.HEARTH
+        face = None
+        if self.blur_faces:
+            model_dir = Path(hearth["MODEL_DIR"]) if hearth["MODEL_DIR"] else None
+            face = face_detector_build(
+                model_dir=model_dir,
+                device=hearth["VIDEO_DEVICE"],
+                yunet_threshold=LIVE_YUNET_THRESHOLD,
+            )
+        plate = HaarPlateDetector() if self.blur_plates else None
+        return redaction_stages(
+            face=face,
+            plate=plate,
+            every=LIVE_DETECT_EVERY,
+            stale_s=hearth["VIDEO_STALE_S"],
+            recheck=True,
+        )
+
+    def _start_video_graph(self, track: Any) -> None:
+        """Run the camera through the redaction stages into the video relay.
+
+        Detection runs in the stream's own worker thread with ``PROCESS_DEADLINE_S``
+        (a detector that overruns it is abandoned: every later frame leaves fully
+        blurred); a frame that waited over ``VIDEO_STALE_S`` since it arrived skips
+        detection and leaves fully blurred. Both are counted in ``video_metrics``.
+        """
+        assert self.video_relay is not None
+        # A bleeped broadcast's audio leaves through a delay line of delay_s: the
+        # picture is held as long, so that it does not lead the sound.
+        delay = self.delay_s if self.bleep else 0.0
+        sink = VideoRelaySink(self.video_relay, delay_s=delay)
+        graph = Graph(stages=self._video_stages, sinks=[sink])
+        self.video_runner = GraphRunner(
+            graph,
+            VideoTrackSource(track),
+            workers=self.server.workers,
+            name=f"session{self.session_id}-video",
+            deadline_s=settings.HEARTH["PROCESS_DEADLINE_S"],
+            max_lag_s=settings.HEARTH["VIDEO_STALE_S"],
+            metrics=self.video_metrics,
+            on_event=self._on_video_event,
+        )
+        self._video_task = asyncio.ensure_future(self.video_runner.run())
+
+    def _on_video_event(self, event: Event) -> None:
+        """The camera graph's events (never the audio's PII branch): a detector that
+        stalled is logged; its frames leave fully blurred and are counted."""
+        if event.kind == "stage.failed":
+            logger.error("session %s: camera %s failed closed", self.session_id, event.data)
+
+    def video_stats(self) -> dict[str, Any] | None:
+        """The camera's figures for the broadcaster's page, or None without a camera:
+        ``frames`` in, ``frames_blurred_whole`` (failed closed: a detector failed,
+        stalled or the server fell behind), ``regions_blurred`` per kind, the switches."""
+        if self.video_relay is None:
+            return None
+        metrics = self.video_metrics
+        return {
+            "frames": metrics.frames_in,
+            "frames_redacted": metrics.frames_processed,
+            "frames_blurred_whole": metrics.frames_failed_closed,
+            "regions_blurred": dict(metrics.regions_blurred),
+            "blur_faces": self.blur_faces,
+            "blur_plates": self.blur_plates,
+            "packets_encoded": self.video_relay.packets_encoded,
+        }
 
     async def _pii_loop(self) -> None:
         """Every second: masked captions of what left the delay line to the session's
@@ -611,21 +752,38 @@ class BroadcastRoom:
         self.server.pending_listen_acquire(user_id)  # released by _listener_settle
         pc = RTCPeerConnection(ice_configuration())
         track = self.relay.subscribe()
+        video: RelayTrack | None = None
+        video_sender: Any = None
         try:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
             sender = pc.addTrack(track)
-            _transceivers_limit(pc, send_track=track)
+            offers_video = any(
+                t.kind == "video" and t.direction in ("sendrecv", "recvonly")
+                for t in pc.getTransceivers()
+            )
+            # A listener that cannot decode VP8 (the shared encoder's codec) gets the
+            # audio alone.
+            vp8 = "vp8/90000" in offer_sdp.lower()
+            if self.video_relay is not None and offers_video and vp8:
+                video = self.video_relay.subscribe()
+                video_sender = pc.addTrack(video)
+                _vp8_only(next(t for t in pc.getTransceivers() if t.sender is video_sender))
+            _transceivers_limit(pc, send=(track, video) if video is not None else (track,))
             answer = await pc.createAnswer()
             await pc.setLocalDescription(answer)
         except Exception as exc:
-            await self._listen_undo(user_id=user_id, pc=pc, track=track)
+            await self._listen_undo(user_id=user_id, pc=pc, track=track, video=video)
             logger.info("unusable listener SDP offer (%s)", type(exc).__name__)  # no SDP in logs
             raise SignalingError("The SDP offer could not be used.") from exc
         if self.closing:  # the broadcast ended while we answered
-            await self._listen_undo(user_id=user_id, pc=pc, track=track)
+            await self._listen_undo(user_id=user_id, pc=pc, track=track, video=video)
             raise SignalingError("This broadcast has ended.", code="not_live")
         self.relay.attach_sender(sender)
-        listener = _Listener(pc=pc, track=track, user_id=user_id, connected=asyncio.Event())
+        if video is not None and self.video_relay is not None:
+            self.video_relay.attach_sender(video_sender)
+        listener = _Listener(
+            pc=pc, track=track, user_id=user_id, connected=asyncio.Event(), video_track=video
+        )
         self.listeners[key] = listener
 
         @pc.on("connectionstatechange")
@@ -644,11 +802,20 @@ class BroadcastRoom:
         self.server.spawn(self.publish_stats())
         return pc.localDescription.sdp
 
-    async def _listen_undo(self, *, user_id: int, pc: RTCPeerConnection, track: RelayTrack) -> None:
+    async def _listen_undo(
+        self,
+        *,
+        user_id: int,
+        pc: RTCPeerConnection,
+        track: RelayTrack,
+        video: RelayTrack | None = None,
+    ) -> None:
         """Release what a listen that will not be answered took: the user's pending
-        slot, the relay track and the peer connection."""
+        slot, the relay tracks and the peer connection."""
         self.server.pending_listen_release(user_id)
         track.stop()
+        if video is not None:
+            video.stop()
         await pc.close()
 
     def _listener_settle(self, listener: _Listener) -> None:
@@ -696,9 +863,17 @@ class BroadcastRoom:
         if listener.watchdog is not None:
             listener.watchdog.cancel()
         listener.track.stop()
+        if listener.video_track is not None:
+            listener.video_track.stop()
         await listener.pc.close()
         if not self.closing:
             self.server.spawn(self.publish_stats())
+
+    def listener_has_video(self, key: str) -> bool:
+        """Whether the listener ``key`` is sent the redacted camera (the broadcast has
+        one, and its offer receives VP8 video)."""
+        listener = self.listeners.get(key)
+        return listener is not None and listener.video_track is not None
 
     def listeners_connected(self) -> int:
         """Listeners whose peer connection is connected (the count friends see)."""
@@ -724,6 +899,9 @@ class BroadcastRoom:
                     "listener_drops": sum(t.dropped for t in self.relay.tracks),
                 }
             data["media"] = snapshot
+            video = self.video_stats()
+            if video is not None:
+                data["video"] = video
         return data
 
     @property
@@ -907,6 +1085,26 @@ class BroadcastRoom:
                 await self.pc.close()
         if self.runner is not None:
             self.runner.stop()  # the runner flushes, its sinks drain (recorder: lossless)
+        if self.video_runner is not None:
+            self.video_runner.stop()
+        if self._video_task is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(self._video_task), timeout=CLOSE_DRAIN_S)
+            except TimeoutError:
+                logger.error("session %s video did not drain; cancelling", self.session_id)
+                self._video_task.cancel()
+            except Exception:
+                logger.exception("session %s video graph failed", self.session_id)
+        if self.video_relay is not None:
+            self.video_relay.close()
+        if self.video_runner is not None:
+            try:
+                await asyncio.wait_for(
+                    loop.run_in_executor(self.server.workers.load, self.video_runner.stages_close),
+                    timeout=2.0,
+                )
+            except TimeoutError:
+                logger.error("video stages of session %s did not close", self.session_id)
         if self._task is not None:
             # A bleeped broadcast's delay line first lets the analysis decide its tail
             # (up to pii.drain_s), so the recording keeps it with its bleeps.
@@ -952,12 +1150,16 @@ class GoLiveOptions:
         title: Shown to friends and used for the recording ("" = a default title).
         bleep: "tone" or "silence" to bleep spoken personal information, "" off.
         delay_s: Broadcast delay D in seconds while bleeping.
+        blur_faces: Blur faces in the camera's frames (when the offer sends video).
+        blur_plates: Blur licence plates in the camera's frames.
     """
 
     denoise: bool = True
     title: str = ""
     bleep: str = ""
     delay_s: float = 0.0
+    blur_faces: bool = True
+    blur_plates: bool = True
 
 
 class MediaServer:
@@ -1058,6 +1260,8 @@ class MediaServer:
         title: str = "",
         bleep: str = "",
         delay_s: float = 3.0,
+        blur_faces: bool = True,
+        blur_plates: bool = True,
     ) -> tuple[int, str]:
         """Open a live session for ``user`` from their SDP offer; returns (session id, answer).
 
@@ -1079,7 +1283,14 @@ class MediaServer:
         self._starting += 1
         counted = [True]
         try:
-            options = GoLiveOptions(denoise=denoise, title=title, bleep=bleep, delay_s=delay_s)
+            options = GoLiveOptions(
+                denoise=denoise,
+                title=title,
+                bleep=bleep,
+                delay_s=delay_s,
+                blur_faces=blur_faces,
+                blur_plates=blur_plates,
+            )
             return await self._broadcast_open(
                 user=user,
                 offer_sdp=offer_sdp,
@@ -1105,7 +1316,12 @@ class MediaServer:
         # Everything that can be checked on the text is, before anything is created.
         offer_sdp = self.offer_prepare(sdp_validate(offer_sdp), role="broadcast")
         session, recording = await database_sync_to_async(services.live_session_start)(
-            broadcaster=user, owner_channel=channel, **dataclasses.asdict(options)
+            broadcaster=user,
+            owner_channel=channel,
+            denoise=options.denoise,
+            title=options.title,
+            bleep=options.bleep,
+            delay_s=options.delay_s,
         )
         room = BroadcastRoom(
             server=self,
@@ -1116,6 +1332,8 @@ class MediaServer:
             owner_page=owner_page,
             bleep=options.bleep,
             delay_s=options.delay_s,
+            blur_faces=options.blur_faces,
+            blur_plates=options.blur_plates,
         )
         self.rooms[session.id] = room
         self._starting -= 1
@@ -1315,7 +1533,12 @@ class MediaServer:
                 return
             await self._reply(
                 reply_channel,
-                {"type": "rtc.listen.answer", "session_id": session_id, "sdp": answer},
+                {
+                    "type": "rtc.listen.answer",
+                    "session_id": session_id,
+                    "sdp": answer,
+                    "video": room.listener_has_video(reply_channel),
+                },
             )
         elif kind == "rtc.listen.stop" and room is not None:
             await room.remove_listener(key=reply_channel)
@@ -1442,6 +1665,8 @@ class MediaServer:
                 title=str(message.get("title") or ""),
                 bleep=str(message.get("bleep") or ""),
                 delay_s=float(message.get("delay_s") or settings.HEARTH["PII_DELAY_S"]),
+                blur_faces=message.get("blur_faces") is not False,
+                blur_plates=message.get("blur_plates") is not False,
             )
         except (SignalingError, services.LiveSessionError) as exc:
             await self._reply(reply_channel, refusal(exc.code, str(exc)))

@@ -286,17 +286,22 @@ async def test_unused_tracks_are_answered_inactive_or_not_received() -> None:
     # decoded and drained into a MediaBlackhole for the whole broadcast) and a
     # listener's own microphone ``sendrecv`` (received and drained likewise): media
     # Hearth never uses still cost bandwidth and CPU. Now such sections are answered
-    # ``inactive``, and a listener's audio ``sendonly``.
+    # ``inactive``, and a listener's audio ``sendonly``. The broadcaster's first camera
+    # is received since live video (it is redacted and relayed); a second one is not.
     ann, ben = await friends_make()
     a, b = await connected(ann), await connected(ben)
     pc_a = pc_b = None
     try:
-        pc_a, answer = await _go_live(a, AudioStreamTrack(), VideoStreamTrack())
+        pc_a, answer = await _go_live(a, AudioStreamTrack(), VideoStreamTrack(), VideoStreamTrack())
         session_id = answer["session_id"]
-        assert _directions(answer["sdp"]) == [("audio", "recvonly"), ("video", "inactive")]
+        assert _directions(answer["sdp"]) == [
+            ("audio", "recvonly"),
+            ("video", "recvonly"),
+            ("video", "inactive"),
+        ]
         room = rtc.media_server().rooms[session_id]
-        current = {t.kind: t.currentDirection for t in room.pc.getTransceivers()}
-        assert current == {"audio": "recvonly", "video": "inactive"}
+        current = [(t.kind, t.currentDirection) for t in room.pc.getTransceivers()]
+        assert current == [("audio", "recvonly"), ("video", "recvonly"), ("video", "inactive")]
 
         pc_b = client_peer()
         pc_b.addTransceiver(AudioStreamTrack(), direction="sendrecv")  # the listener's mic

@@ -105,14 +105,15 @@ async def test_logout_closes_only_that_sessions_socket(friends) -> None:
     await sockets[1].disconnect()
 
 
-async def test_offer_with_video_is_served_and_the_video_is_not_received(friends) -> None:
+async def test_offer_with_video_is_served_and_the_video_goes_through_redaction(friends) -> None:
     ann, _ = friends
     a = await connected(ann)
     pc, session_id = await _broadcast(a, AudioStreamTrack(), VideoStreamTrack())
     room = rtc.media_server().rooms[session_id]
-    assert room.runner is not None
+    assert room.runner is not None and room.video_runner is not None
+    assert room.video_relay is not None
     directions = {t.kind: t.currentDirection for t in room.pc.getTransceivers()}
-    assert directions == {"audio": "recvonly", "video": "inactive"}
+    assert directions == {"audio": "recvonly", "video": "recvonly"}
     await a.send_json_to({"type": "broadcast.stop"})
     assert (await expect(a, "broadcast.ended"))["session_id"] == session_id
     await pc.close()

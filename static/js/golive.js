@@ -1,5 +1,6 @@
-// "Go live": pick a microphone, watch its level, and broadcast it to the server over
-// WebRTC (signalled on the page's WebSocket). States: idle, connecting, live, ended,
+// "Go live": pick a microphone (and optionally a camera, previewed here), watch the
+// level, and broadcast to the server over WebRTC (signalled on the page's WebSocket).
+// The camera's faces and plates are blurred on the server (switches below), never here. States: idle, connecting, live, ended,
 // error, and "elsewhere" (this user is live from another tab).
 import { errorMessage } from "./api.js";
 import { setBroadcast } from "./livebar.js";
@@ -33,6 +34,13 @@ const page = () => ({
   micHelp: $("mic-help"),
   meter: $("mic-level"),
   meterBar: $("mic-level-bar"),
+  cameraOn: $("camera-on"),
+  cameraFields: $("camera-fields"),
+  camera: $("camera-select"),
+  preview: $("camera-preview"),
+  blurFaces: $("blur-faces"),
+  blurPlates: $("blur-plates"),
+  videoStatus: $("video-status"),
   denoise: $("denoise"),
   title: $("live-title"),
   bleep: $("bleep"),
@@ -75,6 +83,8 @@ let state = "idle";
 let pc = null;
 let sender = null;
 let stream = null;
+let cameraStream = null; // the open camera, previewed; sent when "Camera" was on at start
+let blurredWhole = 0; // frames the server blurred whole, as the last session.stats said
 let sessionId = null;
 let signalled = false; // broadcast.start was sent: the server may hold a session for us
 let elsewhereSession = readJson("active-session");
@@ -121,9 +131,17 @@ function setState(next, { message = "", error = "" } = {}) {
   // Denoise can be switched while live (the server applies it), not mid-transition.
   els.denoise.disabled = next === "connecting" || next === "stopping";
   els.title.disabled = broadcasting;
-  // Bleeping is chosen before going live (absent where the server turned it off).
+  // Bleeping, the camera and its blur switches are chosen before going live (the
+  // bleep controls are absent where the server turned bleeping off).
   for (const el of [els.bleep, els.bleepSound, els.bleepDelay]) if (el) el.disabled = broadcasting;
-  if (!broadcasting && els.piiStatus) showMessage(els.piiStatus, "");
+  els.cameraOn.disabled = broadcasting;
+  els.blurFaces.disabled = broadcasting;
+  els.blurPlates.disabled = broadcasting;
+  if (!broadcasting) {
+    if (els.piiStatus) showMessage(els.piiStatus, "");
+    showMessage(els.videoStatus, "");
+    blurredWhole = 0;
+  }
   els.mute.hidden = next !== "live";
   els.listenersPanel.hidden = next !== "live";
   if (next !== "live") {
@@ -219,6 +237,77 @@ async function refreshDevices() {
   inputs.forEach((d, i) => options.push(new Option(d.label || `Microphone ${i + 1}`, d.deviceId)));
   els.mic.replaceChildren(...options);
   els.mic.value = inputs.some((d) => d.deviceId === selected) ? selected : "";
+  const cameras = devices.filter((d) => d.kind === "videoinput" && d.deviceId);
+  const chosen = els.camera.value;
+  els.camera.replaceChildren(
+    new Option("Default camera", ""),
+    ...cameras.map((d, i) => new Option(d.label || `Camera ${i + 1}`, d.deviceId)),
+  );
+  els.camera.value = cameras.some((d) => d.deviceId === chosen) ? chosen : "";
+}
+
+// --- Camera ------------------------------------------------------------------------
+
+function cameraErrorMessage(error) {
+  switch (error?.name) {
+    case "NotAllowedError":
+    case "SecurityError":
+      return "Camera access was blocked. Allow it in your browser's site settings and try again.";
+    case "NotFoundError":
+      return "No camera was found. Plug one in, or go live without the camera.";
+    case "NotReadableError":
+      return "The camera could not be opened; another app may be using it.";
+    default:
+      return errorMessage(error);
+  }
+}
+
+/** Open the selected camera (replacing any open one) and show it in the preview. */
+async function openCamera() {
+  if (!navigator.mediaDevices?.getUserMedia) {
+    throw new Error("camera access needs a secure (HTTPS) connection and a modern browser.");
+  }
+  const deviceId = els.camera.value;
+  const next = await navigator.mediaDevices.getUserMedia({
+    video: {
+      deviceId: deviceId ? { exact: deviceId } : undefined,
+      // What the server redacts in real time: 640x480 at up to 15 fps.
+      width: { ideal: 640 },
+      height: { ideal: 480 },
+      frameRate: { ideal: 15, max: 30 },
+    },
+  });
+  const previous = cameraStream;
+  cameraStream = next;
+  const track = next.getVideoTracks()[0];
+  const videoSender = pc?.getSenders().find((s) => s.track?.kind === "video");
+  if (videoSender) await videoSender.replaceTrack(track);
+  previous?.getTracks().forEach((t) => t.stop());
+  els.preview.srcObject = next;
+  await refreshDevices();
+  return next;
+}
+
+function closeCamera() {
+  cameraStream?.getTracks().forEach((t) => t.stop());
+  cameraStream = null;
+  if (els.preview) els.preview.srcObject = null;
+}
+
+async function cameraSwitched() {
+  els.cameraFields.hidden = !els.cameraOn.checked;
+  if (!els.cameraOn.checked) {
+    closeCamera();
+    return;
+  }
+  try {
+    showMessage(els.error, "");
+    await openCamera();
+  } catch (error) {
+    els.cameraOn.checked = false;
+    els.cameraFields.hidden = true;
+    showMessage(els.error, cameraErrorMessage(error));
+  }
 }
 
 /** Open the selected microphone (replacing any open one) and start the level meter. */
@@ -405,6 +494,7 @@ function fail(message) {
   if (signalled) socket.send({ type: "broadcast.stop" });
   teardownPeer();
   closeMic();
+  closeCamera();
   setState("error", { error: message });
 }
 
@@ -421,6 +511,11 @@ async function start() {
     window.hearthBroadcaster = { pc: peer };
     peer.addEventListener("connectionstatechange", () => onConnectionState(peer));
     sender = peer.addTransceiver(stream.getAudioTracks()[0], { direction: "sendonly", streams: [stream] }).sender;
+    if (els.cameraOn.checked) {
+      if (!cameraStream || cameraStream.getVideoTracks()[0]?.readyState !== "live") await openCamera();
+      if (mine !== attempt) return;
+      peer.addTransceiver(cameraStream.getVideoTracks()[0], { direction: "sendonly", streams: [stream] });
+    }
     const sdp = await createOfferSdp(peer);
     if (mine !== attempt) return;
     signalled = true;
@@ -433,6 +528,8 @@ async function start() {
         ...(els.bleep?.checked
           ? { bleep: els.bleepSound.value, delay_s: Number(els.bleepDelay.value) }
           : { bleep: false }),
+        blur_faces: els.blurFaces.checked,
+        blur_plates: els.blurPlates.checked,
       },
       "broadcast.answer",
       { timeout: 20_000 },
@@ -450,8 +547,15 @@ async function start() {
     if (error?.name === "SocketError" && !["timeout", "disconnected", "offline"].includes(error.code)) {
       signalled = false;
     }
-    const micError = error instanceof DOMException && !pc;
-    fail(micError ? micErrorMessage(error) : `Couldn't go live: ${errorMessage(error)}`);
+    const deviceError = error instanceof DOMException && error.name !== "OperationError";
+    const cameraError = deviceError && els.cameraOn.checked && stream && !cameraStream;
+    fail(
+      !pc && deviceError
+        ? micErrorMessage(error)
+        : cameraError
+          ? cameraErrorMessage(error)
+          : `Couldn't go live: ${errorMessage(error)}`,
+    );
   }
 }
 
@@ -472,6 +576,7 @@ async function stop() {
   if (mine !== attempt) return;
   teardownPeer();
   closeMic();
+  closeCamera();
   if (hadSession) setState("ended", { message: note ? `Broadcast ended. ${note}` : "Broadcast ended." });
   else setState("idle");
 }
@@ -488,6 +593,17 @@ socket.on("session.stats", (msg) => {
     if (pii.redacted_s > 0) parts.push(`${pii.redacted_s} s bleeped so far.`);
     if (pii.muted_s > 0) parts.push(`${pii.muted_s} s muted: the server could not check it in time.`);
     showMessage(els.piiStatus, parts.join(" "));
+  }
+  const video = msg.video;
+  if (video && state === "live") {
+    // Fail closed, in the open: frames the server could not check in time left blurred whole.
+    const blurred = [video.blur_faces && "faces", video.blur_plates && "licence plates"].filter(Boolean);
+    const parts = [blurred.length ? `Camera: ${blurred.join(" and ")} blurred.` : "Camera: nothing blurred."];
+    if (video.frames_blurred_whole > blurredWhole) {
+      parts.push("Video fully blurred: the server is overloaded.");
+    }
+    blurredWhole = video.frames_blurred_whole;
+    showMessage(els.videoStatus, parts.join(" "));
   }
 });
 
@@ -555,6 +671,7 @@ socket.on("session.ended", (msg) => {
     attempt += 1;
     teardownPeer();
     closeMic();
+    closeCamera();
     setState("ended", { message: END_REASONS[msg.reason] ?? "The broadcast ended." });
     if (msg.reason === "server_shutdown") publish({ restarted: true });
   } else if (state === "elsewhere" && elsewhereSession?.id === msg.session_id) {
@@ -593,6 +710,7 @@ socket.onState((connState) => {
   attempt += 1;
   teardownPeer();
   closeMic();
+  closeCamera();
   setState("error", { error: "Lost the connection to the server, so the broadcast did not start." });
 });
 
@@ -616,6 +734,7 @@ async function resume() {
     attempt += 1;
     teardownPeer();
     closeMic();
+    closeCamera();
     if (error?.code === "server_restarted") {
       setState("ended", { message: END_REASONS.server_shutdown });
       publish({ restarted: true });
@@ -631,6 +750,7 @@ socket.on("broadcast.moved", (msg) => {
   attempt += 1;
   teardownPeer();
   closeMic();
+  closeCamera();
   setState("idle");
 });
 
@@ -662,6 +782,16 @@ els.micEnable.addEventListener("click", async () => {
     els.micEnable.disabled = false;
   }
 });
+els.cameraOn.addEventListener("change", cameraSwitched);
+els.camera.addEventListener("change", async () => {
+  if (!cameraStream) return; // picked up when the camera is next opened
+  try {
+    showMessage(els.error, "");
+    await openCamera();
+  } catch (error) {
+    showMessage(els.error, cameraErrorMessage(error));
+  }
+});
 els.mic.addEventListener("change", async () => {
   if (!stream) return; // picked up when the microphone is next opened
   try {
@@ -691,6 +821,11 @@ document.addEventListener("turbo:load", () => {
   if (stream) {
     startMeter(stream);
     els.micEnable.hidden = true;
+  }
+  if (cameraStream) {
+    els.cameraOn.checked = true;
+    els.cameraFields.hidden = false;
+    els.preview.srcObject = cameraStream;
   }
   if (state === "idle" && elsewhereSession) showElsewhere();
   refreshDevices();

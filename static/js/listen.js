@@ -1,6 +1,7 @@
 // The listen page of a friend's live session: Hearth's own player (one Listen / Stop
 // button, a "Live" light that is on while audio plays, the time since the broadcast
-// began, a volume slider), live captions and the listener count.
+// began, a volume slider), the broadcaster's camera when there is one (faces and
+// plates already blurred on the server), live captions and the listener count.
 //
 // The listen itself belongs to the document, not to this page (listening.js, played
 // in the live bar), so it goes on when the user opens another page, and this page
@@ -10,7 +11,18 @@
 // Opened from a Listen link (?autoplay=1) it starts at once; should the browser refuse
 // to play without a click, "Click to play" is the one thing left to press.
 import { api } from "./api.js";
-import { ACTIVE, getVolume, leave, listenTo, listening, onListening, play, retry, setVolume } from "./listening.js";
+import {
+  ACTIVE,
+  getVolume,
+  leave,
+  listenTo,
+  listening,
+  listeningVideo,
+  onListening,
+  play,
+  retry,
+  setVolume,
+} from "./listening.js";
 import { pageSignal, pageSocket } from "./nav.js";
 import { focusFirst, focusLost, focusable, readJson, setListeners, showMessage, shownName } from "./ui.js";
 
@@ -30,6 +42,7 @@ const els = {
   listeners: $("listen-listeners"),
   liveLight: $("listen-live"),
   volume: $("listen-volume"),
+  video: $("remote-video"),
 };
 
 const session = readJson("live-session");
@@ -84,7 +97,17 @@ function render() {
   const volume = String(getVolume());
   if (els.volume.value !== volume) els.volume.value = volume;
   els.volume.setAttribute("aria-valuetext", `${volume}%`);
+  renderVideo(state);
   passFocus(focused);
+}
+
+// A broadcast with a camera also sends its (server-redacted) picture: it plays here,
+// muted, while the sound goes on through the live bar's audio sink.
+function renderVideo(state) {
+  const stream = ACTIVE.has(state) ? listeningVideo() : null;
+  if (els.video.srcObject !== stream) els.video.srcObject = stream;
+  els.video.hidden = !stream;
+  if (stream && els.video.paused) els.video.play()?.catch(() => {}); // muted: autoplay is allowed
 }
 
 // Listen, Stop and "Click to play" hide themselves: one that held the focus hands it to

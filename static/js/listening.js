@@ -29,6 +29,7 @@ const watchers = new Set();
 // started_at}; recordingId: undefined (not known yet), null (none kept) or a number.
 let current = null;
 let pc = null;
+let video = null; // MediaStream of the broadcaster's camera, once the answer says it is sent
 let attempt = 0; // bumps on every (re)start and stop so stale async steps give up
 let retries = 0;
 
@@ -42,6 +43,12 @@ if (audio) audio.volume = volume / 100;
 export function listening() {
   if (!current) return null;
   return { ...current, playing: Boolean(audio && !audio.paused && current.state === "live") };
+}
+
+/** The broadcaster's camera (a MediaStream, redacted on the server) while this tab
+ * listens to a broadcast that sends one, else null. */
+export function listeningVideo() {
+  return current && ACTIVE.has(current.state) ? video : null;
 }
 
 /** Call fn(listening()) on every change; returns the function that unsubscribes. */
@@ -85,6 +92,7 @@ function teardown() {
   attempt += 1;
   closePeer(pc);
   pc = null;
+  video = null;
   if (audio) {
     audio.pause();
     audio.srcObject = null;
@@ -153,9 +161,16 @@ async function start() {
     window.hearthListener = { pc: peer };
     peer.addEventListener("connectionstatechange", () => onConnectionState(peer));
     peer.addTransceiver("audio", { direction: "recvonly" });
+    // The server answers "inactive" for video when the broadcast has no camera.
+    peer.addTransceiver("video", { direction: "recvonly" });
+    let camera = null;
     peer.addEventListener("track", (event) => {
       if (peer !== pc) return;
-      audio.srcObject = event.streams[0] || new MediaStream([event.track]);
+      if (event.track.kind === "video") {
+        camera = new MediaStream([event.track]); // shown once the answer says it is sent
+        return;
+      }
+      audio.srcObject = new MediaStream([event.track]);
       play();
     });
     const sdp = await createOfferSdp(peer);
@@ -166,7 +181,12 @@ async function start() {
     });
     if (mine !== attempt) return;
     await peer.setRemoteDescription({ type: "answer", sdp: reply.sdp });
-    if (mine === attempt && peer.connectionState === "connected") connected();
+    if (mine !== attempt) return;
+    if (reply.video && camera) {
+      video = camera;
+      emit();
+    }
+    if (peer.connectionState === "connected") connected();
   } catch (error) {
     if (mine !== attempt) return;
     if (["not_allowed", "not_live"].includes(error?.code) && (await stillLive(session.id)) === false) {

@@ -11,6 +11,10 @@
 // late): its page registers what to do instead with onPreempt(element, fn), which
 // is called even while the element is not playing yet (still connecting, or
 // reconnecting), so that it does not start up again over the newer choice.
+//
+// A muted picture that plays beside its page's own sound (a live broadcast's camera,
+// data-playback-companion) is neither a new choice nor paused here: it comes and
+// goes with the stream its page stops.
 
 const CHANNEL = "hearth-playback";
 const tab = `${Date.now().toString(36)}-${Math.random().toString(36).slice(2)}`;
@@ -23,6 +27,7 @@ function silenceAll(keep = null) {
     if (el !== keep) stop();
   }
   for (const el of document.querySelectorAll("audio, video")) {
+    if (el.dataset.playbackCompanion !== undefined) continue;
     if (el !== keep && !el.paused && !stoppers.has(el)) el.pause();
   }
 }
@@ -39,7 +44,7 @@ document.addEventListener(
   "play",
   (event) => {
     const el = event.target;
-    if (!(el instanceof HTMLMediaElement)) return;
+    if (!(el instanceof HTMLMediaElement) || el.dataset.playbackCompanion !== undefined) return;
     silenceAll(el);
     channel?.postMessage({ type: "playing", tab });
   },

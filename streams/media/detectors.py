@@ -342,7 +342,12 @@ _build_lock = threading.Lock()
 
 
 def face_detector_build(
-    *, model_dir: Path | None, choice: str = "auto", device: str = "cpu", threads: int = 1
+    *,
+    model_dir: Path | None,
+    choice: str = "auto",
+    device: str = "cpu",
+    threads: int = 1,
+    yunet_threshold: float | None = None,
 ) -> YuNetDetector | CenterFaceDetector:
     """The face detector to use.
 
@@ -356,6 +361,7 @@ def face_detector_build(
         choice: ``"auto"``, ``"yunet"`` or ``"centerface"``.
         device: For CenterFace: ``"cpu"``, ``"cuda"`` or ``"auto"``.
         threads: For CenterFace: onnxruntime intra-op threads.
+        yunet_threshold: For YuNet: its ``score_threshold`` (None: the class default).
 
     Raises:
         ValueError: unknown ``choice`` or ``device``.
@@ -371,6 +377,8 @@ def face_detector_build(
                 raise DetectorUnavailable(
                     f"{YUNET_FILE.name} not found in the model directory {model_dir or '(unset)'}"
                 )
+            if yunet_threshold is not None:
+                return YuNetDetector(yunet, score_threshold=yunet_threshold)
             return YuNetDetector(yunet)
         return CenterFaceDetector(device=device, threads=threads)
 

@@ -11,8 +11,10 @@ packetisation and SRTP only.
 Each :class:`RelayTrack` has its own bounded drop-oldest queue, pulled by its own
 sender, so a slow or dead listener loses old packets alone and never holds up the
 others.
-Video-ready: a new subscriber, or a PLI/FIR from any listener
-(:meth:`Relay.attach_sender`), asks the shared encoder for a keyframe.
+Video (:mod:`streams.media.video_live`): a new subscriber, or a PLI/FIR from any
+listener (:meth:`Relay.attach_sender`), asks the shared encoder for a keyframe; a video
+track starts forwarding at a keyframe, and one that overflows empties its queue and
+waits for the next keyframe rather than send frames its listener cannot decode.
 
 ``per_listener=True`` keeps the old path (each sender encodes raw frames itself) as
 the baseline of ``bench/fanout.py``.
@@ -32,19 +34,27 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from streams.audio import samples_to_frame
 from streams.media.graph import QueuePolicy, Sink
-from streams.media.items import AUDIO_TIME_BASE, SAMPLE_RATE, AudioChunk, EncodedPacket, Item
+from streams.media.items import (
+    AUDIO_TIME_BASE,
+    SAMPLE_RATE,
+    AudioChunk,
+    EncodedPacket,
+    Item,
+    MediaItem,
+    VideoFrame,
+)
 from streams.media.metrics import MediaMetrics
 
 logger = logging.getLogger("hearth.media")
 
 
 class Encoder(Protocol):
-    """A shared encoder: chunks in, packets out (one thread at a time)."""
+    """A shared encoder: chunks (or video frames) in, packets out (one thread at a time)."""
 
     kind: str
 
-    def encode(self, chunk: AudioChunk, *, keyframe: bool = False) -> list[av.Packet]:
-        """Encode one chunk; the packets carry ``pts``/``time_base``."""
+    def encode(self, chunk: Any, *, keyframe: bool = False) -> list[av.Packet]:
+        """Encode one chunk or frame; the packets carry ``pts``/``time_base``."""
         ...
 
     def close(self) -> None:
@@ -117,11 +127,36 @@ class RelayTrack(MediaStreamTrack):
         self._ready = asyncio.Event()
         self.sent = 0
         self.dropped = 0
+        # Video: a decoder can only start from a keyframe, and a lost packet breaks
+        # every frame after it until the next one. So a video track forwards nothing
+        # until a keyframe, and on overflow it empties its queue and waits (asking the
+        # shared encoder for one) instead of sending frames nobody can decode.
+        self._need_keyframe = kind == "video"
 
     def push(self, item: EncodedPacket | AudioChunk, published: float) -> None:
         """Queue one item (event-loop thread)."""
+        if self.kind == "video":
+            self._push_video(item, published)
+            return
         if len(self._queue) == self._queue.maxlen:
             self.dropped += 1
+        self._queue.append((item, published))
+        self._ready.set()
+
+    def _push_video(self, item: EncodedPacket | AudioChunk, published: float) -> None:
+        keyframe = isinstance(item, EncodedPacket) and item.keyframe
+        if self._need_keyframe and not keyframe:
+            self.dropped += 1
+            return
+        if len(self._queue) == self._queue.maxlen:
+            self.dropped += len(self._queue)
+            self._queue.clear()
+            if not keyframe:
+                self._need_keyframe = True
+                if self.sent:  # a sender reads this track: it needs a keyframe soon
+                    self._relay.request_keyframe()
+                return
+        self._need_keyframe = False
         self._queue.append((item, published))
         self._ready.set()
 
@@ -136,6 +171,8 @@ class RelayTrack(MediaStreamTrack):
                 raise MediaStreamError
             if self._queue:
                 break
+            if self._need_keyframe and self.sent == 0:
+                self._relay.request_keyframe()  # the sender has started: start it now
             self._ready.clear()
             await self._ready.wait()
         item, published = self._queue.popleft()
@@ -215,13 +252,16 @@ class Relay:
         """
         sender._send_keyframe = self.request_keyframe
 
-    async def publish(self, chunk: AudioChunk) -> None:
-        """Encode ``chunk`` once (in the executor) and queue it on every live track."""
+    async def publish(self, chunk: MediaItem) -> None:
+        """Encode ``chunk`` (an audio chunk, or a video frame for a video relay) once,
+        in the executor, and queue its packets on every live track."""
         tracks = [t for t in self.tracks if t.readyState == "live"]
         if not tracks:
             return
         now = time.monotonic()
         if self.per_listener:
+            if isinstance(chunk, VideoFrame):
+                raise TypeError("a per-listener relay carries audio only")
             for track in tracks:
                 track.push(chunk, now)
             return
@@ -241,7 +281,7 @@ class Relay:
                 time_base=packet.time_base,
                 produced=produced,
                 arrived=chunk.arrived,
-                keyframe=keyframe or self.kind == "audio",
+                keyframe=self.kind == "audio" or bool(packet.is_keyframe),
             )
             for track in tracks:
                 track.push(item, produced)

@@ -1,0 +1,216 @@
+"""Live video: a broadcaster's camera track → redaction stages → one VP8 encoder → listeners.
+
+::
+
+    aiortc track ──▶ VideoTrackSource ──▶ [detect faces ─▶ detect plates ─▶ track ─▶ blur]
+    (decoded                               (GraphRunner: worker thread, deadline, frames
+     av.VideoFrame)                          late by more than max_lag_s fail closed)
+                                                              │
+                                   VideoRelaySink ──▶ Relay(Vp8Encoder) ──▶ RelayTrack per listener
+
+The redaction itself is :mod:`streams.media.video`; this module only adapts the ends:
+
+* :class:`VideoTrackSource` turns aiortc's decoded frames into
+  :class:`~streams.media.items.VideoFrame` items (BGR, pts unwrapped from the 32-bit
+  90 kHz RTP clock and counted from the first frame).
+* :class:`Vp8Encoder` encodes each redacted frame **once** (libvpx through PyAV, the
+  real-time settings aiortc's own ``Vp8Encoder`` uses), and the
+  :class:`~streams.media.relay.Relay` hands the same ``av.Packet`` to every listener's
+  sender, which only packetises it (RFC 7741 payload descriptor, written by aiortc's
+  ``Vp8Encoder.pack``). A new listener, a dropped packet or a PLI/FIR asks for a
+  keyframe (:meth:`Relay.request_keyframe`).
+
+Only frames that left the redaction stages reach the encoder: the sink is the graph's
+only consumer. Imports nothing from Django.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from fractions import Fraction
+
+import av
+import numpy as np
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+
+from streams.media.graph import QueuePolicy, Sink, Source
+from streams.media.items import Item, VideoFrame
+from streams.media.relay import Relay
+
+RTP_VIDEO_TIME_BASE = Fraction(1, 90_000)
+"""Time base of RTP video timestamps (90 kHz clock, RFC 3551 §5)."""
+
+VIDEO_BITRATE = 1_000_000
+"""Target bits per second of the shared VP8 encoder (640x480 at 15-30 fps)."""
+
+KEYFRAME_INTERVAL = 150
+"""Frames between unforced keyframes (10 s at 15 fps): a listener whose PLI was lost
+still recovers."""
+
+
+class VideoTrackSource(Source):
+    """Video frames from an aiortc ``MediaStreamTrack`` (decoded ``av.VideoFrame``).
+
+    Each frame becomes a :class:`VideoFrame`: BGR uint8 ``(h, w, 3)`` pixels (converted
+    in a thread), ``time_base`` 1/90000, pts counted from the first frame with the
+    32-bit RTP wrap-around removed, ``arrived`` = when ``recv()`` returned it.
+    """
+
+    def __init__(self, track: MediaStreamTrack) -> None:
+        self.track = track
+        self._first: int | None = None
+        self._last_raw = 0
+        self._wraps = 0
+        self._last_pts: int | None = None
+
+    def _pts(self, raw: int | None) -> int:
+        if raw is None:  # no timestamp: one nominal 15 fps step after the last
+            return 0 if self._last_pts is None else self._last_pts + 6000
+        if self._first is None:
+            self._first = raw
+            self._last_raw = raw
+        if raw < self._last_raw and self._last_raw - raw > 1 << 31:
+            self._wraps += 1
+        self._last_raw = raw
+        return raw + (self._wraps << 32) - self._first
+
+    async def read(self) -> VideoFrame | None:
+        """The next decoded frame; None once the track ended."""
+        try:
+            frame = await self.track.recv()
+        except MediaStreamError:
+            return None
+        arrived = time.monotonic()
+        raw = frame.pts
+        if (
+            raw is not None
+            and frame.time_base is not None
+            and frame.time_base != (RTP_VIDEO_TIME_BASE)
+        ):
+            raw = round(raw * frame.time_base / RTP_VIDEO_TIME_BASE)
+        pts = self._pts(raw)
+        self._last_pts = pts
+        image = await asyncio.to_thread(frame.to_ndarray, format="bgr24")
+        return VideoFrame(
+            image=np.ascontiguousarray(image),
+            pts=pts,
+            time_base=RTP_VIDEO_TIME_BASE,
+            arrived=arrived,
+        )
+
+
+class Vp8Encoder:
+    """The shared VP8 encoder of a video relay: redacted frames in, one packet each out.
+
+    libvpx through PyAV, real time (``deadline=realtime``, ``cpu-used=-6``, no
+    look-ahead: one packet per frame, at once), constant bit rate
+    :data:`VIDEO_BITRATE`, the settings aiortc 1.16's ``codecs/vpx.py`` uses for its
+    per-sender encoder. A change of frame size starts a new codec (and a keyframe).
+    Packets keep the frame's pts, ``time_base`` 1/90000.
+
+    Args:
+        bitrate: Target bits per second.
+        keyframe_interval: Frames between unforced keyframes.
+    """
+
+    kind = "video"
+
+    def __init__(
+        self, *, bitrate: int = VIDEO_BITRATE, keyframe_interval: int = KEYFRAME_INTERVAL
+    ) -> None:
+        self.bitrate = bitrate
+        self.keyframe_interval = keyframe_interval
+        self.codec: av.VideoCodecContext | None = None
+        self.frames = 0
+
+    def _open(self, width: int, height: int) -> av.VideoCodecContext:
+        codec = av.CodecContext.create("libvpx", "w")
+        codec.width, codec.height = width, height
+        codec.pix_fmt = "yuv420p"
+        codec.time_base = RTP_VIDEO_TIME_BASE
+        codec.bit_rate = self.bitrate
+        codec.gop_size = self.keyframe_interval
+        codec.qmin, codec.qmax = 2, 56
+        codec.options = {
+            "bufsize": str(self.bitrate),
+            "cpu-used": "-6",
+            "deadline": "realtime",
+            "lag-in-frames": "0",
+            "minrate": str(self.bitrate),
+            "maxrate": str(self.bitrate),
+            "static-thresh": "1",
+            "undershoot-pct": "100",
+            "overshoot-pct": "15",
+        }
+        codec.thread_count = 1
+        return codec
+
+    def encode(self, chunk: VideoFrame, *, keyframe: bool = False) -> list[av.Packet]:
+        """Encode one BGR frame; a keyframe when ``keyframe`` or the codec is new."""
+        width, height = chunk.width - chunk.width % 2, chunk.height - chunk.height % 2
+        if self.codec is not None and (self.codec.width, self.codec.height) != (width, height):
+            self.codec = None
+        if self.codec is None:
+            self.codec = self._open(width, height)
+            keyframe = True
+        image = chunk.image[:height, :width]
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="bgr24")
+        frame = frame.reformat(format="yuv420p")
+        frame.pts = round(chunk.pts * chunk.time_base / RTP_VIDEO_TIME_BASE)
+        frame.time_base = RTP_VIDEO_TIME_BASE
+        if keyframe:
+            frame.pict_type = av.video.frame.PictureType.I
+        packets = list(self.codec.encode(frame))
+        self.frames += 1
+        for packet in packets:
+            packet.time_base = RTP_VIDEO_TIME_BASE
+            if packet.pts is None:
+                packet.pts = frame.pts
+        return packets
+
+    def close(self) -> None:
+        """Drop the codec context."""
+        self.codec = None
+
+
+class VideoRelaySink(Sink):
+    """The video graph's sink: each redacted frame to a :class:`Relay` (encoded once).
+
+    Drop-oldest with a short queue (4 frames): live video never waits, and a frame that
+    waited is not worth sending late. With ``delay_s`` (a bleeped broadcast's audio
+    delay line) each frame is held until ``delay_s`` after it arrived, so the picture
+    does not lead the sound; the queue then holds that many seconds of frames.
+
+    Args:
+        relay: The video relay.
+        delay_s: Hold each frame until this long after its arrival, seconds (0: none).
+        max_rate: Frames per second the queue is sized for while delaying.
+    """
+
+    name = "video_relay"
+    policy = QueuePolicy.DROP_OLDEST
+    max_items = 4
+
+    def __init__(self, relay: Relay, *, delay_s: float = 0.0, max_rate: int = 30) -> None:
+        self.relay = relay
+        self.delay_s = max(0.0, delay_s)
+        self.max_items = 4 + math.ceil(self.delay_s * max_rate)
+
+    async def write(self, item: Item) -> None:
+        """Publish video frames (after the delay); events are not relayed."""
+        if isinstance(item, VideoFrame):
+            if self.delay_s:
+                await asyncio.sleep(max(0.0, item.arrived + self.delay_s - time.monotonic()))
+            await self.relay.publish(item)
+
+
+__all__ = [
+    "KEYFRAME_INTERVAL",
+    "RTP_VIDEO_TIME_BASE",
+    "VIDEO_BITRATE",
+    "VideoRelaySink",
+    "VideoTrackSource",
+    "Vp8Encoder",
+]
