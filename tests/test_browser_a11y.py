@@ -373,6 +373,10 @@ def test_focus_moves_to_what_replaced_the_pressed_button(server, noisy_jfk_wav: 
             "data-state", "live", timeout=20_000
         )
         alice.click('.site-nav a:text-is("Recordings")')
+        # Wait for Turbo to render the new page: a Stop pressed while the visit is still
+        # loading hands the focus to the old page's <main>, which the render then drops.
+        alice.wait_for_url(f"{base}/recordings/")
+        expect(alice.locator("#main h1")).to_have_text("Recordings")
         alice.locator("#livebar-stop").click()
         expect(alice.locator("#livebar")).to_be_hidden(timeout=20_000)
         expect(alice.locator("#main")).to_be_focused()
