@@ -97,9 +97,15 @@ function withPresence(picture, presence) {
 }
 
 function setList(list, empty, items, emptyText) {
+  // A row's control that held the focus and whose row is gone (taken away by this
+  // render: a request cancelled, declined, or answered in another tab) hands it on
+  // like a pressed button does, whichever of the renders racing for it comes last.
+  const focused = document.activeElement;
+  const successor = list.contains(focused) ? focusSuccessor(focused, null) : null;
   replaceRows(list, items);
   empty.textContent = emptyText;
   empty.hidden = items.length > 0;
+  successor?.();
 }
 
 const rowId = (row) => [row.dataset.requestId, row.dataset.sessionId, row.dataset.userId].join("/");
