@@ -114,6 +114,29 @@ async def test_a_camera_broadcast_is_recorded_as_a_redacted_mp4(settings) -> Non
     assert misses == [], f"faces left in the recording: {misses}"
 
 
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+async def test_a_dropped_camera_broadcaster_still_leaves_a_finished_mp4(settings) -> None:
+    settings.HEARTH = {**settings.HEARTH, "MEDIA_RECONNECT_S": 0}
+    ann, _ben = await friends_make()
+    a = await connected(ann)
+    pc_a, _camera, session_id = await _go_live(a)
+    recording_live = media_server().rooms[session_id].video_recording
+    assert recording_live is not None
+    await _until(
+        lambda: recording_live.recorder is not None and recording_live.recorder.frames >= 15,
+        timeout=90,
+    )
+    await pc_a.close()  # the broadcaster's connection drops; its page stays
+    ended = await expect(a, "session.ended", timeout=60)
+    assert ended["reason"] == "disconnected" and ended["recording_id"] is not None
+    await close_all([], [a])
+    recording = await database_sync_to_async(Recording.objects.get)(id=ended["recording_id"])
+    assert recording.kind == "video" and recording.file.name.endswith(".mp4")
+    frames, video_s, _audio_s = _decode(services.recording_path(recording))
+    assert len(frames) >= 15 and recording.duration_s == pytest.approx(video_s, abs=0.01)
+
+
 # --- Crash repair (start-up) ------------------------------------------------------------
 
 
