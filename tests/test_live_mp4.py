@@ -8,6 +8,7 @@ SIGKILL a recorder subprocess and run the start-up cleanup on what it left.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -18,21 +19,43 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+from aiortc.contrib.media import MediaPlayer
 from channels.db import database_sync_to_async
 from django.conf import settings as django_settings
 
 from bench._video_material import city_image
-from streams import services
+from streams import pii_setup, rtc, services
 from streams.audio import write_wav
+from streams.media import live_pii
 from streams.media.detectors import YUNET_FILE, CenterFaceDetector, YuNetDetector
+from streams.media.pii_analysis import PiiAnalyser
 from streams.media.video import laplacian_variance
 from streams.models import Recording
 from streams.recording import RecordingInfo
 from streams.rtc import media_server
 from tests.conftest import MODELS_DIR
-from tests.rtc_helpers import close_all, connected, expect, friends_make
+from tests.rtc_helpers import (
+    accept_answer,
+    client_peer,
+    close_all,
+    connected,
+    expect,
+    friends_make,
+    offer_sdp,
+)
+from tests.test_live_pii_rtc import _Stalled
 from tests.test_mp4_live import WRITER
-from tests.test_video_live import FPS, HEIGHT, TOP, WIDTH, _crop_x, _faces_found, _go_live, _until
+from tests.test_video_live import (
+    FPS,
+    HEIGHT,
+    TOP,
+    WIDTH,
+    CityCamera,
+    _crop_x,
+    _faces_found,
+    _go_live,
+    _until,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 RATE = 48_000
@@ -135,6 +158,56 @@ async def test_a_dropped_camera_broadcaster_still_leaves_a_finished_mp4(settings
     assert recording.kind == "video" and recording.file.name.endswith(".mp4")
     frames, video_s, _audio_s = _decode(services.recording_path(recording))
     assert len(frames) >= 15 and recording.duration_s == pytest.approx(video_s, abs=0.01)
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+async def test_the_mp4_gets_the_audio_after_the_bleep_delay_line(
+    monkeypatch, noisy_jfk_wav: Path
+) -> None:
+    # Speech-to-text stuck: the delay line lets out only muted audio, to the listeners
+    # and so to the recording; loud speech in the MP4 would be raw audio.
+    words = _Stalled()
+    monkeypatch.setattr(live_pii, "DRAIN_MARGIN_S", 1.0)
+    monkeypatch.setattr(
+        rtc,
+        "build_analyser",
+        lambda timeline, **_: PiiAnalyser(words, pii_setup.detector(), timeline),
+    )
+    ann, _ben = await friends_make()
+    a = await connected(ann)
+    player = MediaPlayer(str(noisy_jfk_wav))
+    pc = client_peer()
+    try:
+        pc.addTransceiver(player.audio, direction="sendonly")
+        pc.addTrack(CityCamera())
+        await a.send_json_to(
+            {
+                "type": "broadcast.start",
+                "sdp": await offer_sdp(pc),
+                "bleep": "tone",
+                "delay_s": 2.0,
+            }
+        )
+        answer = await expect(a, "broadcast.answer", timeout=60)
+        await accept_answer(pc, answer["sdp"])
+        live = media_server().rooms[answer["session_id"]].video_recording
+        assert live is not None
+        await _until(lambda: live.recorder is not None and live.recorder.frames >= 15, timeout=90)
+        await asyncio.sleep(2.0)  # audio past the 2 s delay line reaches the file
+        await a.send_json_to({"type": "broadcast.stop"})
+        ended = await expect(a, "broadcast.ended", timeout=60)
+    finally:
+        words.release.set()
+        if player.audio is not None:
+            player.audio.stop()
+        await close_all([pc], [a])
+    recording = await database_sync_to_async(Recording.objects.get)(id=ended["recording_id"])
+    assert recording.kind == "video"
+    with av.open(str(services.recording_path(recording))) as container:
+        audio = np.concatenate([f.to_ndarray().reshape(-1) for f in container.decode(audio=0)])
+    assert len(audio) > 48_000
+    assert float(np.abs(audio).max()) < 0.01, "raw audio reached the MP4"
 
 
 # --- Crash repair (start-up) ------------------------------------------------------------
