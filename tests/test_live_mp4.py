@@ -63,7 +63,7 @@ RATE = 48_000
 
 def _decode(path: Path) -> tuple[list[np.ndarray], float, float]:
     """Every video frame (BGR), the video's and the audio's decoded length (s); the
-    audio starts with the video (within 0.5 s: it is placed by arrival times)."""
+    audio starts with the video (within 1 s: it is placed by arrival times)."""
     with av.open(str(path)) as container:
         assert container.streams.video and container.streams.audio, "video + audio expected"
         frames = [f.to_ndarray(format="bgr24") for f in container.decode(video=0)]
@@ -71,7 +71,7 @@ def _decode(path: Path) -> tuple[list[np.ndarray], float, float]:
         audio = list(container.decode(audio=0))
         samples = sum(f.samples for f in audio)
         audio_s = samples / container.streams.audio[0].rate
-        assert audio and audio[0].time is not None and audio[0].time < 0.5, audio[0].time
+        assert audio and audio[0].time is not None and audio[0].time < 1.0, audio[0].time
     with av.open(str(path)) as container:
         video_s = container.duration / av.time_base
     return frames, video_s, audio_s
@@ -93,9 +93,10 @@ async def test_a_camera_broadcast_is_recorded_as_a_redacted_mp4(settings) -> Non
         ),
         timeout=90,
     )
+    sent_s = camera.sent / FPS  # the camera ran this long before the stop
     await a.send_json_to({"type": "broadcast.stop"})
     ended = await expect(a, "broadcast.ended", timeout=60)
-    sent_s = camera.sent / FPS
+    sent_end_s = camera.sent / FPS  # ... and this long until the connection closed
     await close_all([pc_a], [a])
 
     recording = await database_sync_to_async(Recording.objects.get)(session_id=session_id)
@@ -108,10 +109,13 @@ async def test_a_camera_broadcast_is_recorded_as_a_redacted_mp4(settings) -> Non
     assert recording.blur_faces is True and recording.blur_plates is True
     assert recording.frames_processed > 0 and recording.faces_blurred > 0
     frames, video_s, audio_s = _decode(path)
-    assert len(frames) >= 30
-    # The camera ran sent_s; the file starts at the first frame the server got and
-    # ends at the stop, so it is a little shorter, never longer.
-    assert sent_s - 3.0 < recording.duration_s < sent_s + 0.5, (recording.duration_s, sent_s)
+    assert len(frames) >= 30, len(frames)
+    # The file runs from the first frame the server got to the stop.
+    assert sent_s - 3.0 < recording.duration_s < sent_end_s + 0.5, (
+        recording.duration_s,
+        sent_s,
+        sent_end_s,
+    )
     assert recording.duration_s == pytest.approx(video_s, abs=0.01)
     assert audio_s > 0.5 * video_s, (audio_s, video_s)
     with av.open(str(path)) as container:  # seekable: the index is in the file
@@ -124,7 +128,7 @@ async def test_a_camera_broadcast_is_recorded_as_a_redacted_mp4(settings) -> Non
     band = city_image()[TOP : TOP + HEIGHT]
     raw = camera.crops[0]
     sharp, misses = 0, []
-    for frame in frames[::4]:
+    for frame in frames[::2]:
         assert frame.shape == (HEIGHT, WIDTH, 3)
         if laplacian_variance(frame) < 0.05 * laplacian_variance(raw):
             continue  # blurred whole (failed closed)
@@ -133,7 +137,7 @@ async def test_a_camera_broadcast_is_recorded_as_a_redacted_mp4(settings) -> Non
         misses += [("yunet", x, b) for b in _faces_found(frame, x, yunet, 0.45)]
         misses += [("centerface", x, b) for b in _faces_found(frame, x, centerface, 0.3)]
     print(f"{len(frames)} frames recorded, {video_s:.2f} s for {sent_s:.2f} s sent, {sharp} sharp")
-    assert sharp > 0, "every sampled frame was blurred whole"
+    assert sharp > 0, f"every sampled frame was blurred whole ({len(frames)} frames)"
     assert misses == [], f"faces left in the recording: {misses}"
 
 
