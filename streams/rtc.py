@@ -85,6 +85,7 @@ LIVE_DETECT_EVERY = 2
 between, and the recheck pass runs on every frame. At 15 fps a result is then at most
 67 ms old, inside ``VIDEO_STALE_S``; Haar plate detection alone costs ~100 ms per
 640x480 frame on a loaded 2-core machine."""
+VIDEO_COUNTS_S = 10.0  # how often a camera broadcast stores its redaction counts (crash repair)
 
 
 class SignalingError(Exception):
@@ -235,6 +236,7 @@ class BroadcastRoom:
         # beside the WAV, which it replaces once finished (see close()).
         self.video_recording: LiveVideoRecording | None = None
         self.video_info: services.VideoRecordingInfo | None = None
+        self._video_counts_task: asyncio.Task[None] | None = None
         # "tone"/"silence": spoken personal information is bleeped (or silenced)
         # behind a delay line of delay_s seconds; "" off.
         self.bleep = bleep
@@ -537,6 +539,8 @@ class BroadcastRoom:
             on_event=self._on_video_event,
         )
         self._video_task = asyncio.ensure_future(self.video_runner.run())
+        if self.video_recording is not None:
+            self._video_counts_task = asyncio.ensure_future(self._video_counts_loop())
 
     def _on_video_event(self, event: Event) -> None:
         """The camera graph's events (never the audio's PII branch): a detector that
@@ -1029,6 +1033,23 @@ class BroadcastRoom:
         except Exception:
             logger.exception("could not send %s to session %s", event, self.session_id)
 
+    async def _video_counts_loop(self) -> None:
+        """Every ``VIDEO_COUNTS_S``: the camera's redaction counts onto the recording
+        row, so a crash repair keeps them (the final ones are stored at the stop)."""
+        while not self.closing:
+            await asyncio.sleep(VIDEO_COUNTS_S)
+            metrics = self.video_metrics
+            try:
+                await database_sync_to_async(services.recording_video_counts_set)(
+                    session_id=self.session_id,
+                    frames_processed=metrics.frames_processed,
+                    faces_blurred=int(metrics.regions_blurred.get("face", 0)),
+                    plates_blurred=int(metrics.regions_blurred.get("plate", 0)),
+                    frames_failed_closed=metrics.frames_failed_closed,
+                )
+            except Exception:
+                logger.exception("session %s: redaction counts not stored", self.session_id)
+
     async def _stats_loop(self) -> None:
         """Every ``STATS_INTERVAL_S``: the engine's figures to the session's pages."""
         while not self.closing:
@@ -1131,6 +1152,8 @@ class BroadcastRoom:
                 await self.remove_listener(key=key)
         if self._stats_task is not None:
             self._stats_task.cancel()
+        if self._video_counts_task is not None:
+            self._video_counts_task.cancel()
         if self._grace_task is not None and self._grace_task is not asyncio.current_task():
             self._grace_task.cancel()
         if self._media_task is not None and self._media_task is not asyncio.current_task():

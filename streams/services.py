@@ -176,14 +176,40 @@ def recording_video_expect(*, session_id: int, blur_faces: bool, blur_plates: bo
     )
 
 
+def recording_video_counts_set(
+    *,
+    session_id: int,
+    frames_processed: int,
+    faces_blurred: int,
+    plates_blurred: int,
+    frames_failed_closed: int,
+) -> None:
+    """Store live session ``session_id``'s camera redaction counts so far on its
+    recording (every ``VIDEO_COUNTS_S`` while live), so that a crash repair keeps them
+    up to then. An ended session's recording is left alone.
+
+    Raises:
+        ValueError: a count is negative.
+    """
+    counts = {
+        "frames_processed": frames_processed,
+        "faces_blurred": faces_blurred,
+        "plates_blurred": plates_blurred,
+        "frames_failed_closed": frames_failed_closed,
+    }
+    if min(counts.values()) < 0:
+        raise ValueError(f"Redaction counts cannot be negative ({counts}).")
+    Recording.objects.filter(session_id=session_id, ended_at__isnull=True).update(**counts)
+
+
 def _video_fragments_finish(
     recording: Recording, *, repair_busy: bool
 ) -> VideoRecordingInfo | None:
     """Finish the fragment file a camera broadcast's crashed (or failed) writer left
     beside ``recording``'s WAV into its seekable MP4; None when there is none, when it
     may still be written (modified within ``SESSION_STALE_S`` and not ``repair_busy``),
-    or when nothing in it is usable (then the WAV stays the recording). The counts of
-    a crashed broadcast are lost (kept in memory while live): they are stored as 0.
+    or when nothing in it is usable (then the WAV stays the recording). The counts are
+    the last ones the broadcast stored (:func:`recording_video_counts_set`).
     File work: call outside any transaction.
     """
     wav = recording_path(recording)
@@ -211,6 +237,10 @@ def _video_fragments_finish(
         size_bytes=facts.size_bytes,
         blur_faces=recording.blur_faces,
         blur_plates=recording.blur_plates,
+        frames_processed=recording.frames_processed,
+        faces_blurred=recording.faces_blurred,
+        plates_blurred=recording.plates_blurred,
+        frames_failed_closed=recording.frames_failed_closed,
     )
 
 

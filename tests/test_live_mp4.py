@@ -143,8 +143,11 @@ async def test_a_camera_broadcast_is_recorded_as_a_redacted_mp4(settings) -> Non
 
 @pytest.mark.slow
 @pytest.mark.django_db(transaction=True)
-async def test_a_dropped_camera_broadcaster_still_leaves_a_finished_mp4(settings) -> None:
+async def test_a_dropped_camera_broadcaster_still_leaves_a_finished_mp4(
+    settings, monkeypatch
+) -> None:
     settings.HEARTH = {**settings.HEARTH, "MEDIA_RECONNECT_S": 0}
+    monkeypatch.setattr(rtc, "VIDEO_COUNTS_S", 0.5)
     ann, _ben = await friends_make()
     a = await connected(ann)
     pc_a, _camera, session_id = await _go_live(a)
@@ -154,6 +157,18 @@ async def test_a_dropped_camera_broadcaster_still_leaves_a_finished_mp4(settings
         lambda: recording_live.recorder is not None and recording_live.recorder.frames >= 15,
         timeout=90,
     )
+    # While live, the counts reach the row (what a crash repair would keep).
+    counted = database_sync_to_async(
+        lambda: (
+            Recording.objects.get(session_id=session_id).frames_processed
+            + Recording.objects.get(session_id=session_id).frames_failed_closed
+        )
+    )
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 30
+    while await counted() == 0:
+        assert loop.time() < deadline, "the redaction counts never reached the recording"
+        await asyncio.sleep(0.2)
     await pc_a.close()  # the broadcaster's connection drops; its page stays
     ended = await expect(a, "session.ended", timeout=60)
     assert ended["reason"] == "disconnected" and ended["recording_id"] is not None
@@ -230,6 +245,13 @@ def _live_camera_session(user) -> tuple[Recording, Path]:
         broadcaster=user, denoise=False, owner_channel="specific.gone!1"
     )
     services.recording_video_expect(session_id=session.id, blur_faces=True, blur_plates=False)
+    services.recording_video_counts_set(
+        session_id=session.id,
+        frames_processed=40,
+        faces_blurred=120,
+        plates_blurred=0,
+        frames_failed_closed=3,
+    )
     wav = services.recording_path(recording)
     wav.parent.mkdir(parents=True, exist_ok=True)
     t = np.arange(3 * RATE)
@@ -275,6 +297,9 @@ def test_start_up_finishes_the_mp4_a_killed_broadcast_left(
     path = services.recording_path(recording)
     assert not fragments.exists() and not wav.exists()
     assert (recording.blur_faces, recording.blur_plates) == (True, False)
+    # The counts stored while live survive the crash.
+    assert (recording.frames_processed, recording.faces_blurred) == (40, 120)
+    assert (recording.plates_blurred, recording.frames_failed_closed) == (0, 3)
     frames, video_s, audio_s = _decode(path)
     assert len(frames) >= 30  # at least 2 of the 3 s encoded survive the kill
     assert recording.duration_s == pytest.approx(video_s, abs=0.01) and video_s >= 2.0
@@ -308,6 +333,29 @@ def test_the_owner_finishes_from_disk_when_its_own_finalise_failed(
         services.live_session_end(session_id=recording.session_id, reason="stopped", info=info)
     recording.refresh_from_db()
     assert recording.kind == "video" and not fragments.exists() and not wav.exists()
+
+
+@pytest.mark.django_db
+def test_redaction_counts_are_stored_on_a_live_recording_only(alice) -> None:
+    recording, _ = _live_camera_session(alice)
+    with pytest.raises(ValueError):
+        services.recording_video_counts_set(
+            session_id=recording.session_id,
+            frames_processed=-1,
+            faces_blurred=0,
+            plates_blurred=0,
+            frames_failed_closed=0,
+        )
+    services.live_session_end(session_id=recording.session_id, reason="stopped")
+    services.recording_video_counts_set(
+        session_id=recording.session_id,
+        frames_processed=99,
+        faces_blurred=99,
+        plates_blurred=99,
+        frames_failed_closed=99,
+    )
+    recording.refresh_from_db()
+    assert recording.frames_processed == 40  # the last count while live
 
 
 @pytest.mark.django_db
