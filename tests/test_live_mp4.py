@@ -9,6 +9,7 @@ SIGKILL a recorder subprocess and run the start-up cleanup on what it left.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -20,6 +21,7 @@ import av
 import numpy as np
 import pytest
 from aiortc.contrib.media import MediaPlayer
+from aiortc.mediastreams import AudioStreamTrack
 from channels.db import database_sync_to_async
 from django.conf import settings as django_settings
 
@@ -33,7 +35,9 @@ from streams.media.video import laplacian_variance
 from streams.models import Recording
 from streams.recording import RecordingInfo
 from streams.rtc import media_server
+from tests import live_server
 from tests.conftest import MODELS_DIR
+from tests.live_server import WsClient, session_cookie
 from tests.rtc_helpers import (
     accept_answer,
     client_peer,
@@ -56,6 +60,10 @@ from tests.test_video_live import (
     _go_live,
     _until,
 )
+from users.models import User
+
+daphne_factory = live_server.daphne_factory
+loopback_ice = live_server.loopback_ice
 
 REPO = Path(__file__).resolve().parents[1]
 RATE = 48_000
@@ -278,6 +286,52 @@ def _killed_writer(fragments: Path) -> None:
         child.kill()
         child.wait(30)
     assert child.returncode == -signal.SIGKILL
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+async def test_a_server_killed_mid_camera_broadcast_leaves_an_mp4_the_start_up_finishes(
+    daphne_factory, loopback_ice
+) -> None:
+    user = await database_sync_to_async(User.objects.create_user)("kim", password="pw-kim-1234")
+    cookie = await database_sync_to_async(session_cookie)(user)
+    server = daphne_factory("daphne")
+    pc = client_peer()
+    ws = await WsClient.open(server.ws_url, cookie, origin=server.origin, name="kim")
+    try:
+        await ws.expect("hello")
+        pc.addTrack(AudioStreamTrack())
+        pc.addTrack(CityCamera())
+        await ws.send_json({"type": "broadcast.start", "sdp": await offer_sdp(pc)})
+        answer = await ws.expect("broadcast.answer", timeout=60)
+        await accept_answer(pc, answer["sdp"])
+        recording = await database_sync_to_async(Recording.objects.get)(
+            session_id=answer["session_id"]
+        )
+        wav = services.recording_path(recording)
+        fragments = services.recording_fragments_path(wav)
+
+        def whole_fragments() -> int:  # video frames readable from the live file
+            with contextlib.suppress(Exception), av.open(str(fragments)) as container:
+                return sum(1 for _ in container.demux(video=0))
+            return 0
+
+        await _until(lambda: whole_fragments() >= 10, timeout=90)
+        server.send_signal(signal.SIGKILL)  # no shutdown hook, no finalise
+        assert await asyncio.to_thread(server.wait, 15) is not None
+    finally:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(pc.close(), 5)
+        await ws.close()
+    assert fragments.exists() and not services.recording_mp4_path(wav).exists()
+    _age(wav, fragments)
+    # What the next start-up runs (MediaServer.ensure_started, in-memory layer).
+    assert await database_sync_to_async(services.live_session_end_orphaned)() == 1
+    await database_sync_to_async(recording.refresh_from_db)()
+    assert recording.kind == "video" and not fragments.exists()
+    assert recording.blur_faces is True and recording.blur_plates is True
+    frames, video_s, _audio_s = _decode(services.recording_path(recording))
+    assert len(frames) >= 10 and recording.duration_s == pytest.approx(video_s, abs=0.01)
 
 
 @pytest.mark.django_db
