@@ -53,6 +53,7 @@ from streams.media.graph import Graph, GraphRunner, TrackSource
 from streams.media.items import SAMPLE_RATE, Event
 from streams.media.live_pii import LivePii
 from streams.media.metrics import MediaMetrics, StageTimer
+from streams.media.mp4_live import LiveVideoRecording, mp4_duration_s
 from streams.media.relay import OpusEncoder, Relay, RelaySink, RelayTrack
 from streams.media.sinks import RecorderSink
 from streams.media.video import redaction_stages
@@ -84,6 +85,7 @@ LIVE_DETECT_EVERY = 2
 between, and the recheck pass runs on every frame. At 15 fps a result is then at most
 67 ms old, inside ``VIDEO_STALE_S``; Haar plate detection alone costs ~100 ms per
 640x480 frame on a loaded 2-core machine."""
+VIDEO_COUNTS_S = 10.0  # how often a camera broadcast stores its redaction counts (crash repair)
 
 
 class SignalingError(Exception):
@@ -230,6 +232,11 @@ class BroadcastRoom:
         self.video_runner: GraphRunner | None = None
         self._video_task: asyncio.Task[None] | None = None
         self._video_stages: list[Any] = []
+        # A camera broadcast is recorded as MP4 (redacted video + the listeners' audio)
+        # beside the WAV, which it replaces once finished (see close()).
+        self.video_recording: LiveVideoRecording | None = None
+        self.video_info: services.VideoRecordingInfo | None = None
+        self._video_counts_task: asyncio.Task[None] | None = None
         # "tone"/"silence": spoken personal information is bleeped (or silenced)
         # behind a delay line of delay_s seconds; "" off.
         self.bleep = bleep
@@ -337,6 +344,13 @@ class BroadcastRoom:
             self.video_relay = Relay(
                 encoder=Vp8Encoder(), executor=workers.encode, metrics=self.video_metrics
             )
+            self.video_recording = LiveVideoRecording(
+                services.recording_fragments_path(self.recording_file), executor=workers.io
+            )
+            await database_sync_to_async(services.recording_video_expect)(
+                session_id=self.session_id, blur_faces=self.blur_faces, blur_plates=self.blur_plates
+            )
+            self._still_opening()
         self._start_graph(audio)
         if camera is not None:
             self._start_video_graph(camera)
@@ -510,7 +524,10 @@ class BroadcastRoom:
         # picture is held as long, so that it does not lead the sound.
         delay = self.delay_s if self.bleep else 0.0
         sink = VideoRelaySink(self.video_relay, delay_s=delay)
-        graph = Graph(stages=self._video_stages, sinks=[sink])
+        sinks: list[Any] = [sink]
+        if self.video_recording is not None:
+            sinks.append(self.video_recording.video_sink())
+        graph = Graph(stages=self._video_stages, sinks=sinks)
         self.video_runner = GraphRunner(
             graph,
             VideoTrackSource(track),
@@ -522,6 +539,8 @@ class BroadcastRoom:
             on_event=self._on_video_event,
         )
         self._video_task = asyncio.ensure_future(self.video_runner.run())
+        if self.video_recording is not None:
+            self._video_counts_task = asyncio.ensure_future(self._video_counts_loop())
 
     def _on_video_event(self, event: Event) -> None:
         """The camera graph's events (never the audio's PII branch): a detector that
@@ -666,10 +685,13 @@ class BroadcastRoom:
 
     async def _storage_limit(self) -> str | None:
         def check() -> str | None:
-            try:
-                live_bytes = self.recording_file.stat().st_size
-            except OSError:
-                live_bytes = 0
+            live_bytes = 0
+            for path in (
+                self.recording_file,
+                services.recording_fragments_path(self.recording_file),
+            ):
+                with contextlib.suppress(OSError):
+                    live_bytes += path.stat().st_size
             return selectors.live_session_limit_exceeded(
                 broadcaster_id=self.broadcaster_id, live_bytes=live_bytes
             )
@@ -695,6 +717,8 @@ class BroadcastRoom:
         assert self.stage is not None and self.recorder_sink is not None and self.relay
         stages: list[Any] = [self.mute, self.stage]
         sinks: list[Any] = [self.recorder_sink, RelaySink(self.relay)]
+        if self.video_recording is not None:
+            sinks.append(self.video_recording.audio_sink())  # what the relay gets
         taps: dict[int, list[Any]] = {}
         if self.pii is not None:
             # Analysis reads the denoised audio (output of stage 1); listeners and
@@ -1009,6 +1033,23 @@ class BroadcastRoom:
         except Exception:
             logger.exception("could not send %s to session %s", event, self.session_id)
 
+    async def _video_counts_loop(self) -> None:
+        """Every ``VIDEO_COUNTS_S``: the camera's redaction counts onto the recording
+        row, so a crash repair keeps them (the final ones are stored at the stop)."""
+        while not self.closing:
+            await asyncio.sleep(VIDEO_COUNTS_S)
+            metrics = self.video_metrics
+            try:
+                await database_sync_to_async(services.recording_video_counts_set)(
+                    session_id=self.session_id,
+                    frames_processed=metrics.frames_processed,
+                    faces_blurred=int(metrics.regions_blurred.get("face", 0)),
+                    plates_blurred=int(metrics.regions_blurred.get("plate", 0)),
+                    frames_failed_closed=metrics.frames_failed_closed,
+                )
+            except Exception:
+                logger.exception("session %s: redaction counts not stored", self.session_id)
+
     async def _stats_loop(self) -> None:
         """Every ``STATS_INTERVAL_S``: the engine's figures to the session's pages."""
         while not self.closing:
@@ -1058,6 +1099,45 @@ class BroadcastRoom:
         self.server.spawn(self.publish_stats())
         return previous if previous != page else None
 
+    async def _video_recording_finish(self) -> None:
+        """Finish the camera's MP4 (both graphs have drained) in the I/O pool and keep
+        its figures and the camera's redaction counts in :attr:`video_info`. On failure
+        the fragment file stays for :func:`services.live_session_end` to finish from
+        disk (or the WAV stays the recording)."""
+        recording = self.video_recording
+        if recording is None:
+            return
+        target = services.recording_mp4_path(self.recording_file)
+        loop = asyncio.get_running_loop()
+        try:
+            facts = await loop.run_in_executor(self.server.workers.io, recording.finalise, target)
+            if facts is None:
+                return
+            duration_s = await loop.run_in_executor(self.server.workers.io, mp4_duration_s, target)
+        except Exception:
+            logger.exception("session %s: the video recording cannot be finished", self.session_id)
+            return
+        metrics = self.video_metrics
+        self.video_info = services.VideoRecordingInfo(
+            path=target,
+            duration_s=duration_s,
+            size_bytes=facts.size_bytes,
+            blur_faces=self.blur_faces,
+            blur_plates=self.blur_plates,
+            frames_processed=metrics.frames_processed,
+            faces_blurred=int(metrics.regions_blurred.get("face", 0)),
+            plates_blurred=int(metrics.regions_blurred.get("plate", 0)),
+            frames_failed_closed=metrics.frames_failed_closed,
+        )
+        recorder = recording.recorder
+        logger.info(
+            "session %s: video recorded, %d frames (%d dropped), %.1f s",
+            self.session_id,
+            facts.video_frames,
+            recorder.frames_dropped if recorder is not None else 0,
+            duration_s,
+        )
+
     async def close(self) -> RecordingInfo | None:
         """Close every peer connection, let the graph flush and drain, finalise the WAV.
 
@@ -1072,6 +1152,8 @@ class BroadcastRoom:
                 await self.remove_listener(key=key)
         if self._stats_task is not None:
             self._stats_task.cancel()
+        if self._video_counts_task is not None:
+            self._video_counts_task.cancel()
         if self._grace_task is not None and self._grace_task is not asyncio.current_task():
             self._grace_task.cancel()
         if self._media_task is not None and self._media_task is not asyncio.current_task():
@@ -1120,6 +1202,7 @@ class BroadcastRoom:
                 logger.exception("session %s graph failed", self.session_id)
         if self.relay is not None:
             self.relay.close()
+        await self._video_recording_finish()
         with contextlib.suppress(Exception):
             await self._pii_close()
         info = self.recorder_sink.info if self.recorder_sink is not None else None
@@ -1441,7 +1524,7 @@ class MediaServer:
             logger.exception("closing session %s failed; repairing its recording", room.session_id)
         broadcast_ended_count(room, reason)
         recording = await database_sync_to_async(services.live_session_end)(
-            session_id=room.session_id, reason=reason, info=info
+            session_id=room.session_id, reason=reason, info=info, video=room.video_info
         )
         stats = room.metrics
         logger.info(

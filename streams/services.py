@@ -26,6 +26,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from project.api import UNCLEAN_TEXT_MESSAGE, text_is_clean
+from streams.media.mp4_live import Mp4FinishError, mp4_duration_s, mp4_fragments_finish
 from streams.models import LiveSession, MediaWorker, Recording, RedactionEvent, UploadJob
 from streams.processors.factory import audio_chain_settings
 from streams.recording import (
@@ -123,6 +124,142 @@ def _notify_live(session: LiveSession, *, live: bool) -> None:
 def recording_path(recording: Recording) -> Path:
     """Absolute path of ``recording``'s WAV file under ``MEDIA_ROOT``."""
     return Path(settings.MEDIA_ROOT) / recording.file.name
+
+
+def recording_fragments_path(wav: Path) -> Path:
+    """The crash-tolerant fragmented MP4 a camera broadcast writes beside its WAV
+    (``…-sessionN.frag.mp4`` for ``…-sessionN.wav``)."""
+    return wav.with_suffix(".frag.mp4")
+
+
+def recording_mp4_path(wav: Path) -> Path:
+    """The finished, seekable MP4 of a camera broadcast (``…-sessionN.mp4``)."""
+    return wav.with_suffix(".mp4")
+
+
+@dataclass(frozen=True)
+class VideoRecordingInfo:
+    """A camera broadcast's finished MP4 and how its video was redacted (counts only,
+    never image data).
+
+    Attributes:
+        path: The finished MP4 (under ``MEDIA_ROOT``).
+        duration_s: Its length, seconds.
+        size_bytes: Its size.
+        blur_faces: Faces were blurred (None: unknown).
+        blur_plates: Licence plates were blurred (None: unknown).
+        frames_processed: Frames that went through the detectors.
+        faces_blurred: Face regions blurred, summed over frames.
+        plates_blurred: Plate regions blurred, summed over frames.
+        frames_failed_closed: Frames blurred whole (a detector failed or stalled, or
+            the server fell behind).
+    """
+
+    path: Path
+    duration_s: float
+    size_bytes: int
+    blur_faces: bool | None
+    blur_plates: bool | None
+    frames_processed: int = 0
+    faces_blurred: int = 0
+    plates_blurred: int = 0
+    frames_failed_closed: int = 0
+
+
+def recording_video_expect(*, session_id: int, blur_faces: bool, blur_plates: bool) -> None:
+    """Store on live session ``session_id``'s recording the camera's blur switches,
+    once its broadcast turned out to send a camera; the row stays ``kind="audio"``
+    (its WAV) until the MP4 is finished. A crash repair reads the switches from here.
+    """
+    Recording.objects.filter(session_id=session_id, ended_at__isnull=True).update(
+        blur_faces=blur_faces, blur_plates=blur_plates
+    )
+
+
+def recording_video_counts_set(
+    *,
+    session_id: int,
+    frames_processed: int,
+    faces_blurred: int,
+    plates_blurred: int,
+    frames_failed_closed: int,
+) -> None:
+    """Store live session ``session_id``'s camera redaction counts so far on its
+    recording (every ``VIDEO_COUNTS_S`` while live), so that a crash repair keeps them
+    up to then. An ended session's recording is left alone.
+
+    Raises:
+        ValueError: a count is negative.
+    """
+    counts = {
+        "frames_processed": frames_processed,
+        "faces_blurred": faces_blurred,
+        "plates_blurred": plates_blurred,
+        "frames_failed_closed": frames_failed_closed,
+    }
+    if min(counts.values()) < 0:
+        raise ValueError(f"Redaction counts cannot be negative ({counts}).")
+    Recording.objects.filter(session_id=session_id, ended_at__isnull=True).update(**counts)
+
+
+def _video_fragments_finish(
+    recording: Recording, *, repair_busy: bool
+) -> VideoRecordingInfo | None:
+    """Finish the fragment file a camera broadcast's crashed (or failed) writer left
+    beside ``recording``'s WAV into its seekable MP4; None when there is none, when it
+    may still be written (modified within ``SESSION_STALE_S`` and not ``repair_busy``),
+    or when nothing in it is usable (then the WAV stays the recording). The counts are
+    the last ones the broadcast stored (:func:`recording_video_counts_set`).
+    File work: call outside any transaction.
+    """
+    wav = recording_path(recording)
+    fragments = recording_fragments_path(wav)
+    if not fragments.exists() or (not repair_busy and _recording_file_busy(fragments)):
+        return None
+    target = recording_mp4_path(wav)
+    try:
+        facts = mp4_fragments_finish(fragments, target)
+        duration_s = mp4_duration_s(target)
+    except Mp4FinishError as exc:
+        # Nothing whole in it (or the MP4 cannot be written): the WAV is the recording.
+        logger.warning("recording %s: its video cannot be finished (%s)", recording.id, exc)
+        fragments.unlink(missing_ok=True)
+        return None
+    fragments.unlink(missing_ok=True)
+    logger.info(
+        "recording %s: finished %d video frames a crash left unfinalised",
+        recording.id,
+        facts.video_frames,
+    )
+    return VideoRecordingInfo(
+        path=target,
+        duration_s=duration_s,
+        size_bytes=facts.size_bytes,
+        blur_faces=recording.blur_faces,
+        blur_plates=recording.blur_plates,
+        frames_processed=recording.frames_processed,
+        faces_blurred=recording.faces_blurred,
+        plates_blurred=recording.plates_blurred,
+        frames_failed_closed=recording.frames_failed_closed,
+    )
+
+
+def _recording_video_set(recording: Recording, video: VideoRecordingInfo) -> None:
+    """Point ``recording`` at its finished MP4 (``kind="video"``, redaction settings
+    and counts); its WAV goes after the commit. Runs in the caller's transaction."""
+    wav = recording_path(recording)
+    recording.file.name = str(video.path.relative_to(Path(settings.MEDIA_ROOT)))
+    recording.kind = "video"
+    recording.duration_s = video.duration_s
+    recording.size_bytes = video.size_bytes
+    recording.blur_faces = video.blur_faces
+    recording.blur_plates = video.blur_plates
+    recording.frames_processed = video.frames_processed
+    recording.faces_blurred = video.faces_blurred
+    recording.plates_blurred = video.plates_blurred
+    recording.frames_failed_closed = video.frames_failed_closed
+    recording.save()
+    transaction.on_commit(lambda: wav.unlink(missing_ok=True))
 
 
 def _go_live_limits_check(user_id: int) -> None:
@@ -308,12 +445,16 @@ def _recording_figures_store(recording: Recording, info: RecordingInfo) -> None:
     recording.save(update_fields=["duration_s", "size_bytes"])
 
 
-def _recording_settle(recording: Recording, figures: _FileFigures) -> str | None:
+def _recording_settle(
+    recording: Recording, figures: _FileFigures, video: VideoRecordingInfo | None = None
+) -> str | None:
     """Keep a finalised recording (storing its figures, compressing it after the
     commit) or drop it; returns why it was dropped: ``"empty"`` (no audio at all: the
     peer never connected) or ``"too_short"`` (under ``HEARTH["MIN_RECORDING_S"]``),
     None when kept. Runs in the caller's transaction; files go after its commit.
 
+    With ``video`` (a camera broadcast's finished MP4) a kept recording becomes that
+    MP4 (see :func:`_recording_video_set`) instead of being compressed.
     A file that may still be written (``figures.disposable`` False) is always kept.
     """
     info = figures.info
@@ -327,7 +468,12 @@ def _recording_settle(recording: Recording, figures: _FileFigures) -> str | None
         path = recording_path(recording)
         recording.delete()
         transaction.on_commit(lambda: path.unlink(missing_ok=True))
+        if video is not None:
+            transaction.on_commit(lambda: video.path.unlink(missing_ok=True))
         return dropped
+    if video is not None and figures.disposable:
+        _recording_video_set(recording, video)
+        return None
     if info is not None:
         _recording_figures_store(recording, info)
     if figures.disposable:  # its writer is done: compress it now, not at housekeeping
@@ -337,7 +483,11 @@ def _recording_settle(recording: Recording, figures: _FileFigures) -> str | None
 
 
 def _session_finish(
-    session: LiveSession, *, recording_id: int | None, figures: _FileFigures
+    session: LiveSession,
+    *,
+    recording_id: int | None,
+    figures: _FileFigures,
+    video: VideoRecordingInfo | None = None,
 ) -> Recording | None:
     """Store the ended session's recording figures (or drop an empty or too short
     recording) and announce the end. Runs in a transaction: file deletion, compression
@@ -352,7 +502,7 @@ def _session_finish(
         if recording_id is not None
         else None
     )
-    dropped = _recording_settle(recording, figures) if recording is not None else None
+    dropped = _recording_settle(recording, figures, video) if recording is not None else None
     if dropped is not None:
         recording = None
     _notify_live(session, live=False)
@@ -378,10 +528,13 @@ def _session_end(
     info: RecordingInfo | None,
     repair_busy: bool,
     only_if_stale: bool = False,
+    video: VideoRecordingInfo | None = None,
 ) -> tuple[bool, Recording | None]:
     """End ``session_id``; returns (whether this call ended it, its recording).
 
     ``only_if_stale``: leave it live if its heartbeat is fresh by the time it is locked.
+    ``video``: the owner's finished MP4; without ``info`` (nobody closed the writers)
+    a fragment file left beside the WAV is finished here.
 
     Raises:
         LiveSession.DoesNotExist: no such session.
@@ -396,7 +549,7 @@ def _session_end(
                 # Ended elsewhere while its owner still wrote (judged lost, or by a
                 # start-up cleanup): the owner's figures of the closed file are the truth.
                 owners = _FileFigures(info=info, disposable=True)
-                if _recording_settle(recording, owners) is not None:  # dropped: too short
+                if _recording_settle(recording, owners, video) is not None:  # too short
                     _notify_recordings_changed(session.broadcaster_id)
                     recording = None
             return False, recording
@@ -406,11 +559,18 @@ def _session_end(
         if recording is None or info is not None:  # nothing to read from disk
             figures = _FileFigures(info=info, disposable=True)
             return True, _session_finish(
-                session, recording_id=recording.id if recording else None, figures=figures
+                session,
+                recording_id=recording.id if recording else None,
+                figures=figures,
+                video=video,
             )
     figures = _recording_file_measure(recording_path(recording), repair_busy=repair_busy)
+    if video is None and figures.disposable:
+        video = _video_fragments_finish(recording, repair_busy=repair_busy)
     with transaction.atomic():
-        return True, _session_finish(session, recording_id=recording.id, figures=figures)
+        return True, _session_finish(
+            session, recording_id=recording.id, figures=figures, video=video
+        )
 
 
 def _session_end_if_lost(session: LiveSession) -> bool:
@@ -434,9 +594,17 @@ def _session_end_if_lost(session: LiveSession) -> bool:
 
 
 def live_session_end(
-    *, session_id: int, reason: str, info: RecordingInfo | None = None
+    *,
+    session_id: int,
+    reason: str,
+    info: RecordingInfo | None = None,
+    video: VideoRecordingInfo | None = None,
 ) -> Recording | None:
     """End live session ``session_id`` and finalise its recording row.
+
+    ``video``: a camera broadcast's finished MP4 and redaction counts; the recording
+    becomes that MP4 (``kind="video"``) and its WAV is deleted after the commit. Without
+    it, a fragment file a camera broadcast left beside the WAV is finished from disk.
 
     For the session's owner (or a caller that knows the owner is gone). ``info`` is the
     finalised WAV's figures from the recorder; when None the file is repaired and
@@ -448,7 +616,14 @@ def live_session_end(
     Raises:
         LiveSession.DoesNotExist: no such session.
     """
-    _, recording = _session_end(session_id=session_id, reason=reason, info=info, repair_busy=True)
+    if video is None and info is not None:
+        # The owner closed its writers but could not finish its MP4: try from disk.
+        row = Recording.objects.filter(session_id=session_id, ended_at__isnull=True).first()
+        if row is not None:
+            video = _video_fragments_finish(row, repair_busy=True)
+    _, recording = _session_end(
+        session_id=session_id, reason=reason, info=info, repair_busy=True, video=video
+    )
     return recording
 
 
@@ -681,6 +856,8 @@ def recording_compress(*, recording_id: int, writer_closed: bool = False) -> Rec
     wav = recording_path(recording)
     if not wav.is_file() or (not writer_closed and _recording_file_busy(wav)):
         return None
+    if recording_fragments_path(wav).exists():
+        return None  # a camera broadcast's MP4 is still to be finished: it replaces the WAV
     figures = _recording_file_measure(wav, repair_busy=writer_closed)
     if figures.info is None or not figures.disposable:
         return None

@@ -25,8 +25,11 @@ Imports nothing from Django.
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import contextlib
 import dataclasses
+import functools
 import logging
 import os
 import queue
@@ -41,7 +44,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from streams.media.graph import QueuePolicy, Sink
-from streams.media.items import AudioChunk, Item, VideoFrame
+from streams.media.items import SAMPLE_RATE, AudioChunk, Item, VideoFrame
 from streams.media.video_io import Mp4Writer, VideoEncodeError
 
 logger = logging.getLogger("hearth.media.mp4")
@@ -342,12 +345,162 @@ class LiveMp4Sink(Sink):
             self.recorder.push_audio(item.samples, item.pts + self.audio_offset)
 
 
+def mp4_duration_s(path: Path) -> float:
+    """Length of the MP4 at ``path`` in seconds (the container's duration: the longer
+    of its tracks; a variable frame rate counts right, unlike frames / rate).
+
+    Raises:
+        Mp4FinishError: the file cannot be read.
+    """
+    try:
+        with av.open(str(path)) as container:
+            if container.duration is not None:
+                return container.duration / av.time_base
+            stream = container.streams.video[0]
+            return float((stream.duration or 0) * (stream.time_base or 0))
+    except (av.FFmpegError, OSError, ValueError, IndexError) as exc:
+        raise Mp4FinishError(f"{path}: cannot read ({exc})") from exc
+
+
+class LiveVideoRecording:
+    """A live camera broadcast's recording: the camera graph's redacted frames and the
+    audio graph's output (after any bleep delay line) into one
+    :class:`LiveMp4Recorder`, opened at the first frame (its size is the track's).
+
+    The recording's timeline starts at the first frame. Frames keep their own pts
+    (counted from the first frame by the source). Audio keeps its content pts (a delay
+    line holds audio by the wall clock but keeps its timestamps, so the bleeps stay
+    where they were said); it is moved onto the video's timeline once, from the
+    ``arrived`` (``time.monotonic()``) stamps of the first frame and of the first
+    chunk that has one: both name when their source received them. Audio from before
+    the first frame is left out. A bleeped broadcast therefore needs no hold in the
+    file: the picture lines up with the audio it was captured with, as the relays'
+    hold lines them up for listeners.
+
+    Args:
+        path: The fragment file (``*.frag.mp4``), replaced.
+        executor: Where the recorder is opened (it opens the file and encoders).
+        rate: The video track's frame grid, fps (30: a 15 fps camera takes every
+            second slot; the MP4 stores each frame's own timestamp).
+
+    Attributes:
+        recorder: The recorder, once the first frame came (None before, or when it
+            could not be opened: ``error`` says why).
+        audio_skipped: Audio chunks left out (before the first frame, or no recorder).
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        executor: concurrent.futures.Executor,
+        rate: Fraction = Fraction(30),
+    ) -> None:
+        self.path = Path(path)
+        self.executor = executor
+        self.rate = Fraction(rate)
+        self.recorder: LiveMp4Recorder | None = None
+        self.error: Exception | None = None
+        self.audio_skipped = 0
+        self._video_origin: float | None = None  # monotonic time of the file's 0
+        self._audio_shift: int | None = None  # ticks added to audio pts
+
+    def video_sink(self) -> Sink:
+        """The camera graph's sink (after the redaction stages)."""
+        return _VideoRecordSink(self)
+
+    def audio_sink(self) -> Sink:
+        """The audio graph's sink (beside the relay's: the same processed audio)."""
+        return _AudioRecordSink(self)
+
+    async def frame(self, frame: VideoFrame) -> None:
+        """Record ``frame``; the first one opens the recorder in ``executor``."""
+        if self.error is not None:
+            return
+        if self.recorder is None:
+            height, width = frame.image.shape[:2]
+            opener = functools.partial(
+                LiveMp4Recorder, self.path, width=width, height=height, rate=self.rate, audio=True
+            )
+            try:
+                self.recorder = await asyncio.get_running_loop().run_in_executor(
+                    self.executor, opener
+                )
+            except VideoEncodeError as exc:
+                self.error = exc
+                logger.error("live MP4 %s cannot be opened: %s", self.path, exc)
+                return
+            self._video_origin = frame.arrived - frame.start_s
+        self.recorder.push_frame(frame)
+
+    def audio(self, chunk: AudioChunk) -> None:
+        """Record ``chunk`` on the video's timeline (see the class doc)."""
+        recorder = self.recorder
+        if recorder is None or self._video_origin is None:
+            self.audio_skipped += 1
+            return
+        if self._audio_shift is None:
+            if chunk.arrived <= 0.0:  # padding made by a stage: no arrival stamp
+                self.audio_skipped += 1
+                return
+            origin = chunk.arrived - chunk.pts / SAMPLE_RATE
+            self._audio_shift = round((origin - self._video_origin) * SAMPLE_RATE)
+        pts = chunk.pts + self._audio_shift
+        samples = chunk.samples
+        if pts + len(samples) <= 0:
+            self.audio_skipped += 1
+            return
+        if pts < 0:
+            samples, pts = samples[-pts:], 0
+        recorder.push_audio(samples, pts)
+
+    def finalise(self, target: Path) -> Mp4Facts | None:
+        """Close the recorder and write the seekable MP4 ``target`` (blocking: call in
+        a worker thread); None when no frame was ever recorded.
+
+        Raises:
+            VideoEncodeError, Mp4FinishError: as :meth:`LiveMp4Recorder.finalise` (the
+                fragment file is then kept for the start-up repair).
+        """
+        if self.recorder is None:
+            return None
+        return self.recorder.finalise(target)
+
+
+class _VideoRecordSink(Sink):
+    name = "mp4_video"
+    policy = QueuePolicy.DROP_OLDEST
+    max_items = 8
+
+    def __init__(self, recording: LiveVideoRecording) -> None:
+        self.recording = recording
+
+    async def write(self, item: Item) -> None:
+        if isinstance(item, VideoFrame):
+            await self.recording.frame(item)
+
+
+class _AudioRecordSink(Sink):
+    name = "mp4_audio"
+    policy = QueuePolicy.LOSSLESS  # the writer assumes contiguous audio
+    max_items = 500
+
+    def __init__(self, recording: LiveVideoRecording) -> None:
+        self.recording = recording
+
+    async def write(self, item: Item) -> None:
+        if isinstance(item, AudioChunk):
+            self.recording.audio(item)
+
+
 __all__ = [
     "FRAGMENT_MOVFLAGS",
     "LIVE_GOP_S",
     "LiveMp4Recorder",
     "LiveMp4Sink",
+    "LiveVideoRecording",
     "Mp4Facts",
     "Mp4FinishError",
+    "mp4_duration_s",
     "mp4_fragments_finish",
 ]
