@@ -536,3 +536,21 @@ def test_a_face_seen_once_moves_with_the_others_while_held() -> None:
         (frame,) = tracker.process(_frame(pts, []))
         x = 400 + pan * pts
         assert any(r.x0 <= x and r.x1 >= x + 24 for r in frame.regions), (pts, frame.regions)
+
+
+def test_a_held_face_follows_the_camera_pan_measured_on_the_picture() -> None:
+    # Frames 0.3 s apart (a dropping live source) of a fast pan: 40 px between frames,
+    # more than a small face is wide, so IoU alone could not match it again.
+    tracker = TrackStage(hold_s=1.0, pad=0.0, grow_per_s=0.0)
+    crops = pan_frames(frames=4, width=640, height=480, step=40)
+    face = (570, 111, 24, 29)  # a small face of city.jpg, in crop 0's pixels
+    for index, crop in enumerate(crops):
+        frame = VideoFrame(image=crop.copy(), pts=index * 9, time_base=Fraction(1, 30), arrived=0)
+        x = face[0] - 40 * index
+        seen = [Box(x, face[1], x + face[2], face[1] + face[3], "face")] if index == 0 else []
+        frame.detections["face"] = Detections("face", frame.pts, tuple(seen))
+        (frame,) = tracker.process(frame)
+        assert any(r.x0 <= x and r.x1 >= x + face[2] and r.y0 <= face[1] for r in frame.regions), (
+            index,
+            frame.regions,
+        )

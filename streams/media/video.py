@@ -275,6 +275,18 @@ class _Track:
     seen: Box | None = None  # the last detection as found (for the velocity)
     vx: float = 0.0  # centre velocity, frame pixels per second of content time
     vy: float = 0.0
+    dx: float = 0.0  # camera motion since last seen, frame pixels
+    dy: float = 0.0
+
+
+def _shifted(box: Box, dx: float, dy: float) -> Box:
+    if not dx and not dy:
+        return box
+    return Box(box.x0 + dx, box.y0 + dy, box.x1 + dx, box.y1 + dy, box.kind, box.score)
+
+
+def _union(a: Box, b: Box) -> Box:
+    return Box(min(a.x0, b.x0), min(a.y0, b.y0), max(a.x1, b.x1), max(a.y1, b.y1), a.kind, a.score)
 
 
 def _iou(a: Box, b: Box) -> float:
@@ -301,10 +313,14 @@ class TrackStage(VideoStage):
     stretched along its last measured velocity (centre motion between its last two
     detections, at most ``max_shift`` of its size): the region is the union of the box
     where it was seen and where it would be now, so a wrong guess only adds blur. A
-    track seen only once takes the median velocity of the tracks that have one: a
-    camera pan moves every face the same way. A live stream that drops frames holds
-    boxes for longer, so this matters there most. Each region then gets ``pad`` of its
-    width/height added on every side.
+    track seen only once takes the median velocity of the tracks that have one. The
+    camera's own motion (a pan) is measured between consecutive frames by phase
+    correlation of quarter-size grey images (``cv2.phaseCorrelate``, used when its
+    response is at least ``motion_response``); a held box is also stretched by the
+    motion since it was last seen, and new boxes are matched against tracks moved by
+    it, so IoU matching survives a pan even when frames are far apart. A live stream
+    that drops frames holds boxes for longer, so this matters there most. Each region
+    then gets ``pad`` of its width/height added on every side.
 
     Args:
         hold_s: How long a track outlives its last detection, seconds of content time.
@@ -313,7 +329,10 @@ class TrackStage(VideoStage):
         match_iou: Smallest IoU for a box to continue a track.
         grow_per_s: Growth per side while held, fraction of the size per second.
         max_shift: Largest stretch along the velocity while held, fraction of the
-            box's width/height.
+            box's width/height (the camera-motion stretch is not capped: it is
+            measured on the picture).
+        motion_response: Smallest phase-correlation response (0-1) for a measured
+            camera motion to be used.
     """
 
     name = "track"
@@ -328,8 +347,12 @@ class TrackStage(VideoStage):
         match_iou: float = 0.2,
         grow_per_s: float = 0.5,
         max_shift: float = 1.5,
+        motion_response: float = 0.2,
     ) -> None:
         self.max_shift = max_shift
+        self.motion_response = motion_response
+        self._grey: NDArray[np.float32] | None = None
+        self._window: NDArray[np.float32] | None = None
         self.hold_s = hold_s
         self.pad = pad
         self.smooth = smooth
@@ -349,10 +372,29 @@ class TrackStage(VideoStage):
         tracks, as seen at ``seen_s`` seconds of content time."""
         self._update(boxes, seen_s)
 
+    def _camera_motion(self, image: NDArray[np.uint8]) -> tuple[float, float]:
+        """Shift of the picture since the previous frame, frame pixels ((0, 0) when
+        not measurable)."""
+        height, width = image.shape[:2]
+        small = (max(8, width // 4), max(8, height // 4))
+        grey = cv2.resize(image, small, interpolation=cv2.INTER_AREA)
+        if grey.ndim == 3:
+            grey = cv2.cvtColor(grey, cv2.COLOR_BGR2GRAY)
+        grey = grey.astype(np.float32)
+        previous, self._grey = self._grey, grey
+        if previous is None or previous.shape != grey.shape:
+            return 0.0, 0.0
+        if self._window is None or self._window.shape != grey.shape:
+            self._window = cv2.createHanningWindow(small, cv2.CV_32F)
+        (sx, sy), response = cv2.phaseCorrelate(previous, grey, self._window)
+        if not (response >= self.motion_response and math.isfinite(sx) and math.isfinite(sy)):
+            return 0.0, 0.0
+        return sx * width / small[0], sy * height / small[1]
+
     def _update(self, boxes: tuple[Box, ...], now_s: float) -> None:
         pairs = sorted(
             (
-                (_iou(box, track.box), b, t)
+                (_iou(box, _shifted(track.box, track.dx, track.dy)), b, t)
                 for b, box in enumerate(boxes)
                 for t, track in enumerate(self._tracks)
                 if track.box.kind == box.kind
@@ -370,7 +412,8 @@ class TrackStage(VideoStage):
             matched_boxes.add(b)
             matched_tracks.add(t)
             track, box = self._tracks[t], boxes[b]
-            a, old = self.smooth, track.box
+            a, old = self.smooth, _shifted(track.box, track.dx, track.dy)
+            track.dx = track.dy = 0.0
             track.box = Box(
                 min(box.x0, a * box.x0 + (1 - a) * old.x0),
                 min(box.y0, a * box.y0 + (1 - a) * old.y0),
@@ -399,7 +442,12 @@ class TrackStage(VideoStage):
         if self._last_s is not None and now < self._last_s - 1.0:
             self._tracks.clear()  # time went back (a new segment): start afresh
             self._used.clear()
+            self._grey = None
         self._last_s = now
+        sx, sy = self._camera_motion(frame.image)
+        for track in self._tracks:
+            track.dx += sx
+            track.dy += sy
         for label, result in frame.detections.items():
             if self._used.get(label) == result.pts:
                 continue
@@ -417,14 +465,9 @@ class TrackStage(VideoStage):
                 limit_x, limit_y = self.max_shift * box.width, self.max_shift * box.height
                 dx = max(-limit_x, min(limit_x, vx * held))
                 dy = max(-limit_y, min(limit_y, vy * held))
-                box = Box(
-                    min(box.x0, box.x0 + dx),
-                    min(box.y0, box.y0 + dy),
-                    max(box.x1, box.x1 + dx),
-                    max(box.y1, box.y1 + dy),
-                    box.kind,
-                    box.score,
-                )
+                box = _union(box, _shifted(track.box, dx, dy))
+            if track.dx or track.dy:
+                box = _union(box, _shifted(track.box, track.dx, track.dy))
             grow = self.grow_per_s * held
             px = (self.pad + grow) * track.box.width
             py = (self.pad + grow) * track.box.height
