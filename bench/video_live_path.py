@@ -10,13 +10,15 @@ real time, each with a concurrent audio stream (see below):
 * ``before``: the settings the live camera had before this change, restored here:
   every frame queued in front of the stages (no dropping), faces and plates on every
   2nd frame, the recheck pass, the fail-closed full-frame blur with its Gaussian on the
-  full-size picture, the region blur's Gaussian on an 8-px-per-cell grid, no velocity
-  stretch in the tracker, and the video worker at the same CPU priority as audio.
+  full-size picture, the region blur's Gaussian on an 8-px-per-cell grid, boxes held
+  0.5 s, no velocity stretch nor camera-motion tracking in the tracker (its phase
+  correlation still runs, ~1-3 ms, and is ignored), and the video worker at the same
+  CPU priority as audio.
 * ``after``: today's live settings (:func:`live_redaction_stages`, what
   ``streams.rtc`` runs): the source keeps only the newest frame, faces every frame and
   plates every 3rd, each detector re-run whenever its result would be older than the
-  0.25 s budget, the recheck pass, the tracker's velocity stretch, the cheap blurs,
-  the video worker at nice +10.
+  0.25 s budget, boxes held 1 s, the recheck pass, the tracker's velocity stretch and
+  camera-motion tracking, the cheap blurs, the video worker at nice +10.
 * ``after, no recheck``: as ``after`` without the second face pass, to measure what
   that pass catches.
 
@@ -24,7 +26,8 @@ The camera is a pan across ``city.jpg`` (8 px per frame, as ``tests/test_video_l
 fed as decoded yuv420p ``av.VideoFrame`` s at 15 fps; frames leave into a sink that
 encodes them with the live :class:`Vp8Encoder` in the encode pool. Reported: frames
 in, processed (redacted), blurred whole, dropped by the source, processed frames per
-second, the time a processed frame waited between arriving and its stages starting,
+second, the mean time a processed frame waited between arriving and its stages
+starting (in the source and in the runner's queue),
 ms per stage (mean / p95, wall, in the loaded worker thread), and **faces left**:
 detections of YuNet (score >= 0.45) and CenterFace (>= 0.3) on annotated ``city.jpg``
 faces in the redacted (not blurred-whole) output frames, before VP8 (the live rtc
@@ -198,6 +201,7 @@ def _stages(config: str, yunet_path: Path) -> list[Stage]:
         for stage in stages:
             if isinstance(stage, TrackStage):
                 stage.max_shift = 0.0  # no velocity stretch then
+                stage.motion_response = 2.0  # nor camera-motion tracking (never used)
         return stages
     if config == "after":
         return live_redaction_stages(face=face, plate=plate, stale_s=0.25)
@@ -244,8 +248,9 @@ async def _run_one(config: str, seconds: float, yunet_path: Path) -> dict[str, A
             "p95_ms": round(timer.summary().get("p95_ms", 0.0), 1),
         }
         for name, timer in video_metrics.timers.items()
-        if name not in ("receive", "process")
+        if name not in ("receive", "process", "queue")
     }
+    summaries = {name: video_metrics.timer(name).summary() for name in ("receive", "queue")}
     return {
         "config": config,
         "seconds": round(elapsed, 1),
@@ -255,6 +260,11 @@ async def _run_one(config: str, seconds: float, yunet_path: Path) -> dict[str, A
         "frames_blurred_whole": video_metrics.frames_failed_closed,
         "frames_dropped": video_metrics.frames_dropped,
         "redacted_fps": round(video_metrics.frames_processed / elapsed, 1),
+        # arrival -> stages start: in the source (newest-only: held while the stages
+        # are busy, plus the BGR conversion) and in the runner's queue
+        "frame_wait_mean_ms": round(
+            summaries["receive"]["mean_ms"] + summaries["queue"]["mean_ms"], 1
+        ),
         "stages": stages,
         "audio_blocks": audio_metrics.blocks_in,
         "audio_blocks_silenced": audio_metrics.blocks_failed_closed,
@@ -325,6 +335,7 @@ def live_path(seconds: float) -> list[dict[str, Any]]:
             f"redacted {result['frames_redacted']:>3} ({result['redacted_fps']} fps), "
             f"blurred whole {result['frames_blurred_whole']:>3}, "
             f"dropped {result['frames_dropped']:>3}, faces left {result['faces_left']}, "
+            f"wait {result['frame_wait_mean_ms']:.0f} ms, "
             f"audio silenced {result['audio_blocks_silenced']}/{result['audio_blocks']}"
         )
         print(f"{'':<18} ms mean/p95: {stage_text}")

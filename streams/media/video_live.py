@@ -82,11 +82,15 @@ def live_redaction_stages(
     Faces every frame (:data:`LIVE_FACE_EVERY`), plates every 3rd
     (:data:`LIVE_PLATE_EVERY`), each re-run whenever its result would be older than
     ``stale_s`` (so skipping never blurs a frame whole), boxes held for
-    :data:`LIVE_HOLD_S`, and the recheck pass (a
-    second face detection on the blurred frame). The recheck stays: without it,
-    ``bench/video.py --live`` measured 23 face detections left in the redacted output
-    of a 4 s pan of ``city.jpg`` (YuNet >= 0.45 or CenterFace >= 0.3 on an annotated
-    face), with it 3; it finds faces the first pass misses next to other faces.
+    :data:`LIVE_HOLD_S`, and the recheck pass (a second face detection on the blurred
+    frame). The recheck is kept although it costs ~20-30 ms a frame (processed fps
+    8.9 with it, 13.0 without, in one ``bench/video.py --live`` run): before the
+    tracker followed camera motion, 10 s pans of ``city.jpg`` left 8-23 face
+    detections (YuNet >= 0.45 or CenterFace >= 0.3 on an annotated face) in the
+    redacted output without it and 1-3 with it; with camera-motion tracking, three
+    runs left 0 without it and 0-1 with it (a face half out of the picture,
+    CenterFace 0.30): too small a sample (one synthetic pan, before VP8) to drop a
+    pass that finds faces the first one misses next to other faces.
 
     Args:
         face: Face detector (None: faces not blurred).
