@@ -554,3 +554,58 @@ def test_a_held_face_follows_the_camera_pan_measured_on_the_picture() -> None:
             index,
             frame.regions,
         )
+
+
+def test_a_video_stream_worker_runs_at_a_lower_cpu_priority(workers) -> None:
+    import os
+
+    from streams.media.workers import VIDEO_NICE
+
+    def niceness() -> int:
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    video, audio = workers.stream_worker("v", video=True), workers.stream_worker("a")
+    try:
+        assert video.submit(niceness).result(timeout=10) == min(19, base + VIDEO_NICE)
+        assert audio.submit(niceness).result(timeout=10) == base
+    finally:
+        video.stop()
+        audio.stop()
+
+
+async def test_cameras_never_hold_every_processing_slot() -> None:
+    import asyncio
+    import time
+
+    running, most = 0, 0
+    lock = threading.Lock()
+
+    class Busy(BlurStage):
+        def __init__(self) -> None:
+            super().__init__(required=())
+
+        def process(self, chunk):
+            nonlocal running, most
+            with lock:
+                running += 1
+                most = max(most, running)
+            time.sleep(0.05)
+            with lock:
+                running -= 1
+            return [chunk]
+
+    pool = Workers(load_threads=1, io_threads=1, encode_threads=1, processing_slots=2)
+    images = [np.zeros((16, 16, 3), np.uint8)] * 6
+    runners = [
+        GraphRunner(
+            Graph(stages=[Busy()]), FrameSource(images), workers=pool, name=f"c{i}", max_lag_s=None
+        )
+        for i in range(3)
+    ]
+    try:
+        await asyncio.gather(*(runner.run() for runner in runners))
+    finally:
+        pool.shutdown()
+    # Three cameras, two slots: one slot always stays free for audio.
+    assert most == 1 and all(r.metrics.frames_processed == 6 for r in runners)
