@@ -87,10 +87,10 @@ def live_redaction_stages(
     8.9 with it, 13.0 without, in one ``bench/video.py --live`` run): before the
     tracker followed camera motion, 10 s pans of ``city.jpg`` left 8-23 face
     detections (YuNet >= 0.45 or CenterFace >= 0.3 on an annotated face) in the
-    redacted output without it and 1-3 with it; with camera-motion tracking, three
-    runs left 0 without it and 0-1 with it (a face half out of the picture,
-    CenterFace 0.30): too small a sample (one synthetic pan, before VP8) to drop a
-    pass that finds faces the first one misses next to other faces.
+    redacted output without it and 1-3 with it; with camera-motion tracking, four
+    runs left 0, 0, 0 and 2 without it and 1, 0, 0, 0 with it (the 1: a face half out
+    of the picture, CenterFace 0.30). It finds faces the first pass misses next to
+    other faces.
 
     Args:
         face: Face detector (None: faces not blurred).
