@@ -3,6 +3,10 @@
 Usage::
 
     .venv/bin/python bench/video.py [--repeats 15] [--threads 1] [--json OUT.json]
+    .venv/bin/python bench/video.py --live [--seconds 10] [--json OUT.json]
+
+``--live`` runs the live-camera path instead (``bench/video_live_path.py``: 640x480 at
+15 fps through the live stages, before/after the frame-dropping change, in one run).
 
 Measured, in one run, on this machine (one thread each: ``cv2.setNumThreads`` and
 onnxruntime's intra-op threads, so the figures are per core):
@@ -104,8 +108,17 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--live", action="store_true", help="the live-camera path")
+    parser.add_argument("--seconds", type=float, default=10.0, help="--live: per config")
     args = parser.parse_args()
     cv2.setNumThreads(args.threads)
+    if args.live:
+        from bench.video_live_path import live_path
+
+        figures = live_path(args.seconds)
+        if args.json:
+            args.json.write_text(json.dumps(figures, indent=2))
+        return
 
     yunet = YuNetDetector(shared_models_dir() / YUNET_FILE.name)
     centerface = CenterFaceDetector(threads=args.threads)

@@ -56,8 +56,12 @@ from streams.media.metrics import MediaMetrics, StageTimer
 from streams.media.mp4_live import LiveVideoRecording, mp4_duration_s
 from streams.media.relay import OpusEncoder, Relay, RelaySink, RelayTrack
 from streams.media.sinks import RecorderSink
-from streams.media.video import redaction_stages
-from streams.media.video_live import VideoRelaySink, VideoTrackSource, Vp8Encoder
+from streams.media.video_live import (
+    VideoRelaySink,
+    VideoTrackSource,
+    Vp8Encoder,
+    live_redaction_stages,
+)
 from streams.media.workers import Workers
 from streams.pii_setup import build_analyser
 from streams.processors.denoise import ALGORITHMIC_DELAY_SAMPLES
@@ -80,11 +84,6 @@ at a few hundred kb/s, which lowers face scores. Measured on a 640x480 pan of
 ``city.jpg`` through libvpx at 500 kb/s (the browser's starting rate): at 0.5 the redacted
 frames still held faces CenterFace scored 0.53-0.55; at 0.3 with the recheck pass, none
 at CenterFace >= 0.3 or YuNet >= 0.45."""
-LIVE_DETECT_EVERY = 2
-"""The live detectors run on every 2nd frame; the tracker holds and grows the boxes
-between, and the recheck pass runs on every frame. At 15 fps a result is then at most
-67 ms old, inside ``VIDEO_STALE_S``; Haar plate detection alone costs ~100 ms per
-640x480 frame on a loaded 2-core machine."""
 VIDEO_COUNTS_S = 10.0  # how often a camera broadcast stores its redaction counts (crash repair)
 
 
@@ -503,13 +502,7 @@ class BroadcastRoom:
                 yunet_threshold=LIVE_YUNET_THRESHOLD,
             )
         plate = HaarPlateDetector() if self.blur_plates else None
-        return redaction_stages(
-            face=face,
-            plate=plate,
-            every=LIVE_DETECT_EVERY,
-            stale_s=hearth["VIDEO_STALE_S"],
-            recheck=True,
-        )
+        return live_redaction_stages(face=face, plate=plate, stale_s=hearth["VIDEO_STALE_S"])
 
     def _start_video_graph(self, track: Any) -> None:
         """Run the camera through the redaction stages into the video relay.
@@ -559,6 +552,7 @@ class BroadcastRoom:
             "frames": metrics.frames_in,
             "frames_redacted": metrics.frames_processed,
             "frames_blurred_whole": metrics.frames_failed_closed,
+            "frames_dropped": metrics.frames_dropped,
             "regions_blurred": dict(metrics.regions_blurred),
             "blur_faces": self.blur_faces,
             "blur_plates": self.blur_plates,

@@ -410,3 +410,202 @@ async def test_slow_sink_with_backpressure_gets_every_frame(workers) -> None:
     metrics = await runner.run()
     assert [f.pts for f in sink.frames] == list(range(12))
     assert metrics.sink_drops == {} and metrics.frames_processed == 12
+
+
+# -- live: newest-frame dropping, refresh, velocity --------------------------------------
+class _FastCamera:
+    """A camera track (aiortc ``recv()``) that delivers ``count`` 64x48 frames
+    ``gap_s`` apart, frame ``i`` filled with the value ``i + 1`` (never 0), then ends."""
+
+    kind = "video"
+
+    def __init__(self, count: int, gap_s: float) -> None:
+        self.count, self.gap_s, self.index = count, gap_s, 0
+
+    async def recv(self):
+        import asyncio
+
+        import av
+        from aiortc.mediastreams import MediaStreamError
+
+        if self.index >= self.count:
+            raise MediaStreamError
+        await asyncio.sleep(self.gap_s)
+        image = np.full((48, 64, 3), self.index + 1, np.uint8)
+        frame = av.VideoFrame.from_ndarray(image, format="bgr24")
+        frame.pts, frame.time_base = self.index * 3000, Fraction(1, 90_000)
+        self.index += 1
+        return frame
+
+
+class _SlowRedact(BlurStage):
+    """Stands in for a slow detector + blur: 40 ms per frame, then every pixel set to 0
+    ("redacted"); records the source frame number (pixel value - 1) it processed."""
+
+    def __init__(self) -> None:
+        super().__init__(required=())
+        self.seen: list[int] = []
+
+    def process(self, chunk):
+        import time
+
+        time.sleep(0.04)
+        self.seen.append(int(chunk.image[0, 0, 0]) - 1)
+        chunk.image[...] = 0
+        return [chunk]
+
+
+@pytest.mark.parametrize("newest_only", [True, False])
+async def test_a_busy_live_camera_drops_old_frames_and_never_sends_them_raw(
+    workers, newest_only: bool
+) -> None:
+    from streams.media.video_live import VideoTrackSource
+
+    count = 40
+    source = VideoTrackSource(_FastCamera(count, gap_s=0.005), newest_only=newest_only)
+    stage = _SlowRedact()
+    sink = FrameSink()
+    runner = GraphRunner(
+        Graph(stages=[stage], sinks=[sink]), source, workers=workers, name="cam", max_lag_s=None
+    )
+    metrics = await runner.run()
+    # Every frame that left went through the stage ("redacted": all zeros), in order.
+    assert all(not frame.image.any() for frame in sink.frames)
+    assert not any(frame.failed_closed for frame in sink.frames)
+    assert len(sink.frames) == metrics.frames_in == len(stage.seen)
+    assert stage.seen == sorted(stage.seen)
+    # Every camera frame was either processed or counted as dropped, never both.
+    assert metrics.frames_dropped == source.dropped == count - metrics.frames_in
+    if newest_only:
+        # 40 frames 5 ms apart, 40 ms each: most are dropped, and the newest is kept.
+        assert metrics.frames_dropped >= count // 2
+        assert stage.seen[-1] == count - 1
+        assert metrics.snapshot()["frames_dropped"] == metrics.frames_dropped
+    else:  # the control: in order, every frame queued and processed late
+        assert stage.seen == list(range(count)) and metrics.frames_dropped == 0
+
+
+def test_a_detector_reruns_when_its_carried_result_would_be_stale() -> None:
+    class Counting:
+        kind = "plate"
+        name = "counting"
+        calls = 0
+
+        def detect(self, image):
+            Counting.calls += 1
+            return []
+
+    fast = DetectStage(Counting(), every=3, max_age_s=0.25)
+    for pts in range(9):  # 30 fps: a result 2 frames old is 67 ms old, kept
+        fast.process(_frame(pts, None))
+    assert Counting.calls == 3
+    Counting.calls = 0
+    slow = DetectStage(Counting(), every=3, max_age_s=0.25)
+    blur = BlurStage(required=("plate",), stale_s=0.25)
+    for pts in range(0, 90, 9):  # frames dropped: 0.3 s apart, so run on every one
+        (frame,) = slow.process(_frame(pts, None))
+        assert blur.stale(frame) is None
+    assert Counting.calls == 10
+
+
+def test_a_held_box_is_stretched_along_its_motion() -> None:
+    tracker = TrackStage(hold_s=1.0, pad=0.0, grow_per_s=0.0)
+    for pts in range(3):  # moving left 6 px per frame (180 px/s at 30 fps)
+        x = 200 - 6 * pts
+        (frame,) = tracker.process(_frame(pts, [Box(x, 80, x + 30, 120, "face")]))
+    for pts in range(3, 9):  # missed: where it is now stays covered
+        x = 200 - 6 * pts
+        (frame,) = tracker.process(_frame(pts, []))
+        (region,) = frame.regions
+        assert region.x0 <= x and region.x1 >= x + 30, (pts, region)
+        assert region.x1 >= 200 - 12 + 30  # ...and where it was last seen
+
+
+def test_a_face_seen_once_moves_with_the_others_while_held() -> None:
+    tracker = TrackStage(hold_s=1.0, pad=0.0, grow_per_s=0.0)
+    pan = -8  # px per frame: the camera pans, every face moves the same way
+    for pts in range(3):
+        boxes = [
+            Box(100 + pan * pts, 50, 130 + pan * pts, 90, "face"),
+            Box(250 + pan * pts, 60, 280 + pan * pts, 100, "face"),
+        ]
+        if pts == 2:  # a third face found once, then missed
+            boxes.append(Box(400 + pan * pts, 70, 424 + pan * pts, 99, "face"))
+        (frame,) = tracker.process(_frame(pts, boxes))
+    for pts in range(3, 7):
+        (frame,) = tracker.process(_frame(pts, []))
+        x = 400 + pan * pts
+        assert any(r.x0 <= x and r.x1 >= x + 24 for r in frame.regions), (pts, frame.regions)
+
+
+def test_a_held_face_follows_the_camera_pan_measured_on_the_picture() -> None:
+    # Frames 0.3 s apart (a dropping live source) of a fast pan: 40 px between frames,
+    # more than a small face is wide, so IoU alone could not match it again.
+    tracker = TrackStage(hold_s=1.0, pad=0.0, grow_per_s=0.0)
+    crops = pan_frames(frames=4, width=640, height=480, step=40)
+    face = (570, 111, 24, 29)  # a small face of city.jpg, in crop 0's pixels
+    for index, crop in enumerate(crops):
+        frame = VideoFrame(image=crop.copy(), pts=index * 9, time_base=Fraction(1, 30), arrived=0)
+        x = face[0] - 40 * index
+        seen = [Box(x, face[1], x + face[2], face[1] + face[3], "face")] if index == 0 else []
+        frame.detections["face"] = Detections("face", frame.pts, tuple(seen))
+        (frame,) = tracker.process(frame)
+        assert any(r.x0 <= x and r.x1 >= x + face[2] and r.y0 <= face[1] for r in frame.regions), (
+            index,
+            frame.regions,
+        )
+
+
+def test_a_video_stream_worker_runs_at_a_lower_cpu_priority(workers) -> None:
+    import os
+
+    from streams.media.workers import VIDEO_NICE
+
+    def niceness() -> int:
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    video, audio = workers.stream_worker("v", video=True), workers.stream_worker("a")
+    try:
+        assert video.submit(niceness).result(timeout=10) == min(19, base + VIDEO_NICE)
+        assert audio.submit(niceness).result(timeout=10) == base
+    finally:
+        video.stop()
+        audio.stop()
+
+
+async def test_cameras_never_hold_every_processing_slot() -> None:
+    import asyncio
+    import time
+
+    running, most = 0, 0
+    lock = threading.Lock()
+
+    class Busy(BlurStage):
+        def __init__(self) -> None:
+            super().__init__(required=())
+
+        def process(self, chunk):
+            nonlocal running, most
+            with lock:
+                running += 1
+                most = max(most, running)
+            time.sleep(0.05)
+            with lock:
+                running -= 1
+            return [chunk]
+
+    pool = Workers(load_threads=1, io_threads=1, encode_threads=1, processing_slots=2)
+    images = [np.zeros((16, 16, 3), np.uint8)] * 6
+    runners = [
+        GraphRunner(
+            Graph(stages=[Busy()]), FrameSource(images), workers=pool, name=f"c{i}", max_lag_s=None
+        )
+        for i in range(3)
+    ]
+    try:
+        await asyncio.gather(*(runner.run() for runner in runners))
+    finally:
+        pool.shutdown()
+    # Three cameras, two slots: one slot always stays free for audio.
+    assert most == 1 and all(r.metrics.frames_processed == 6 for r in runners)

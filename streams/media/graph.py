@@ -77,7 +77,19 @@ re-anchors instead of filling the gap with silence."""
 
 # -- sources --------------------------------------------------------------------
 class Source(ABC):
-    """Where a graph's media comes from: audio chunks, or video frames."""
+    """Where a graph's media comes from: audio chunks, or video frames.
+
+    Attributes:
+        newest_only: The source keeps only its newest item while the graph is busy
+            (a live camera): the runner then asks for the next item only when it is
+            ready to process it, so nothing queues in front of the stages and every
+            processed frame is fresh. Items the source replaced are never processed
+            nor sent: they are counted in :attr:`dropped`.
+        dropped: Items the source dropped because a newer one came (``newest_only``).
+    """
+
+    newest_only: bool = False
+    dropped: int = 0
 
     @abstractmethod
     async def read(self) -> MediaItem | None:
@@ -555,6 +567,8 @@ class GraphRunner:
         self._queues: list[_SinkQueue] = []
         self._tap_queues: dict[int, list[_SinkQueue]] = {}
         self._stop = asyncio.Event()
+        self._idle = asyncio.Event()  # set while run() waits for the next block
+        self._video = False  # set by the first video frame
         self._reader: asyncio.Task[None] | None = None
 
     # -- worker side ------------------------------------------------------------
@@ -634,13 +648,16 @@ class GraphRunner:
     # -- loop side --------------------------------------------------------------
     def _worker_now(self) -> StreamWorker:
         if self._worker is None or self._worker.abandoned:
-            self._worker = self.workers.stream_worker(self.name)
+            self._worker = self.workers.stream_worker(self.name, video=self._video)
         return self._worker
 
     async def _run_blocks(self, first: int, chunks: list[Item], lagging: bool) -> _ChainResult:
+        if any(isinstance(item, VideoFrame) for item in chunks):
+            self._video = True  # video: a lower-priority worker and a capped slot
         worker = self._worker_now()
+        video_slot = self.workers.video_slots if self._video else contextlib.nullcontext()
         try:
-            async with self.workers.processing_slots:
+            async with video_slot, self.workers.processing_slots:
                 return await worker.run(
                     lambda: self._run_chain(first, chunks, lagging), deadline_s=self.deadline_s
                 )
@@ -745,13 +762,18 @@ class GraphRunner:
         reblocker = Reblocker(self.graph.block_samples)
         try:
             while not self._stop.is_set():
+                if self.source.newest_only:  # read only when the stages are free
+                    await self._idle.wait()
                 chunk = await self.source.read()
                 if chunk is None:
                     break
                 if isinstance(chunk, VideoFrame):  # a frame is its own block
                     ready = time.monotonic()
                     self.metrics.timer("receive").add(ready - chunk.arrived)
+                    self.metrics.frames_dropped = self.source.dropped
                     await blocks.put((chunk, ready))
+                    if self.source.newest_only:
+                        self._idle.clear()  # the runner sets it when it wants the next
                     continue
                 if self._range_start is None:
                     self._range_start = chunk.pts
@@ -773,6 +795,7 @@ class GraphRunner:
         finally:
             if self._range_end is None:  # stopped or failed: the range ends here
                 self._range_end = reblocker.next_pts
+            self.metrics.frames_dropped = self.source.dropped
             await blocks.put(None)
 
     async def run(self) -> MediaMetrics:
@@ -789,6 +812,7 @@ class GraphRunner:
         after_pts: int | None = None
         try:
             while True:
+                self._idle.set()
                 entry = await blocks.get()
                 if entry is None:
                     break
@@ -810,6 +834,8 @@ class GraphRunner:
                 await asyncio.gather(*(q.task for q in self._all_queues()))
             if self._worker is not None:
                 self._worker.stop()
+            if self.source.newest_only:  # its receiving task ends with the graph
+                self.source.close()
         return self.metrics
 
     def _all_queues(self) -> list[_SinkQueue]:

@@ -115,6 +115,9 @@ class MediaMetrics:
         frames_processed: Video frames every stage processed (redacted as asked).
         frames_failed_closed: Video frames that left fully blurred because a stage
             raised, stalled or was skipped, or a detector's result was too old.
+        frames_dropped: Video frames a live source dropped, unprocessed and unsent,
+            because a newer frame came while the stages were busy (the stream's frame
+            rate falls instead of its frames waiting and going stale).
         regions_blurred: Regions blurred per kind, summed over frames (a face in 30
             frames counts 30), e.g. ``{"face": 120, "plate": 4}``.
         stage_errors: Items each per-item stage failed on (see
@@ -131,6 +134,7 @@ class MediaMetrics:
     frames_in: int = 0
     frames_processed: int = 0
     frames_failed_closed: int = 0
+    frames_dropped: int = 0
     regions_blurred: dict[str, int] = field(default_factory=dict)
     stage_errors: dict[str, int] = field(default_factory=dict)
     timers: dict[str, StageTimer] = field(default_factory=dict)
@@ -156,6 +160,7 @@ class MediaMetrics:
             "frames_in": self.frames_in,
             "frames_processed": self.frames_processed,
             "frames_failed_closed": self.frames_failed_closed,
+            "frames_dropped": self.frames_dropped,
             "regions_blurred": dict(self.regions_blurred),
             "stage_errors": dict(self.stage_errors),
         }

@@ -12,7 +12,9 @@ The redaction itself is :mod:`streams.media.video`; this module only adapts the 
 
 * :class:`VideoTrackSource` turns aiortc's decoded frames into
   :class:`~streams.media.items.VideoFrame` items (BGR, pts unwrapped from the 32-bit
-  90 kHz RTP clock and counted from the first frame).
+  90 kHz RTP clock and counted from the first frame). It keeps only the newest frame
+  while the stages are busy: an overloaded server sends fewer frames per second, each
+  redacted, instead of queued frames that go stale and leave fully blurred.
 * :class:`Vp8Encoder` encodes each redacted frame **once** (libvpx through PyAV, the
   real-time settings aiortc's own ``Vp8Encoder`` uses), and the
   :class:`~streams.media.relay.Relay` hands the same ``av.Packet`` to every listener's
@@ -35,9 +37,12 @@ import av
 import numpy as np
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
+from streams.media.detectors import Detector
 from streams.media.graph import QueuePolicy, Sink, Source
 from streams.media.items import Item, VideoFrame
 from streams.media.relay import Relay
+from streams.media.stage import Stage
+from streams.media.video import redaction_stages
 
 RTP_VIDEO_TIME_BASE = Fraction(1, 90_000)
 """Time base of RTP video timestamps (90 kHz clock, RFC 3551 §5)."""
@@ -49,6 +54,60 @@ KEYFRAME_INTERVAL = 150
 """Frames between unforced keyframes (10 s at 15 fps): a listener whose PLI was lost
 still recovers."""
 
+LIVE_FACE_EVERY = 1
+"""The live face detector runs on every processed frame. The source drops frames when
+the server is behind, so processed frames can be 0.1-0.3 s apart: a face box carried
+to the next frame would lag a moving face by that much (``bench/video.py --live``)."""
+
+LIVE_PLATE_EVERY = 3
+"""The live plate detector (Haar, the costliest stage: ~50 ms mean, p95 ~130 ms per
+640x480 frame on the loaded 2-core machine) runs on every 3rd processed frame, and
+sooner whenever its result would be older than the staleness budget; the tracker
+holds, stretches and grows plate boxes in between."""
+
+LIVE_HOLD_S = 1.0
+"""How long a live face or plate box is held after its detector last found it (files:
+0.5 s). A dropping source processes ~4-8 frames per second on the loaded 2-core
+machine, so 0.5 s gave a face only 2-4 chances to be found again; one small face of
+``city.jpg`` scores 0.30-0.39 with YuNet (threshold 0.3) and after VP8 is sometimes
+missed for longer than that (``tests/test_video_live.py`` caught it). The tracker's
+velocity stretch keeps a held box on a face that moves with the camera."""
+
+
+def live_redaction_stages(
+    *, face: Detector | None, plate: Detector | None, stale_s: float
+) -> list[Stage]:
+    """The redaction stages of a live camera (see :func:`redaction_stages`).
+
+    Faces every frame (:data:`LIVE_FACE_EVERY`), plates every 3rd
+    (:data:`LIVE_PLATE_EVERY`), each re-run whenever its result would be older than
+    ``stale_s`` (so skipping never blurs a frame whole), boxes held for
+    :data:`LIVE_HOLD_S`, and the recheck pass (a second face detection on the blurred
+    frame). The recheck is kept although it costs ~20-30 ms a frame (processed fps
+    8.9 with it, 13.0 without, in one ``bench/video.py --live`` run): before the
+    tracker followed camera motion, 10 s pans of ``city.jpg`` left 8-23 face
+    detections (YuNet >= 0.45 or CenterFace >= 0.3 on an annotated face) in the
+    redacted output without it and 1-3 with it; with camera-motion tracking, four
+    runs left 0, 0, 0 and 2 without it and 1, 0, 0, 0 with it (the 1: a face half out
+    of the picture, CenterFace 0.30). It finds faces the first pass misses next to
+    other faces.
+
+    Args:
+        face: Face detector (None: faces not blurred).
+        plate: Plate detector (None: plates not blurred).
+        stale_s: Staleness budget, seconds.
+    """
+    return redaction_stages(
+        face=face,
+        plate=plate,
+        every=LIVE_FACE_EVERY,
+        plate_every=LIVE_PLATE_EVERY,
+        refresh=True,
+        stale_s=stale_s,
+        recheck=True,
+        hold_s=LIVE_HOLD_S,
+    )
+
 
 class VideoTrackSource(Source):
     """Video frames from an aiortc ``MediaStreamTrack`` (decoded ``av.VideoFrame``).
@@ -56,14 +115,75 @@ class VideoTrackSource(Source):
     Each frame becomes a :class:`VideoFrame`: BGR uint8 ``(h, w, 3)`` pixels (converted
     in a thread), ``time_base`` 1/90000, pts counted from the first frame with the
     32-bit RTP wrap-around removed, ``arrived`` = when ``recv()`` returned it.
+
+    With ``newest_only`` (the default; :attr:`Source.newest_only`) a task receives
+    frames as they come and keeps only the newest until :meth:`read` takes it; each
+    frame it replaces is counted in :attr:`dropped` and goes nowhere (never converted,
+    processed or sent). The :class:`~streams.media.graph.GraphRunner` reads such a
+    source only when its stages are free, so a frame waits at most one frame's
+    processing time. Without it, every frame is read in order (files, tests).
+
+    Args:
+        track: The camera track.
+        newest_only: Keep only the newest frame while the graph is busy.
     """
 
-    def __init__(self, track: MediaStreamTrack) -> None:
+    def __init__(self, track: MediaStreamTrack, *, newest_only: bool = True) -> None:
         self.track = track
+        self.newest_only = newest_only
+        self.dropped = 0
         self._first: int | None = None
         self._last_raw = 0
         self._wraps = 0
         self._last_pts: int | None = None
+        self._pending: tuple[av.VideoFrame, float] | None = None
+        self._ended = False
+        self._error: BaseException | None = None
+        self._ready = asyncio.Event()
+        self._pump: asyncio.Task[None] | None = None
+
+    async def _receive(self) -> None:
+        """Receive frames until the track ends, keeping only the newest."""
+        try:
+            while True:
+                frame = await self.track.recv()
+                if self._pending is not None:
+                    self.dropped += 1
+                self._pending = (frame, time.monotonic())
+                self._ready.set()
+        except MediaStreamError:
+            pass
+        except Exception as exc:  # raised to the runner by the next read
+            self._error = exc
+        finally:
+            self._ended = True
+            self._ready.set()
+
+    async def _next(self) -> tuple[av.VideoFrame, float] | None:
+        """The next (newest) decoded frame and when it arrived; None at the end."""
+        if not self.newest_only:
+            try:
+                frame = await self.track.recv()
+            except MediaStreamError:
+                return None
+            return frame, time.monotonic()
+        if self._pump is None:
+            self._pump = asyncio.ensure_future(self._receive())
+        while self._pending is None:
+            if self._ended:
+                if self._error is not None:
+                    raise self._error
+                return None
+            self._ready.clear()
+            await self._ready.wait()
+        pending, self._pending = self._pending, None
+        return pending
+
+    def close(self) -> None:
+        """Stop receiving (idempotent); a frame not yet read is dropped."""
+        if self._pump is not None and not self._pump.done():
+            self._pump.cancel()
+        self._pending = None
 
     def _pts(self, raw: int | None) -> int:
         if raw is None:  # no timestamp: one nominal 15 fps step after the last
@@ -77,12 +197,16 @@ class VideoTrackSource(Source):
         return raw + (self._wraps << 32) - self._first
 
     async def read(self) -> VideoFrame | None:
-        """The next decoded frame; None once the track ended."""
-        try:
-            frame = await self.track.recv()
-        except MediaStreamError:
+        """The next decoded frame (the newest, with ``newest_only``); None once the
+        track ended.
+
+        Raises:
+            Exception: what the track's ``recv()`` raised other than its end.
+        """
+        received = await self._next()
+        if received is None:
             return None
-        arrived = time.monotonic()
+        frame, arrived = received
         raw = frame.pts
         if (
             raw is not None
@@ -208,9 +332,13 @@ class VideoRelaySink(Sink):
 
 __all__ = [
     "KEYFRAME_INTERVAL",
+    "LIVE_FACE_EVERY",
+    "LIVE_HOLD_S",
+    "LIVE_PLATE_EVERY",
     "RTP_VIDEO_TIME_BASE",
     "VIDEO_BITRATE",
     "VideoRelaySink",
     "VideoTrackSource",
     "Vp8Encoder",
+    "live_redaction_stages",
 ]

@@ -14,6 +14,13 @@ streaming thread behind a ``queue``; Hearth goes further and isolates streams):
   At most :attr:`Workers.processing_slots` jobs run at once (default: one per CPU),
   so many streams do not oversubscribe the cores the event loop needs; a slot is
   taken and given back on the loop side, so an abandoned job never keeps one.
+
+Audio keeps priority over video: a video job also needs one of
+:attr:`Workers.video_slots` (default: one fewer than the processing slots, at least
+one), so cameras can never hold every slot while audio blocks wait; and a video
+stream's worker thread runs at a lower CPU priority (``nice`` +:data:`VIDEO_NICE`,
+Linux per-thread), so on a busy machine the kernel gives audio's 20 ms blocks the CPU
+first and the camera loses frames (its source keeps only the newest) instead.
 """
 
 from __future__ import annotations
@@ -35,6 +42,11 @@ T = TypeVar("T")
 
 _worker_ids = itertools.count(1)
 
+VIDEO_NICE = 10
+"""Niceness added to a video stream's worker thread (0-19: higher yields the CPU more;
+raising it needs no privilege). Each nice step is ~1.25x less CPU weight under Linux
+CFS, so +10 gives the audio threads ~10x the camera's share when they compete."""
+
 
 class DeadlineExceeded(TimeoutError):
     """A job did not finish within its deadline; its worker has been abandoned."""
@@ -48,10 +60,13 @@ class StreamWorker:
 
     Args:
         name: Thread name suffix, for logs and ``py-spy`` dumps.
+        nice: Niceness added to the thread (0: as the process); where the OS refuses,
+            logged and ignored.
     """
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, *, nice: int = 0) -> None:
         self.name = f"hearth-stream-{name}-{next(_worker_ids)}"
+        self.nice = nice
         self._jobs: queue.SimpleQueue[
             tuple[Callable[[], Any], concurrent.futures.Future[Any]] | None
         ] = queue.SimpleQueue()
@@ -60,6 +75,14 @@ class StreamWorker:
         self._thread.start()
 
     def _run(self) -> None:
+        if self.nice and hasattr(os, "setpriority"):
+            try:  # Linux: a thread id names one thread here
+                tid = threading.get_native_id()
+                os.setpriority(
+                    os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + self.nice
+                )
+            except OSError as exc:
+                logger.warning("%s: cannot lower its priority: %s", self.name, exc)
         while True:
             job = self._jobs.get()
             if job is None:
@@ -123,6 +146,8 @@ class Workers:
         io_threads: Threads for recording writes and closes.
         encode_threads: Threads for the relays' shared encoders (default: CPU count).
         processing_slots: Stream jobs allowed to run at once (default: CPU count).
+        video_slots: Video stream jobs allowed to run at once, each also holding a
+            processing slot (default: one fewer than the processing slots, at least 1).
     """
 
     def __init__(
@@ -132,17 +157,21 @@ class Workers:
         io_threads: int = 2,
         encode_threads: int | None = None,
         processing_slots: int | None = None,
+        video_slots: int | None = None,
     ) -> None:
-        self.processing_slots = asyncio.Semaphore(processing_slots or os.cpu_count() or 2)
+        slots = processing_slots or os.cpu_count() or 2
+        self.processing_slots = asyncio.Semaphore(slots)
+        self.video_slots = asyncio.Semaphore(video_slots or max(1, slots - 1))
         self.load = ThreadPoolExecutor(load_threads, thread_name_prefix="hearth-load")
         self.io = ThreadPoolExecutor(io_threads, thread_name_prefix="hearth-io")
         self.encode = ThreadPoolExecutor(
             encode_threads or os.cpu_count() or 2, thread_name_prefix="hearth-encode"
         )
 
-    def stream_worker(self, name: str) -> StreamWorker:
-        """A new per-stream processing worker (the caller stops or abandons it)."""
-        return StreamWorker(name)
+    def stream_worker(self, name: str, *, video: bool = False) -> StreamWorker:
+        """A new per-stream processing worker (the caller stops or abandons it); a
+        video stream's runs at ``nice`` +:data:`VIDEO_NICE`."""
+        return StreamWorker(name, nice=VIDEO_NICE if video else 0)
 
     def shutdown(self) -> None:
         """Stop accepting work; queued jobs are cancelled, running ones finish."""
