@@ -19,8 +19,10 @@ from django.db import connection
 from django.test import Client
 
 from streams.models import LiveSession, Recording
+from streams.rtc import media_server
 from streams.services import recording_path, session_group
 from tests.factories import Inbox, befriend, go_live, make_recording, make_user
+from tests.live_flow import until
 from tests.rtc_helpers import (
     accept_answer,
     client_peer,
@@ -223,6 +225,11 @@ async def test_delete_while_live_ends_the_broadcast_and_closes_every_socket(
         )
         await accept_answer(listener, (await expect_matching(friend, "listen.answer"))["sdp"])
         await expect_matching(friend, "session.stats", lambda f: f.get("listeners") == 1)
+        # Some audio in (half a second), so there is a recording to finalise: a broadcast
+        # deleted before its first block leaves none (recording_id None), and a loaded
+        # machine got there.
+        room = media_server().rooms[session_id]
+        await until(lambda: room.metrics.blocks_in >= 25, timeout=30)
 
         # A request's thread (not the database thread the media worker uses) deletes
         # Ann, and closes its database connection after, as the end of a request does.
