@@ -157,6 +157,8 @@ def test_fetch_command_verifies_and_writes_a_manifest(tmp_path: Path, monkeypatc
     )  # fmt: skip
     assert "SHA-256 verified" in out.getvalue()
     assert resolve_model_dir(tmp_path / "m", tmp_path / "cache") == tmp_path / "m"
+    # Fetched into a staging folder, renamed into place: nothing else is left in DIR.
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == [MANIFEST_NAME, "model.bin"]
 
 
 def test_fetch_command_refuses_a_corrupted_download(tmp_path: Path, monkeypatch):
@@ -173,3 +175,27 @@ def test_fetch_command_refuses_a_corrupted_download(tmp_path: Path, monkeypatch)
         call_command("fetch_whisper_model", str(tmp_path / "m"))
     assert not (tmp_path / "m" / MANIFEST_NAME).exists()
     assert not (tmp_path / "m" / "model.bin").exists()
+
+
+def test_fetch_command_keeps_the_installed_file_when_a_new_download_differs(
+    tmp_path: Path, monkeypatch
+):
+    from django.core.management import CommandError, call_command
+
+    from streams.management.commands import fetch_whisper_model
+
+    good = b"a larger whisper"
+    expect = f"model.bin:{len(good)}:{hashlib.sha256(good).hexdigest()}"
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "model.bin").write_bytes(good)
+
+    def fake_download(repo, revision, name, target_dir):
+        (target_dir / name).write_bytes(b"a tampered whispe")  # one byte longer
+        return target_dir / name
+
+    monkeypatch.setattr(fetch_whisper_model, "download", fake_download)
+    with pytest.raises(CommandError, match="bytes, expected 16"):
+        call_command("fetch_whisper_model", str(tmp_path / "m"), "--expect", expect)
+    # The verified file is never overwritten by one that does not verify.
+    assert (tmp_path / "m" / "model.bin").read_bytes() == good
+    assert [p.name for p in (tmp_path / "m").iterdir()] == ["model.bin"]

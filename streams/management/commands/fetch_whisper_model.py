@@ -2,25 +2,28 @@
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from argparse import ArgumentParser
 from pathlib import Path
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 
+from streams.media.model_download import model_file_install
 from streams.media.whisper_model import (
     WHISPER_BASE_FILES,
     WHISPER_BASE_REPO,
     WHISPER_BASE_REVISION,
     ModelFile,
     ModelIntegrityError,
-    verify_file,
     write_manifest,
 )
 
 
 def download(repo: str, revision: str, name: str, target_dir: Path) -> Path:
-    """Fetch one file of a Hugging Face model repository into ``target_dir``."""
+    """Fetch one file of a Hugging Face model repository into ``target_dir`` (the
+    command's staging folder; the file is installed from there once verified)."""
     from huggingface_hub import hf_hub_download
 
     return Path(hf_hub_download(repo, name, revision=revision, local_dir=target_dir))
@@ -49,8 +52,10 @@ class Command(BaseCommand):
 
     Each file is checked against its published size and SHA-256 (built in for
     Systran/faster-whisper-base at the pinned revision, else given with ``--expect``);
-    on success DIR gets a ``manifest.json`` and can be set as ``PII_MODEL_DIR``. On
-    any mismatch the command fails and writes no manifest (so DIR is never loaded).
+    on success DIR gets a ``manifest.json`` and can be set as ``PII_MODEL_DIR``. Files
+    are fetched into a staging folder inside DIR (removed afterwards) and renamed into
+    DIR only once verified. On any mismatch the command fails and writes no manifest
+    (so DIR is never loaded).
     """
 
     help = "Download official Whisper (CTranslate2) files into DIR, verified, for PII_MODEL_DIR."
@@ -70,17 +75,22 @@ class Command(BaseCommand):
         directory: Path = options["directory"]
         expected = _expected(options)
         directory.mkdir(parents=True, exist_ok=True)
-        for item in expected:
-            try:
-                path = download(options["repo"], options["revision"], item.name, directory)
-            except Exception as exc:
-                raise CommandError(f"cannot download {item.name}: {exc}") from exc
-            try:
-                verify_file(path, item)
-            except ModelIntegrityError as exc:
-                path.unlink(missing_ok=True)
-                raise CommandError(str(exc)) from exc
-            self.stdout.write(f"{item.name}: {item.size} bytes, SHA-256 verified")
+        staging = Path(tempfile.mkdtemp(prefix=".download-", dir=directory))
+        try:
+            for item in expected:
+                try:
+                    path = download(options["repo"], options["revision"], item.name, staging)
+                except Exception as exc:
+                    raise CommandError(f"cannot download {item.name}: {exc}") from exc
+                target = directory / item.name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    model_file_install(staged=path, target=target, expected=item)
+                except ModelIntegrityError as exc:
+                    raise CommandError(str(exc)) from exc
+                self.stdout.write(f"{item.name}: {item.size} bytes, SHA-256 verified")
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
         write_manifest(
             directory, expected, {"repo": options["repo"], "revision": options["revision"]}
         )
