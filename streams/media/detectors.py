@@ -52,6 +52,14 @@ YUNET_FILE = ModelFile(
 )
 """YuNet-s ONNX (dynamic input), as listed in ``../shared/models/README.md``."""
 
+YUNET_URL = (
+    "https://raw.githubusercontent.com/ShiqiYu/libfacedetection.train/"
+    "2b5e61dee21441ef4676505f835ab63ee53bae1e/onnx/yunet_s_640_640.onnx"
+)
+"""Upstream of :data:`YUNET_FILE` (``manage.py fetch_face_model``): libfacedetection.train's
+``onnx/yunet_s_640_640.onnx`` at the commit that last changed it (its size and SHA-256
+there equal :data:`YUNET_FILE`'s, checked on a clone of that repository)."""
+
 CENTERFACE_FILE = ModelFile(
     "centerface.onnx",
     7_304_518,
@@ -387,6 +395,7 @@ __all__ = [
     "CENTERFACE_FILE",
     "FACE_DETECTORS",
     "YUNET_FILE",
+    "YUNET_URL",
     "CenterFaceDetector",
     "Detector",
     "DetectorUnavailable",
