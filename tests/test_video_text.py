@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench._video_material import SCREEN_LINES, screen_boxes, screen_image
+from bench._video_material import screen_boxes, screen_image
 from streams.media.detectors import ModelIntegrityError
 from streams.media.graph import Graph, GraphRunner
 from streams.media.items import Box, VideoFrame
@@ -146,7 +146,8 @@ async def test_a_file_graph_blurs_personal_text_so_ocr_can_no_longer_read_it(
         for line, personal, _ in screen_boxes():
             if personal:
                 assert line not in read, (index, line)
-        leftover = [ln.text for ln in reader.read(frame.image) if detector.matcher.entities(ln.text)]
+        lines = reader.read(frame.image)
+        leftover = [ln.text for ln in lines if detector.matcher.entities(ln.text)]
         assert leftover == [], (index, leftover)
 
 
