@@ -161,15 +161,20 @@ def write_pan_video(
     height: int = 320,
     rate: int = 12,
     audio: bool = True,
+    screen: bool = False,
 ) -> PanVideo:
-    """Write a panning crop of ``city.jpg`` as a video file.
+    """Write a panning crop of ``city.jpg`` as a video file (``screen``: frames of
+    :func:`screen_image`, on-screen text panning 2 px a frame; 640x480 or larger).
 
     Matroska (``.mkv``) with MPEG-4 Part 2 video and FLAC audio, or MP4 (``.mp4``)
     with MPEG-4 Part 2 and AAC: deliberately not the H.264 that ``process_media``
     writes. The audio is a 440 Hz tone plus a little noise (float32 mono 48 kHz), as
     long as the video.
     """
-    crops = pan_frames(frames=frames, width=width, height=height)
+    if screen:
+        crops = [screen_image(width=width, height=height, dx=2 * i) for i in range(frames)]
+    else:
+        crops = pan_frames(frames=frames, width=width, height=height)
     audio_s = frames / rate if audio else 0.0
     mp4 = path.suffix == ".mp4"
     with av.open(str(path), "w") as container:
