@@ -107,6 +107,52 @@ def pan_frames(
     return crops
 
 
+SCREEN_LINES: tuple[tuple[str, bool], ...] = (
+    ("Call me on 07700 900123", True),
+    ("jane.doe@example.com", True),
+    ("Card 4111 1111 1111 1111", True),
+    ("Welcome to the show", False),
+)
+"""Lines of :func:`screen_image`, each with whether it is personal information (a UK
+drama-range phone number, an example.com address, Visa's test card number)."""
+
+PLATE_TEXT = "AB12 CDE"
+"""The number on :func:`screen_image`'s plate (UK format)."""
+
+
+def screen_image(*, width: int = 640, height: int = 480, dx: int = 0) -> NDArray[np.uint8]:
+    """A frame that shows on-screen text: a crop of ``city.jpg`` with a light card
+    carrying :data:`SCREEN_LINES` (OpenCV Hershey simplex, 0.7-0.8 scale, dark grey)
+    and a white plate with :data:`PLATE_TEXT` (black, bold), all shifted ``dx`` pixels
+    right (a pan). BGR uint8, ``(height, width, 3)``.
+
+    Returns:
+        The image; :func:`screen_boxes` gives where each line was drawn.
+    """
+    image = np.ascontiguousarray(city_image()[40 : 40 + height, 0:width]).copy()
+    cv2.rectangle(image, (20 + dx, 30), (430 + dx, 250), (235, 235, 235), -1)
+    for index, (line, _) in enumerate(SCREEN_LINES):
+        y = 75 + 50 * index
+        cv2.putText(image, line, (30 + dx, y), cv2.FONT_HERSHEY_SIMPLEX, 0.75, (30, 30, 30), 2)
+    cv2.rectangle(image, (400 + dx, 380), (590 + dx, 440), (250, 250, 250), -1)
+    cv2.rectangle(image, (400 + dx, 380), (590 + dx, 440), (0, 0, 0), 2)
+    cv2.putText(image, PLATE_TEXT, (410 + dx, 425), cv2.FONT_HERSHEY_SIMPLEX, 1.1, (0, 0, 0), 3)
+    return image
+
+
+def screen_boxes(*, dx: int = 0) -> list[tuple[str, bool, tuple[int, int, int, int]]]:
+    """Where :func:`screen_image` drew its text: ``(text, personal, (x0, y0, x1, y1))``
+    per line (the plate's last, personal), in frame pixels, glyph bounds padded 4 px."""
+    boxes = []
+    for index, (line, personal) in enumerate(SCREEN_LINES):
+        (w, h), base = cv2.getTextSize(line, cv2.FONT_HERSHEY_SIMPLEX, 0.75, 2)
+        y = 75 + 50 * index
+        boxes.append((line, personal, (26 + dx, y - h - 4, 34 + dx + w, y + base + 4)))
+    (w, h), base = cv2.getTextSize(PLATE_TEXT, cv2.FONT_HERSHEY_SIMPLEX, 1.1, 3)
+    boxes.append((PLATE_TEXT, True, (406 + dx, 425 - h - 4, 414 + dx + w, 425 + base + 4)))
+    return boxes
+
+
 def write_pan_video(
     path: Path,
     *,
@@ -115,15 +161,20 @@ def write_pan_video(
     height: int = 320,
     rate: int = 12,
     audio: bool = True,
+    screen: bool = False,
 ) -> PanVideo:
-    """Write a panning crop of ``city.jpg`` as a video file.
+    """Write a panning crop of ``city.jpg`` as a video file (``screen``: frames of
+    :func:`screen_image`, on-screen text panning 2 px a frame; 640x480 or larger).
 
     Matroska (``.mkv``) with MPEG-4 Part 2 video and FLAC audio, or MP4 (``.mp4``)
     with MPEG-4 Part 2 and AAC: deliberately not the H.264 that ``process_media``
     writes. The audio is a 440 Hz tone plus a little noise (float32 mono 48 kHz), as
     long as the video.
     """
-    crops = pan_frames(frames=frames, width=width, height=height)
+    if screen:
+        crops = [screen_image(width=width, height=height, dx=2 * i) for i in range(frames)]
+    else:
+        crops = pan_frames(frames=frames, width=width, height=height)
     audio_s = frames / rate if audio else 0.0
     mp4 = path.suffix == ".mp4"
     with av.open(str(path), "w") as container:

@@ -24,6 +24,9 @@ onnxruntime's intra-op threads, so the figures are per core):
   chain as ``process_media`` runs it (faces + plates + track + blur + recheck), and a
   lighter chain a live stream could afford (faces every frame, plates every 3rd frame:
   at 30 fps their result is at most 67 ms old, inside the 250 ms budget; no recheck).
+* **On-screen text**: RapidOCR (PP-OCRv6) ms per frame on a frame with five lines of
+  text, and which lines of ``screen_image`` it boxes (3 personal lines + a plate; the
+  everyday line must stay unboxed).
 * **Plates**: false plate boxes on city.jpg (no car in it). Recall on real street images
   is not measured: no image with a licence plate is available offline here.
 
@@ -49,7 +52,13 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from bench._common import shared_models_dir  # noqa: E402
-from bench._video_material import CITY_FACES, city_image, face_hit  # noqa: E402
+from bench._video_material import (  # noqa: E402
+    CITY_FACES,
+    city_image,
+    face_hit,
+    screen_boxes,
+    screen_image,
+)
 from streams.media.detectors import (  # noqa: E402
     YUNET_FILE,
     CenterFaceDetector,
@@ -57,6 +66,7 @@ from streams.media.detectors import (  # noqa: E402
     YuNetDetector,
 )
 from streams.media.items import Box, VideoFrame  # noqa: E402
+from streams.media.text import TextDetector, text_detector_build  # noqa: E402
 from streams.media.video import (  # noqa: E402
     BlurStage,
     DetectStage,
@@ -72,6 +82,22 @@ def recall(boxes: list[Box]) -> tuple[int, int]:
     hits = sum(any(face_hit(b, face) for b in found) for face in CITY_FACES)
     false = sum(not any(face_hit(b, face) for face in CITY_FACES) for b in found)
     return hits, false
+
+
+def screen_text_recall(text: TextDetector) -> dict[str, int]:
+    """On :func:`screen_image`: personal lines (and the plate) whose glyphs a returned
+    box covers (within 6 px), and everyday lines that got a box (false positives)."""
+    boxes = text.detect(screen_image())
+    personal = everyday = 0
+    for _, is_personal, (x0, y0, x1, y1) in screen_boxes():
+        covered = any(
+            b.x0 <= x0 + 6 and b.y0 <= y0 + 6 and b.x1 >= x1 - 6 and b.y1 >= y1 - 6 for b in boxes
+        )
+        if is_personal:
+            personal += covered
+        else:
+            everyday += covered
+    return {"personal_found": personal, "everyday_boxed": everyday}
 
 
 def frame_of(width: int, height: int) -> np.ndarray:
@@ -149,6 +175,14 @@ def main() -> None:
     print(f"  haar plates on city.jpg: {results['city_false_plates']} boxes (no car in it)")
     print("  plate recall on real street images: not measured (none available offline)")
 
+    text = text_detector_build(text=True, plates=True)
+    results["screen_text"] = screen_text_recall(text)
+    print(
+        "screen_image (640x480, 3 personal lines, 1 everyday line, 1 plate): "
+        f"{results['screen_text']['personal_found']}/4 personal found, "
+        f"{results['screen_text']['everyday_boxed']} everyday lines boxed"
+    )
+
     timing: dict[str, dict[str, dict[str, float]]] = {}
     for width, height in ((640, 480), (1280, 720)):
         picture = frame_of(width, height)
@@ -158,6 +192,12 @@ def main() -> None:
             row[detector.name] = timed(
                 lambda p=picture, d=detector: d.detect(analysis_image(p)[0]), args.repeats
             )
+        # OCR on a frame with five text lines (the card of screen_image, scaled); it
+        # runs twice a second, so its share of a core is 2 x its CPU ms / 1000.
+        screen = cv2.resize(screen_image(), (width, height), interpolation=cv2.INTER_AREA)
+        row["text ocr (5 lines)"] = timed(
+            lambda p=screen: text.detect(analysis_image(p)[0]), max(3, args.repeats // 3)
+        )
         chains = {
             f"chain {face.name} + plates + blur + recheck": redaction_stages(
                 face=face, plate=plates, recheck=True

@@ -5,7 +5,7 @@ Protocol (JSON text frames; every reply to a bad frame is
 ``{"type": "error", "code", "message", "ref"}``):
 
 client → server: ``ping``; ``broadcast.start {sdp, denoise, title?, bleep?, delay_s?,
-blur_faces?, blur_plates?}``;
+blur_faces?, blur_plates?, blur_text?}``;
 ``broadcast.control {muted?, denoise?}``; ``broadcast.stop``;
 ``broadcast.resume {session_id}`` (a reconnected page takes its live broadcast back);
 ``broadcast.reconnect {session_id, sdp}`` (the live page's media path failed: a fresh
@@ -159,20 +159,21 @@ def _title_parse(value: object) -> str:
     return title
 
 
-def _blur_parse(content: dict[str, Any]) -> tuple[bool, bool]:
-    """``blur_faces`` and ``blur_plates`` of a go-live (each true when absent): whether
-    the server blurs faces / licence plates in the camera's frames.
+def _blur_parse(content: dict[str, Any]) -> tuple[bool, bool, bool]:
+    """``blur_faces``, ``blur_plates`` (each true when absent) and ``blur_text`` (false
+    when absent) of a go-live: whether the server blurs faces / licence plates /
+    on-screen personal text in the camera's frames.
 
     Raises:
-        ProtocolError: either is present and not a boolean.
+        ProtocolError: one is present and not a boolean.
     """
     switches = []
-    for key in ("blur_faces", "blur_plates"):
-        value = content.get(key, True)
+    for key, default in (("blur_faces", True), ("blur_plates", True), ("blur_text", False)):
+        value = content.get(key, default)
         if not isinstance(value, bool):
             raise ProtocolError(f"{key} must be true or false.")
         switches.append(value)
-    return switches[0], switches[1]
+    return switches[0], switches[1], switches[2]
 
 
 def _bleep_parse(content: dict[str, Any]) -> tuple[str, float]:
@@ -397,7 +398,7 @@ class HearthConsumer(ConsumerMetricsMixin, AsyncWebsocketConsumer):
             raise ProtocolError("denoise must be true or false.")
         title = _title_parse(content.get("title", ""))
         bleep, delay_s = _bleep_parse(content)
-        blur_faces, blur_plates = _blur_parse(content)
+        blur_faces, blur_plates, blur_text = _blur_parse(content)
         sdp = sdp_validate(content.get("sdp"))
         if settings.HEARTH["MEDIA_IN_PROCESS"]:
             await media_server().ensure_started()  # this process's worker is placeable
@@ -411,6 +412,7 @@ class HearthConsumer(ConsumerMetricsMixin, AsyncWebsocketConsumer):
                 "delay_s": delay_s,
                 "blur_faces": blur_faces,
                 "blur_plates": blur_plates,
+                "blur_text": blur_text,
             },
         )
         try:

@@ -33,6 +33,7 @@ from streams.media.metrics import MediaMetrics
 from streams.media.pii_analysis import PiiAnalyser, PiiAnalysisStage
 from streams.media.sinks import CollectSink, RecorderSink
 from streams.media.stage import ProcessorStage, Stage
+from streams.media.text import text_detector_build
 from streams.media.timeline import DelayLine, Redactor, bleep, mute
 from streams.media.video import redaction_stages
 from streams.media.video_io import (
@@ -120,6 +121,11 @@ class VideoFileResult:
     def plates_blurred(self) -> int:
         """Licence-plate regions blurred, summed over frames."""
         return int(self.video.regions_blurred.get("plate", 0))
+
+    @property
+    def text_blurred(self) -> int:
+        """On-screen personal-text regions blurred, summed over frames."""
+        return int(self.video.regions_blurred.get("text", 0))
 
 
 @dataclass
@@ -257,6 +263,7 @@ def video_file_process(
     blur_faces: bool,
     blur_plates: bool,
     denoise: bool,
+    blur_text: bool = False,
     face_detector: str = "auto",
     analyser: PiiAnalyser | None = None,
     redact: str = "bleep",
@@ -266,7 +273,9 @@ def video_file_process(
     (replaced on success, an existing one left as it was on failure).
 
     Faces (``blur_faces``; detector ``face_detector``: ``auto``/``yunet``/
-    ``centerface``) and licence plates (``blur_plates``) are blurred; a frame whose
+    ``centerface``), licence plates (``blur_plates``) and on-screen personal text
+    (``blur_text``: RapidOCR every 0.5 s of content; its plate-like lines join the
+    plates when ``blur_plates``) are blurred; a frame whose
     detection failed or is stale is blurred whole (fail closed). The audio, if any,
     goes through the live chain (``denoise``; with ``analyser``, PII bleeping).
     ``on_progress`` gets the fraction of ``info.duration_s`` done.
@@ -276,7 +285,7 @@ def video_file_process(
             failed stage, or a failed write.
     """
     hearth = settings.HEARTH
-    face = plate = None
+    face = plate = text = None
     try:
         if blur_faces:
             face = face_detector_build(
@@ -286,14 +295,20 @@ def video_file_process(
             )
         if blur_plates:
             plate = HaarPlateDetector()
+        if blur_text:
+            text = text_detector_build(device=hearth["VIDEO_DEVICE"], text=True, plates=blur_plates)
     except ModelIntegrityError as exc:
-        raise MediaFileError(f"face model refused: {exc}") from exc
+        raise MediaFileError(f"detector model refused: {exc}") from exc
     except (DetectorUnavailable, ValueError, OSError) as exc:
         raise MediaFileError(f"cannot load a detector: {exc}") from exc
     # A file is not real time: the second face pass (faces hidden by their
     # neighbours in a crowd) is worth its cost here.
     video_stages = redaction_stages(
-        face=face, plate=plate, stale_s=float(hearth["VIDEO_STALE_S"]), recheck=True
+        face=face,
+        plate=plate,
+        text=text,
+        stale_s=float(hearth["VIDEO_STALE_S"]),
+        recheck=True,
     )
     sound_stages = (
         audio_stages(denoise=denoise, analyser=analyser, redact=redact) if info.has_audio else []
@@ -399,7 +414,7 @@ def video_file_process(
         padded=writer.padded,
         elapsed_s=elapsed,
         video=video_metrics,
-        detectors=[f"{d.kind} {d.name}" for d in (face, plate) if d is not None],
+        detectors=[f"{d.kind} {d.name}" for d in (face, plate, text) if d is not None],
         audio_chain=chain.name if chain is not None else "",
         audio_latency=chain.latency_ticks() if chain is not None else 0,
         audio_samples=writer.audio_samples,

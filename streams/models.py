@@ -87,16 +87,18 @@ class Recording(models.Model):
     # recording); personal information only ever appears as a mask.
     transcript = models.JSONField(default=list, blank=True)
     # "audio" (WAV / Ogg-Opus) or "video" (MP4: H.264 + AAC). Video recordings also
-    # keep how they were redacted: the settings (blur_faces/blur_plates, None for
-    # audio) and counts over the whole file (frames processed, face and plate regions
-    # blurred summed over frames, frames blurred whole because detection failed or
-    # was stale: fail closed). Never image data.
+    # keep how they were redacted: the settings (blur_faces/blur_plates/blur_text, None
+    # for audio) and counts over the whole file (frames processed, face, plate and
+    # on-screen personal-text regions blurred summed over frames, frames blurred whole
+    # because detection failed or was stale: fail closed). Never image data.
     kind = models.CharField(max_length=8, default="audio")
     blur_faces = models.BooleanField(null=True, blank=True)
     blur_plates = models.BooleanField(null=True, blank=True)
+    blur_text = models.BooleanField(null=True, blank=True)
     frames_processed = models.PositiveIntegerField(default=0)
     faces_blurred = models.PositiveIntegerField(default=0)
     plates_blurred = models.PositiveIntegerField(default=0)
+    text_blurred = models.PositiveIntegerField(default=0)
     frames_failed_closed = models.PositiveIntegerField(default=0)
     # What transcript search reads: the cues' text with every mask ("[phone number]",
     # "[…]") taken out, so only words that were heard in clear are searchable.
@@ -126,7 +128,8 @@ class UploadJob(models.Model):
 
     ``source`` (relative to ``MEDIA_ROOT``) is the uploaded file, deleted once the job
     ends. ``options`` are the user's choices (``{"blur_faces": bool, "blur_plates":
-    bool, "denoise": bool}``). ``status`` goes ``queued`` → ``running`` → ``done``
+    bool, "blur_text": bool, "denoise": bool}``; ``blur_text`` absent: false).
+    ``status`` goes ``queued`` → ``running`` → ``done``
     (``recording`` set) or ``failed`` (``error``: a sentence for the user).
     ``progress`` is the fraction processed, 0.0-1.0. ``updated_at`` moves with every
     change: the web process relays changed rows to the owner's pages.

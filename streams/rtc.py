@@ -56,6 +56,7 @@ from streams.media.metrics import MediaMetrics, StageTimer
 from streams.media.mp4_live import LiveVideoRecording, mp4_duration_s
 from streams.media.relay import OpusEncoder, Relay, RelaySink, RelayTrack
 from streams.media.sinks import RecorderSink
+from streams.media.text import text_detector_build
 from streams.media.video_live import (
     VideoRelaySink,
     VideoTrackSource,
@@ -220,12 +221,14 @@ class BroadcastRoom:
         delay_s: float = 3.0,
         blur_faces: bool = True,
         blur_plates: bool = True,
+        blur_text: bool = False,
     ) -> None:
         self.server = server
         # Camera redaction, used when the offer sends video: faces and licence plates
         # blurred on the server before anyone receives a frame.
         self.blur_faces = blur_faces
         self.blur_plates = blur_plates
+        self.blur_text = blur_text  # on-screen e-mails, phone and card numbers (OCR)
         self.video_metrics = MediaMetrics()
         self.video_relay: Relay | None = None
         self.video_runner: GraphRunner | None = None
@@ -347,7 +350,10 @@ class BroadcastRoom:
                 services.recording_fragments_path(self.recording_file), executor=workers.io
             )
             await database_sync_to_async(services.recording_video_expect)(
-                session_id=self.session_id, blur_faces=self.blur_faces, blur_plates=self.blur_plates
+                session_id=self.session_id,
+                blur_faces=self.blur_faces,
+                blur_plates=self.blur_plates,
+                blur_text=self.blur_text,
             )
             self._still_opening()
         self._start_graph(audio)
@@ -502,7 +508,14 @@ class BroadcastRoom:
                 yunet_threshold=LIVE_YUNET_THRESHOLD,
             )
         plate = HaarPlateDetector() if self.blur_plates else None
-        return live_redaction_stages(face=face, plate=plate, stale_s=hearth["VIDEO_STALE_S"])
+        text = None
+        if self.blur_text:
+            text = text_detector_build(
+                device=hearth["VIDEO_DEVICE"], text=True, plates=self.blur_plates
+            )
+        return live_redaction_stages(
+            face=face, plate=plate, text=text, stale_s=hearth["VIDEO_STALE_S"]
+        )
 
     def _start_video_graph(self, track: Any) -> None:
         """Run the camera through the redaction stages into the video relay.
@@ -556,6 +569,7 @@ class BroadcastRoom:
             "regions_blurred": dict(metrics.regions_blurred),
             "blur_faces": self.blur_faces,
             "blur_plates": self.blur_plates,
+            "blur_text": self.blur_text,
             "packets_encoded": self.video_relay.packets_encoded,
         }
 
@@ -1039,6 +1053,7 @@ class BroadcastRoom:
                     frames_processed=metrics.frames_processed,
                     faces_blurred=int(metrics.regions_blurred.get("face", 0)),
                     plates_blurred=int(metrics.regions_blurred.get("plate", 0)),
+                    text_blurred=int(metrics.regions_blurred.get("text", 0)),
                     frames_failed_closed=metrics.frames_failed_closed,
                 )
             except Exception:
@@ -1118,9 +1133,11 @@ class BroadcastRoom:
             size_bytes=facts.size_bytes,
             blur_faces=self.blur_faces,
             blur_plates=self.blur_plates,
+            blur_text=self.blur_text,
             frames_processed=metrics.frames_processed,
             faces_blurred=int(metrics.regions_blurred.get("face", 0)),
             plates_blurred=int(metrics.regions_blurred.get("plate", 0)),
+            text_blurred=int(metrics.regions_blurred.get("text", 0)),
             frames_failed_closed=metrics.frames_failed_closed,
         )
         recorder = recording.recorder
@@ -1229,6 +1246,7 @@ class GoLiveOptions:
         delay_s: Broadcast delay D in seconds while bleeping.
         blur_faces: Blur faces in the camera's frames (when the offer sends video).
         blur_plates: Blur licence plates in the camera's frames.
+        blur_text: Blur on-screen personal text (e-mails, phone and card numbers).
     """
 
     denoise: bool = True
@@ -1237,6 +1255,7 @@ class GoLiveOptions:
     delay_s: float = 0.0
     blur_faces: bool = True
     blur_plates: bool = True
+    blur_text: bool = False
 
 
 class MediaServer:
@@ -1339,6 +1358,7 @@ class MediaServer:
         delay_s: float = 3.0,
         blur_faces: bool = True,
         blur_plates: bool = True,
+        blur_text: bool = False,
     ) -> tuple[int, str]:
         """Open a live session for ``user`` from their SDP offer; returns (session id, answer).
 
@@ -1367,6 +1387,7 @@ class MediaServer:
                 delay_s=delay_s,
                 blur_faces=blur_faces,
                 blur_plates=blur_plates,
+                blur_text=blur_text,
             )
             return await self._broadcast_open(
                 user=user,
@@ -1411,6 +1432,7 @@ class MediaServer:
             delay_s=options.delay_s,
             blur_faces=options.blur_faces,
             blur_plates=options.blur_plates,
+            blur_text=options.blur_text,
         )
         self.rooms[session.id] = room
         self._starting -= 1
@@ -1744,6 +1766,7 @@ class MediaServer:
                 delay_s=float(message.get("delay_s") or settings.HEARTH["PII_DELAY_S"]),
                 blur_faces=message.get("blur_faces") is not False,
                 blur_plates=message.get("blur_plates") is not False,
+                blur_text=message.get("blur_text") is True,
             )
         except (SignalingError, services.LiveSessionError) as exc:
             await self._reply(reply_channel, refusal(exc.code, str(exc)))

@@ -148,9 +148,11 @@ class VideoRecordingInfo:
         size_bytes: Its size.
         blur_faces: Faces were blurred (None: unknown).
         blur_plates: Licence plates were blurred (None: unknown).
+        blur_text: On-screen personal text was blurred (None: unknown).
         frames_processed: Frames that went through the detectors.
         faces_blurred: Face regions blurred, summed over frames.
         plates_blurred: Plate regions blurred, summed over frames.
+        text_blurred: On-screen personal-text regions blurred, summed over frames.
         frames_failed_closed: Frames blurred whole (a detector failed or stalled, or
             the server fell behind).
     """
@@ -160,19 +162,23 @@ class VideoRecordingInfo:
     size_bytes: int
     blur_faces: bool | None
     blur_plates: bool | None
+    blur_text: bool | None = None
     frames_processed: int = 0
     faces_blurred: int = 0
     plates_blurred: int = 0
+    text_blurred: int = 0
     frames_failed_closed: int = 0
 
 
-def recording_video_expect(*, session_id: int, blur_faces: bool, blur_plates: bool) -> None:
+def recording_video_expect(
+    *, session_id: int, blur_faces: bool, blur_plates: bool, blur_text: bool = False
+) -> None:
     """Store on live session ``session_id``'s recording the camera's blur switches,
     once its broadcast turned out to send a camera; the row stays ``kind="audio"``
     (its WAV) until the MP4 is finished. A crash repair reads the switches from here.
     """
     Recording.objects.filter(session_id=session_id, ended_at__isnull=True).update(
-        blur_faces=blur_faces, blur_plates=blur_plates
+        blur_faces=blur_faces, blur_plates=blur_plates, blur_text=blur_text
     )
 
 
@@ -183,6 +189,7 @@ def recording_video_counts_set(
     faces_blurred: int,
     plates_blurred: int,
     frames_failed_closed: int,
+    text_blurred: int = 0,
 ) -> None:
     """Store live session ``session_id``'s camera redaction counts so far on its
     recording (every ``VIDEO_COUNTS_S`` while live), so that a crash repair keeps them
@@ -195,6 +202,7 @@ def recording_video_counts_set(
         "frames_processed": frames_processed,
         "faces_blurred": faces_blurred,
         "plates_blurred": plates_blurred,
+        "text_blurred": text_blurred,
         "frames_failed_closed": frames_failed_closed,
     }
     if min(counts.values()) < 0:
@@ -237,9 +245,11 @@ def _video_fragments_finish(
         size_bytes=facts.size_bytes,
         blur_faces=recording.blur_faces,
         blur_plates=recording.blur_plates,
+        blur_text=recording.blur_text,
         frames_processed=recording.frames_processed,
         faces_blurred=recording.faces_blurred,
         plates_blurred=recording.plates_blurred,
+        text_blurred=recording.text_blurred,
         frames_failed_closed=recording.frames_failed_closed,
     )
 
@@ -254,9 +264,11 @@ def _recording_video_set(recording: Recording, video: VideoRecordingInfo) -> Non
     recording.size_bytes = video.size_bytes
     recording.blur_faces = video.blur_faces
     recording.blur_plates = video.blur_plates
+    recording.blur_text = video.blur_text
     recording.frames_processed = video.frames_processed
     recording.faces_blurred = video.faces_blurred
     recording.plates_blurred = video.plates_blurred
+    recording.text_blurred = video.text_blurred
     recording.frames_failed_closed = video.frames_failed_closed
     recording.save()
     transaction.on_commit(lambda: wav.unlink(missing_ok=True))
@@ -1176,6 +1188,7 @@ def upload_create(
     blur_faces: bool,
     blur_plates: bool,
     denoise: bool,
+    blur_text: bool = False,
 ) -> UploadJob:
     """Store an uploaded file and queue the job that processes it into a recording.
 
@@ -1224,7 +1237,12 @@ def upload_create(
             source=name,
             kind=probe.kind,
             duration_s=probe.duration_s,
-            options={"blur_faces": blur_faces, "blur_plates": blur_plates, "denoise": denoise},
+            options={
+                "blur_faces": blur_faces,
+                "blur_plates": blur_plates,
+                "blur_text": blur_text,
+                "denoise": denoise,
+            },
         )
         transaction.on_commit(lambda: _upload_enqueue(job.id))
         _upload_notify(job)
@@ -1333,6 +1351,7 @@ def upload_process(*, job_id: int) -> UploadJob | None:
                     info=probe.video,
                     blur_faces=bool(options.get("blur_faces", True)),
                     blur_plates=bool(options.get("blur_plates", True)),
+                    blur_text=bool(options.get("blur_text", False)),
                     denoise=denoise,
                     on_progress=progress.report,
                 )
@@ -1340,9 +1359,11 @@ def upload_process(*, job_id: int) -> UploadJob | None:
                     "kind": "video",
                     "blur_faces": bool(options.get("blur_faces", True)),
                     "blur_plates": bool(options.get("blur_plates", True)),
+                    "blur_text": bool(options.get("blur_text", False)),
                     "frames_processed": result.video.frames_processed,
                     "faces_blurred": result.faces_blurred,
                     "plates_blurred": result.plates_blurred,
+                    "text_blurred": result.text_blurred,
                     "frames_failed_closed": result.video.frames_failed_closed,
                     "duration_s": result.frames / float(probe.video.rate),
                 }

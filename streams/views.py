@@ -96,9 +96,11 @@ def recording_json(
         data["video_redaction"] = {
             "blur_faces": recording.blur_faces,
             "blur_plates": recording.blur_plates,
+            "blur_text": recording.blur_text,
             "frames_processed": recording.frames_processed,
             "faces_blurred": recording.faces_blurred,
             "plates_blurred": recording.plates_blurred,
+            "text_blurred": recording.text_blurred,
             "frames_failed_closed": recording.frames_failed_closed,
         }
     if recording.transcript:
@@ -429,7 +431,7 @@ def _form_bool(request: HttpRequest, name: str) -> bool:
 @api_view(("POST",))
 def upload_create(request: HttpRequest) -> JsonResponse:
     """POST multipart ``file`` (+ ``title``, ``blur_faces``, ``blur_plates``,
-    ``denoise`` checkboxes) → 202 ``{"upload": {...}}``, the job queued; 400 with a
+    ``blur_text``, ``denoise`` checkboxes) → 202 ``{"upload": {...}}``, the job queued; 400 with a
     message for a missing, empty, too large or unreadable file (413 is not used: the
     message matters more than the code to the page)."""
     upload = request.FILES.get("file")
@@ -442,6 +444,7 @@ def upload_create(request: HttpRequest) -> JsonResponse:
             title=request.POST.get("title", ""),
             blur_faces=_form_bool(request, "blur_faces"),
             blur_plates=_form_bool(request, "blur_plates"),
+            blur_text=_form_bool(request, "blur_text"),
             denoise=_form_bool(request, "denoise"),
         )
     except services.UploadRefused as exc:

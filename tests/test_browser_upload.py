@@ -65,6 +65,7 @@ def test_upload_a_video_follow_its_progress_and_open_the_recording(
         expect(page.locator("h1")).to_have_text("Upload & process")
         for option in ("#upload-blur-faces", "#upload-blur-plates", "#upload-denoise"):
             expect(page.locator(option)).to_be_checked()  # the defaults
+        expect(page.locator("#upload-blur-text")).not_to_be_checked()
 
         page.set_input_files("#upload-file", str(not_media))
         page.click("#upload-submit")

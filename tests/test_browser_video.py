@@ -90,6 +90,7 @@ def test_a_friend_watches_the_redacted_camera(server, noisy_jfk_wav: Path, tmp_p
         alice.check("#camera-on")
         expect(alice.locator("#blur-faces")).to_be_checked()
         expect(alice.locator("#blur-plates")).to_be_checked()
+        expect(alice.locator("#blur-text")).not_to_be_checked()  # off unless asked for
         _until(alice, "document.getElementById('camera-preview').videoWidth > 0")
         assert alice.locator("#camera-select option").count() >= 1
         alice.click("#go-live-start")

@@ -105,11 +105,11 @@ def test_errors_are_clear(tmp_path: Path, noisy_jfk_speech_level_wav: Path):
 def _summary_counts(summary: str) -> dict[str, int]:
     match = re.search(
         r"frames processed (\d+), fail-closed \(fully blurred\) (\d+); faces blurred (\d+), "
-        r"plates blurred (\d+)",
+        r"plates blurred (\d+), text blurred (\d+)",
         summary,
     )
     assert match, summary
-    keys = ("processed", "failed_closed", "faces", "plates")
+    keys = ("processed", "failed_closed", "faces", "plates", "text")
     return dict(zip(keys, (int(v) for v in match.groups()), strict=True))
 
 
@@ -201,6 +201,33 @@ def test_video_errors_are_clear(tmp_path: Path, settings):
     models.mkdir()
     (models / YUNET_FILE.name).write_bytes(b"not the reviewed model")
     settings.HEARTH = {**settings.HEARTH, "MODEL_DIR": str(models)}
-    with pytest.raises(CommandError, match="face model refused"):
+    with pytest.raises(CommandError, match="detector model refused"):
         run(str(clip.path), str(tmp_path / "o.mp4"))
     assert not (tmp_path / "o.mp4").exists()
+
+
+def test_video_with_on_screen_text_has_the_personal_lines_blurred(tmp_path: Path):
+    from bench._video_material import screen_boxes, write_pan_video
+    from streams.media.text import PersonalTextMatcher, TextReader
+
+    clip = write_pan_video(
+        tmp_path / "screen.mkv", frames=8, width=640, height=480, audio=False, screen=True
+    )
+    output = tmp_path / "screen.mp4"
+    summary = run(str(clip.path), str(output), "--no-blur-faces", "--blur-text")
+    assert "detectors plate haar_plate, text rapidocr_text" in summary
+    counts = _summary_counts(summary)
+    assert counts["processed"] == 8 and counts["failed_closed"] == 0
+    assert counts["text"] >= 3 * 8 and counts["plates"] >= 8
+    _, frames, _ = _decoded(output)
+    reader, matcher = TextReader(), PersonalTextMatcher()
+    personal = [line for line, is_personal, _ in screen_boxes() if is_personal]
+    for index, frame in enumerate(frames):
+        lines = [line.text for line in reader.read(frame)]
+        assert "Welcome to the show" in lines, (index, lines)  # the rest stays readable
+        assert not [t for t in lines if matcher.entities(t) or t in personal], (index, lines)
+    # Off by default: the same file without --blur-text keeps its text.
+    plain = tmp_path / "plain.mp4"
+    summary = run(str(clip.path), str(plain), "--no-blur-faces", "--no-blur-plates")
+    _, frames, _ = _decoded(plain)
+    assert "jane.doe@example.com" in [line.text for line in reader.read(frames[0])]

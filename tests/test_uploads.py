@@ -82,7 +82,12 @@ def test_upload_create_checks_content_and_queues_the_task(
     with django_capture_on_commit_callbacks(execute=True):
         job = _create(alice, clip)
     assert (job.kind, job.status, job.title) == ("video", "queued", "clip")
-    assert job.options == {"blur_faces": True, "blur_plates": True, "denoise": False}
+    assert job.options == {
+        "blur_faces": True,
+        "blur_plates": True,
+        "blur_text": False,
+        "denoise": False,
+    }
     assert job.duration_s == pytest.approx(0.5, abs=0.1)  # 6 frames at 12 fps
     stored = Path(services.settings.MEDIA_ROOT) / job.source
     assert stored.read_bytes() == clip.read_bytes()
@@ -158,6 +163,30 @@ def test_the_worker_turns_a_video_upload_into_a_redacted_mp4_recording(alice, bo
 
 
 @pytest.mark.django_db(transaction=True)
+def test_an_upload_with_text_blurring_counts_text_regions_and_shows_them(alice, tmp_path):
+    screen = write_pan_video(
+        tmp_path / "screen.mp4", frames=4, width=640, height=480, audio=False, screen=True
+    ).path
+    job = _create(alice, screen, blur_faces=False, blur_text=True)
+    run_worker()
+    job.refresh_from_db()
+    assert job.status == "done", job.error
+    recording = Recording.objects.get(id=job.recording_id)
+    assert (recording.blur_faces, recording.blur_plates, recording.blur_text) == (
+        False,
+        True,
+        True,
+    )
+    assert recording.text_blurred >= 3 * 4  # three personal lines in every frame
+    assert recording.frames_failed_closed == 0
+    html = login(alice).get(f"/recordings/{recording.id}/").content.decode()
+    assert "on-screen personal text blurred" in html
+    data = login(alice).get(f"/api/recordings/{recording.id}").json()
+    assert data["video_redaction"]["blur_text"] is True
+    assert data["video_redaction"]["text_blurred"] == recording.text_blurred
+
+
+@pytest.mark.django_db(transaction=True)
 def test_the_worker_keeps_an_audio_upload_in_the_audio_format(alice, tone_wav):
     job = _create(alice, tone_wav)
     assert job.kind == "audio"
@@ -223,13 +252,24 @@ def test_upload_api_queues_a_job_and_reports_it_to_its_owner_only(alice, bob, cl
     client = login(alice)
     response = client.post(
         "/api/uploads",
-        {"file": as_upload(clip), "title": "Walk", "blur_faces": "on", "denoise": "on"},
+        {
+            "file": as_upload(clip),
+            "title": "Walk",
+            "blur_faces": "on",
+            "blur_text": "on",
+            "denoise": "on",
+        },
     )
     assert response.status_code == 202
     upload = response.json()["upload"]
     assert (upload["status"], upload["title"], upload["progress"]) == ("queued", "Walk", 0.0)
     job = UploadJob.objects.get(id=upload["id"])
-    assert job.options == {"blur_faces": True, "blur_plates": False, "denoise": True}
+    assert job.options == {
+        "blur_faces": True,
+        "blur_plates": False,
+        "blur_text": True,
+        "denoise": True,
+    }
     assert client.get(f"/api/uploads/{job.id}").json()["upload"]["id"] == job.id
     assert login(bob).get(f"/api/uploads/{job.id}").status_code == 404
 

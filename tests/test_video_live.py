@@ -19,7 +19,14 @@ from aiortc.mediastreams import AudioStreamTrack, MediaStreamError, VideoStreamT
 from av import VideoFrame as AvVideoFrame
 from numpy.typing import NDArray
 
-from bench._video_material import CITY_FACES, city_image, face_hit, pan_frames
+from bench._video_material import (
+    CITY_FACES,
+    city_image,
+    face_hit,
+    pan_frames,
+    screen_boxes,
+    screen_image,
+)
 from streams.media.detectors import YUNET_FILE, CenterFaceDetector, YuNetDetector
 from streams.media.video import laplacian_variance, redaction_stages
 from streams.rtc import BroadcastRoom, media_server
@@ -87,10 +94,19 @@ class FrameCollector:
         return self.frames
 
 
-async def _go_live(comm, **options):
+class ScreenCamera(CityCamera):
+    """A fake camera filming :func:`bench._video_material.screen_image` (a card of
+    text lines, three personal, and a plate) in a slow pan."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.crops = [screen_image(dx=2 * index) for index in range(SEND_FRAMES)]
+
+
+async def _go_live(comm, camera_class: type[CityCamera] = CityCamera, **options):
     pc = client_peer()
     pc.addTrack(AudioStreamTrack())
-    camera = CityCamera()
+    camera = camera_class()
     pc.addTrack(camera)
     await comm.send_json_to({"type": "broadcast.start", "sdp": await offer_sdp(pc), **options})
     answer = await expect(comm, "broadcast.answer", timeout=30)
@@ -255,6 +271,9 @@ async def test_blur_switches_must_be_booleans() -> None:
     )
     error = await expect(a, "error")
     assert error["ref"] == "broadcast.start" and "blur_faces" in error["message"]
+    await a.send_json_to({"type": "broadcast.start", "sdp": await offer_sdp(pc), "blur_text": 1})
+    error = await expect(a, "error")
+    assert error["ref"] == "broadcast.start" and "blur_text" in error["message"]
     await close_all([pc], [a])
 
 
@@ -361,6 +380,39 @@ async def test_the_blur_switches_choose_the_detectors() -> None:
     assert names == ["detect_plate", "track", "blur"]  # no face detector, no recheck
     stats = room.video_stats()
     assert stats is not None and stats["blur_faces"] is False and stats["blur_plates"] is True
+    assert stats["blur_text"] is False  # on-screen text: off unless asked for
     await a.send_json_to({"type": "broadcast.stop"})
     await expect(a, "broadcast.ended")
     await close_all([pc_a], [a])
+
+
+async def test_on_screen_personal_text_never_reaches_a_friend_readable(settings) -> None:
+    # The OCR runs twice a second on a background thread; its result may be 1.5 s old
+    # (TEXT_STALE_S) before frames leave blurred whole. Faces off: text alone.
+    from streams.media.text import PersonalTextMatcher, TextReader
+
+    ann, ben = await friends_make()
+    a, b = await connected(ann), await connected(ben)
+    pc_a, _, session_id = await _go_live(
+        a, ScreenCamera, blur_faces=False, blur_plates=True, blur_text=True
+    )
+    room = media_server().rooms[session_id]
+    names = [stage.name for stage in room._video_stages]
+    assert names == ["detect_plate", "detect_text", "track", "blur"]
+    pc_b, collector = await _watch(b, session_id)
+    # Text regions are counted only on frames that were redacted, not blurred whole:
+    # the OCR's boxes, not the fail-closed path, did the work.
+    await _until(lambda: room.video_metrics.regions_blurred.get("text", 0) >= 3, timeout=60)
+    await _until(lambda: len(collector.frames) >= 15, timeout=60)
+    stats = await expect_matching(a, "session.stats", lambda f: "video" in f, timeout=20)
+    assert stats["video"]["blur_text"] is True
+    frames = await collector.stop()
+    await a.send_json_to({"type": "broadcast.stop"})
+    await expect(a, "broadcast.ended")
+    await close_all([pc_a, pc_b], [a, b])
+    reader, matcher = TextReader(), PersonalTextMatcher()
+    personal = [line for line, is_personal, _ in screen_boxes() if is_personal]
+    for index, frame in enumerate(frames):
+        lines = [line.text for line in reader.read(frame)]
+        assert not [t for t in lines if matcher.entities(t)], (index, lines)
+        assert not [t for t in lines if any(p in t for p in personal)], (index, lines)

@@ -40,6 +40,7 @@ const page = () => ({
   preview: $("camera-preview"),
   blurFaces: $("blur-faces"),
   blurPlates: $("blur-plates"),
+  blurText: $("blur-text"),
   videoStatus: $("video-status"),
   denoise: $("denoise"),
   title: $("live-title"),
@@ -137,6 +138,7 @@ function setState(next, { message = "", error = "" } = {}) {
   els.cameraOn.disabled = broadcasting;
   els.blurFaces.disabled = broadcasting;
   els.blurPlates.disabled = broadcasting;
+  els.blurText.disabled = broadcasting;
   if (!broadcasting) {
     if (els.piiStatus) showMessage(els.piiStatus, "");
     showMessage(els.videoStatus, "");
@@ -530,6 +532,7 @@ async function start() {
           : { bleep: false }),
         blur_faces: els.blurFaces.checked,
         blur_plates: els.blurPlates.checked,
+        blur_text: els.blurText.checked,
       },
       "broadcast.answer",
       { timeout: 20_000 },
@@ -597,8 +600,13 @@ socket.on("session.stats", (msg) => {
   const video = msg.video;
   if (video && state === "live") {
     // Fail closed, in the open: frames the server could not check in time left blurred whole.
-    const blurred = [video.blur_faces && "faces", video.blur_plates && "licence plates"].filter(Boolean);
-    const parts = [blurred.length ? `Camera: ${blurred.join(" and ")} blurred.` : "Camera: nothing blurred."];
+    const blurred = [
+      video.blur_faces && "faces",
+      video.blur_plates && "licence plates",
+      video.blur_text && "personal text",
+    ].filter(Boolean);
+    const list = blurred.length > 1 ? `${blurred.slice(0, -1).join(", ")} and ${blurred.at(-1)}` : blurred[0];
+    const parts = [list ? `Camera: ${list} blurred.` : "Camera: nothing blurred."];
     if (video.frames_blurred_whole > blurredWhole) {
       parts.push("Video fully blurred: the server is overloaded.");
     }

@@ -50,6 +50,9 @@ MASKS: dict[str, str] = {
 ENTITIES: tuple[str, ...] = tuple(MASKS)
 """Entity labels :class:`PiiDetector` looks for."""
 
+PHONE_REGIONS = ("GB", "US", "IE", "DE", "FR")
+"""Regions whose national phone formats Presidio's ``PhoneRecognizer`` accepts."""
+
 _DIGIT_WORDS: dict[str, int] = {
     "zero": 1, "oh": 1, "o": 1, "nought": 1, "one": 1, "two": 1, "three": 1, "four": 1,
     "five": 1, "six": 1, "seven": 1, "eight": 1, "nine": 1, "ten": 2, "eleven": 2,
@@ -280,6 +283,27 @@ def asr_recognizers(min_digits: int = 6) -> list[Any]:
     return [digit_run, spoken_email, street, home, postcode, given_name]
 
 
+def written_recognizers(min_digits: int = 6) -> list[Any]:
+    """Presidio recognisers for personal information in *written* text (on-screen
+    text read by OCR), needing no NLP model: ``EMAIL_ADDRESS`` (offline TLD check),
+    ``PHONE_NUMBER`` (``phonenumbers``; GB, US, IE, DE, FR), ``CREDIT_CARD`` (Luhn)
+    and the digit-run recogniser of :func:`asr_recognizers` (``min_digits``+ digits
+    whatever their separators, which also catches a number read with a wrong one).
+
+    Returns:
+        ``EntityRecognizer`` objects; call ``analyze(text, r.supported_entities, None)``.
+    """
+    from presidio_analyzer.predefined_recognizers import CreditCardRecognizer, PhoneRecognizer
+
+    digit_run = asr_recognizers(min_digits)[0]
+    return [
+        _offline_email_recognizer(),
+        PhoneRecognizer(supported_regions=PHONE_REGIONS),
+        CreditCardRecognizer(),
+        digit_run,
+    ]
+
+
 def build_analyzer(spacy_model: str = SPACY_MODEL) -> Any:
     """A Presidio ``AnalyzerEngine`` for English transcripts that never downloads.
 
@@ -307,7 +331,7 @@ def build_analyzer(spacy_model: str = SPACY_MODEL) -> Any:
     engine.load()
     registry = RecognizerRegistry(supported_languages=["en"])
     registry.add_recognizer(SpacyRecognizer(supported_entities=["PERSON", "LOCATION"]))
-    registry.add_recognizer(PhoneRecognizer(supported_regions=("GB", "US", "IE", "DE", "FR")))
+    registry.add_recognizer(PhoneRecognizer(supported_regions=PHONE_REGIONS))
     registry.add_recognizer(CreditCardRecognizer())
     registry.add_recognizer(_offline_email_recognizer())
     for recognizer in asr_recognizers():

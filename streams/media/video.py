@@ -31,6 +31,8 @@ Imports nothing from Django.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import cv2
@@ -40,6 +42,7 @@ from numpy.typing import NDArray
 from streams.media.detectors import Detector
 from streams.media.items import Box, Detections, Item, VideoFrame
 from streams.media.stage import Stage
+from streams.media.text import LINE_KINDS, TEXT_HOLD_S, TEXT_INTERVAL_S, TEXT_STALE_S
 
 ANALYSIS_WIDTH = 640
 """Widest image a detector is run on, pixels; wider frames are downscaled for
@@ -267,6 +270,96 @@ class DetectStage(VideoStage):
         return [frame]
 
 
+class BackgroundDetectStage(VideoStage):
+    """Runs a slow detector (OCR) on a background thread at about ``1/interval_s`` Hz
+    and stamps its newest result on every frame, without making frames wait for it.
+
+    On each frame: a finished run's result becomes the carried one (its pts is the
+    pts of the frame it analysed, so the blur stage judges its age); if no run is in
+    flight and ``interval_s`` of content time has passed since the last one started,
+    a copy of this frame (downscaled to ``analysis_width``) is handed to the thread.
+    A run that raised makes the frame that collects it fail closed (the exception is
+    re-raised, :attr:`fails_per_item`); the next frame starts a new run. A run that
+    hangs is never collected: the carried result ages past the blur stage's budget
+    and every frame leaves blurred whole. Live graphs only: over a file, frames come
+    faster than real time and a background result would always be stale; file graphs
+    run the same detector in a :class:`DetectStage` with ``max_age_s=interval_s``.
+
+    The thread is created by the first frame, i.e. by the stream's worker thread, so
+    it inherits that thread's scheduling priority (``nice``).
+
+    Args:
+        detector: What to run (e.g. :class:`~streams.media.text.TextDetector`).
+        label: Name its results are filed under (default: the detector's ``kind``).
+        interval_s: Content seconds between the starts of two runs.
+        analysis_width: Widest analysis image, pixels.
+    """
+
+    fails_per_item = True
+
+    def __init__(
+        self,
+        detector: Detector,
+        *,
+        label: str | None = None,
+        interval_s: float = TEXT_INTERVAL_S,
+        analysis_width: int = ANALYSIS_WIDTH,
+    ) -> None:
+        self.detector = detector
+        self.label = label or detector.kind
+        self.name = f"detect_{self.label}"
+        self.interval_s = interval_s
+        self.analysis_width = analysis_width
+        self.runs = 0  # runs started
+        self._pool: ThreadPoolExecutor | None = None
+        self._future: Future[Detections] | None = None
+        self._started_pts: int | None = None
+        self._last: Detections | None = None
+
+    def _run(self, image: NDArray[np.uint8], factor: float, pts: int) -> Detections:
+        boxes = self.detector.detect(image)
+        if factor != 1.0:
+            boxes = [box.scaled(factor) for box in boxes]
+        return Detections(self.label, pts, tuple(boxes))
+
+    def process(self, chunk: VideoFrame) -> list[Item]:  # type: ignore[override]
+        """Collect a finished run, maybe start one; returns ``[chunk]`` carrying the
+        newest result.
+
+        Raises:
+            Exception: what the collected run raised (this frame fails closed).
+        """
+        frame = chunk
+        if frame.failed_closed:
+            return [frame]
+        future = self._future
+        if future is not None and future.done():
+            self._future = None
+            self._last = future.result()
+        due = self._started_pts is None or (
+            frame.seconds(frame.pts - self._started_pts) >= self.interval_s
+            or frame.pts < self._started_pts  # time went back: a new segment
+        )
+        if self._future is None and due:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(1, thread_name_prefix=f"hearth-{self.name}")
+            small, factor = analysis_image(frame.image, self.analysis_width)
+            if small is frame.image:
+                small = small.copy()  # later stages blur the frame in place
+            self._started_pts = frame.pts
+            self.runs += 1
+            self._future = self._pool.submit(self._run, small, factor, frame.pts)
+        if self._last is not None:
+            frame.detections[self.label] = self._last
+        return [frame]
+
+    def close(self) -> None:
+        """Stop the thread (a run in flight finishes on its own; idempotent)."""
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
+
+
 @dataclass(slots=True)
 class _Track:
     box: Box  # smoothed, unpadded, frame pixels
@@ -277,6 +370,7 @@ class _Track:
     vy: float = 0.0
     dx: float = 0.0  # camera motion since last seen, frame pixels
     dy: float = 0.0
+    hold_s: float = 0.5  # how long it outlives its last detection
 
 
 def _shifted(box: Box, dx: float, dy: float) -> Box:
@@ -320,10 +414,17 @@ class TrackStage(VideoStage):
     motion since it was last seen, and new boxes are matched against tracks moved by
     it, so IoU matching survives a pan even when frames are far apart. A live stream
     that drops frames holds boxes for longer, so this matters there most. Each region
-    then gets ``pad`` of its width/height added on every side.
+    then gets ``pad`` of its width/height added on every side; a line of text
+    (:data:`~streams.media.text.LINE_KINDS`) gets ``line_pad`` line heights, and grows
+    by ``grow_per_s`` line heights per second while held (a fraction of a 400-px
+    line's width would blur half the picture).
 
     Args:
         hold_s: How long a track outlives its last detection, seconds of content time.
+        hold_by_label: Per detector label, a longer or shorter ``hold_s`` (a 2 Hz OCR
+            stage needs its boxes held between runs); a track keeps the longest hold
+            of the detectors that found it.
+        line_pad: Padding per side of a text line, in line heights.
         pad: Padding per side, as a fraction of the box's width and height.
         smooth: Weight of the new box in the moving average (1.0: no smoothing).
         match_iou: Smallest IoU for a box to continue a track.
@@ -342,6 +443,8 @@ class TrackStage(VideoStage):
         self,
         *,
         hold_s: float = 0.5,
+        hold_by_label: Mapping[str, float] | None = None,
+        line_pad: float = 0.3,
         pad: float = PAD,
         smooth: float = 0.6,
         match_iou: float = 0.2,
@@ -354,6 +457,8 @@ class TrackStage(VideoStage):
         self._grey: NDArray[np.float32] | None = None
         self._window: NDArray[np.float32] | None = None
         self.hold_s = hold_s
+        self.hold_by_label = dict(hold_by_label or {})
+        self.line_pad = line_pad
         self.pad = pad
         self.smooth = smooth
         self.match_iou = match_iou
@@ -370,7 +475,7 @@ class TrackStage(VideoStage):
     def add(self, boxes: tuple[Box, ...], *, seen_s: float) -> None:
         """Feed boxes found outside the detect stages (the recheck pass) into the
         tracks, as seen at ``seen_s`` seconds of content time."""
-        self._update(boxes, seen_s)
+        self._update(boxes, seen_s, hold_s=self.hold_s)
 
     def _camera_motion(self, image: NDArray[np.uint8]) -> tuple[float, float]:
         """Shift of the picture since the previous frame, frame pixels ((0, 0) when
@@ -391,7 +496,7 @@ class TrackStage(VideoStage):
             return 0.0, 0.0
         return sx * width / small[0], sy * height / small[1]
 
-    def _update(self, boxes: tuple[Box, ...], now_s: float) -> None:
+    def _update(self, boxes: tuple[Box, ...], now_s: float, *, hold_s: float) -> None:
         pairs = sorted(
             (
                 (_iou(box, _shifted(track.box, track.dx, track.dy)), b, t)
@@ -429,9 +534,10 @@ class TrackStage(VideoStage):
             track.seen = box
             track.last_seen_s = now_s
             track.hits += 1
+            track.hold_s = max(track.hold_s, hold_s)
         for b, box in enumerate(boxes):
             if b not in matched_boxes:
-                self._tracks.append(_Track(box=box, last_seen_s=now_s, seen=box))
+                self._tracks.append(_Track(box=box, last_seen_s=now_s, seen=box, hold_s=hold_s))
 
     def process(self, chunk: VideoFrame) -> list[Item]:  # type: ignore[override]
         """Update the tracks from ``chunk``'s new results; set ``chunk.regions``."""
@@ -452,8 +558,9 @@ class TrackStage(VideoStage):
             if self._used.get(label) == result.pts:
                 continue
             self._used[label] = result.pts
-            self._update(result.boxes, frame.seconds(result.pts))
-        self._tracks = [t for t in self._tracks if now - t.last_seen_s <= self.hold_s]
+            hold = self.hold_by_label.get(label, self.hold_s)
+            self._update(result.boxes, frame.seconds(result.pts), hold_s=hold)
+        self._tracks = [t for t in self._tracks if now - t.last_seen_s <= t.hold_s]
         moving = [(t.vx, t.vy) for t in self._tracks if t.hits > 1]
         common = tuple(float(v) for v in np.median(moving, axis=0)) if moving else (0.0, 0.0)
         regions = []
@@ -469,8 +576,11 @@ class TrackStage(VideoStage):
             if track.dx or track.dy:
                 box = _union(box, _shifted(track.box, track.dx, track.dy))
             grow = self.grow_per_s * held
-            px = (self.pad + grow) * track.box.width
-            py = (self.pad + grow) * track.box.height
+            if box.kind in LINE_KINDS:
+                px = py = (self.line_pad + grow) * track.box.height
+            else:
+                px = (self.pad + grow) * track.box.width
+                py = (self.pad + grow) * track.box.height
             regions.append(
                 Box(box.x0 - px, box.y0 - py, box.x1 + px, box.y1 + py, box.kind, box.score)
             )
@@ -491,20 +601,30 @@ class BlurStage(VideoStage):
         required: Detector labels whose results must be fresh (e.g. ``("face",
             "plate")``); empty: blur whatever regions the frame carries.
         stale_s: Staleness budget, seconds (default :data:`STALE_S`).
+        stale_by_label: Per label, another budget (the 2 Hz text stage:
+            :data:`~streams.media.text.TEXT_STALE_S`).
     """
 
     name = "blur"
     fails_per_item = True
 
-    def __init__(self, *, required: tuple[str, ...], stale_s: float = STALE_S) -> None:
+    def __init__(
+        self,
+        *,
+        required: tuple[str, ...],
+        stale_s: float = STALE_S,
+        stale_by_label: Mapping[str, float] | None = None,
+    ) -> None:
         self.required = required
         self.stale_s = stale_s
+        self.stale_by_label = dict(stale_by_label or {})
 
     def stale(self, frame: VideoFrame) -> str | None:
         """The first required label whose result is missing or too old, else None."""
         for label in self.required:
             result = frame.detections.get(label)
-            if result is None or frame.seconds(frame.pts - result.pts) > self.stale_s:
+            budget = self.stale_by_label.get(label, self.stale_s)
+            if result is None or frame.seconds(frame.pts - result.pts) > budget:
                 return label
         return None
 
@@ -586,6 +706,7 @@ def redaction_stages(
     *,
     face: Detector | None,
     plate: Detector | None,
+    text: Detector | None = None,
     every: int = 1,
     stale_s: float = STALE_S,
     analysis_width: int = ANALYSIS_WIDTH,
@@ -593,6 +714,9 @@ def redaction_stages(
     plate_every: int | None = None,
     refresh: bool = False,
     hold_s: float = 0.5,
+    text_background: bool = False,
+    text_interval_s: float = TEXT_INTERVAL_S,
+    text_stale_s: float = TEXT_STALE_S,
 ) -> list[Stage]:
     """The redaction chain for a video graph: detect (per detector) → track → blur
     (→ recheck faces).
@@ -600,6 +724,11 @@ def redaction_stages(
     Args:
         face: Face detector, or None (faces not blurred).
         plate: Plate detector, or None.
+        text: On-screen text detector (:class:`~streams.media.text.TextDetector`), or
+            None. Runs every ``text_interval_s`` of content: in a
+            :class:`BackgroundDetectStage` when ``text_background`` (live), else
+            inline (files); its result may be ``text_stale_s`` old and its boxes are
+            held :data:`~streams.media.text.TEXT_HOLD_S`.
         every: Run the detectors on every n-th frame.
         stale_s: Staleness budget of the blur stage, seconds.
         analysis_width: Widest analysis image, pixels.
@@ -609,12 +738,15 @@ def redaction_stages(
             than ``stale_s`` (``DetectStage.max_age_s``): skipping frames then never
             blurs a frame whole for staleness alone (live streams that drop frames).
         hold_s: How long the tracker holds a box after its last detection, seconds.
+        text_background: Run the text detector on a background thread (live).
+        text_interval_s: Content seconds between text detector runs.
+        text_stale_s: Staleness budget of the text result, seconds.
 
     Returns:
-        ``[]`` when both are None (frames pass unchanged), else the stages in order.
+        ``[]`` when all are None (frames pass unchanged), else the stages in order.
     """
     detectors = [d for d in (face, plate) if d is not None]
-    if not detectors:
+    if not detectors and text is None:
         return []
     stages: list[Stage] = [
         DetectStage(
@@ -625,9 +757,31 @@ def redaction_stages(
         )
         for d in detectors
     ]
-    tracker = TrackStage(hold_s=hold_s)
+    required = [d.kind for d in detectors]
+    if text is not None:
+        label = "text"
+        if text_background:
+            stages.append(
+                BackgroundDetectStage(
+                    text, label=label, interval_s=text_interval_s, analysis_width=analysis_width
+                )
+            )
+        else:
+            stages.append(
+                DetectStage(
+                    text,
+                    label=label,
+                    every=1 << 30,
+                    analysis_width=analysis_width,
+                    max_age_s=text_interval_s,
+                )
+            )
+        required.append(label)
+    tracker = TrackStage(hold_s=hold_s, hold_by_label={"text": max(hold_s, TEXT_HOLD_S)})
     stages.append(tracker)
-    stages.append(BlurStage(required=tuple(d.kind for d in detectors), stale_s=stale_s))
+    stages.append(
+        BlurStage(required=tuple(required), stale_s=stale_s, stale_by_label={"text": text_stale_s})
+    )
     if recheck and face is not None:
         stages.append(RecheckStage(face, tracker=tracker, analysis_width=analysis_width))
     return stages
@@ -637,6 +791,7 @@ __all__ = [
     "ANALYSIS_WIDTH",
     "PAD",
     "STALE_S",
+    "BackgroundDetectStage",
     "BlurStage",
     "DetectStage",
     "RecheckStage",

@@ -75,7 +75,11 @@ velocity stretch keeps a held box on a face that moves with the camera."""
 
 
 def live_redaction_stages(
-    *, face: Detector | None, plate: Detector | None, stale_s: float
+    *,
+    face: Detector | None,
+    plate: Detector | None,
+    stale_s: float,
+    text: Detector | None = None,
 ) -> list[Stage]:
     """The redaction stages of a live camera (see :func:`redaction_stages`).
 
@@ -90,16 +94,22 @@ def live_redaction_stages(
     redacted output without it and 1-3 with it; with camera-motion tracking, four
     runs left 0, 0, 0 and 2 without it and 1, 0, 0, 0 with it (the 1: a face half out
     of the picture, CenterFace 0.30). It finds faces the first pass misses next to
-    other faces.
+    other faces. On-screen text (``text``) is read on a background thread twice a
+    second (:class:`~streams.media.video.BackgroundDetectStage`): frames never wait
+    for the OCR, and one whose newest text result is older than
+    :data:`~streams.media.text.TEXT_STALE_S` leaves blurred whole.
 
     Args:
         face: Face detector (None: faces not blurred).
         plate: Plate detector (None: plates not blurred).
-        stale_s: Staleness budget, seconds.
+        stale_s: Staleness budget of faces and plates, seconds.
+        text: On-screen personal-text detector (None: text not blurred).
     """
     return redaction_stages(
         face=face,
         plate=plate,
+        text=text,
+        text_background=True,
         every=LIVE_FACE_EVERY,
         plate_every=LIVE_PLATE_EVERY,
         refresh=True,

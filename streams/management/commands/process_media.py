@@ -1,7 +1,8 @@
 """``manage.py process_media INPUT OUTPUT``: run the live media graph over a file.
 
 Audio files → denoised (optionally PII-bleeped) WAV; video files → MP4 (H.264 + AAC)
-with faces and licence plates blurred, the audio through the same audio chain.
+with faces, licence plates and (``--blur-text``) on-screen personal text blurred, the
+audio through the same audio chain.
 """
 
 from __future__ import annotations
@@ -68,6 +69,7 @@ class Command(BaseCommand):
         "Process INPUT with the live audio chain (DeepFilterNet3 denoising unless "
         "--no-denoise) and write OUTPUT as 48 kHz 16-bit mono WAV, delay-compensated. "
         "A video INPUT becomes an MP4 (H.264 + AAC) with faces and licence plates "
+        "(and with --blur-text on-screen e-mails, phone and card numbers) "
         "blurred (fail-closed: a frame whose detection failed or is stale is blurred "
         "whole)."
     )
@@ -121,6 +123,13 @@ class Command(BaseCommand):
             action=BooleanOptionalAction,
             default=True,
             help="blur licence plates (default: on)",
+        )
+        video.add_argument(
+            "--blur-text",
+            action=BooleanOptionalAction,
+            default=False,
+            help="blur on-screen personal text: e-mails, phone and card numbers "
+            "(RapidOCR twice a second of video; default: off)",
         )
         video.add_argument(
             "--face-detector",
@@ -201,6 +210,7 @@ class Command(BaseCommand):
                 info=info,
                 blur_faces=options["blur_faces"],
                 blur_plates=options["blur_plates"],
+                blur_text=options["blur_text"],
                 denoise=not options["no_denoise"],
                 face_detector=options["face_detector"],
                 analyser=analyser,
@@ -220,7 +230,8 @@ class Command(BaseCommand):
             f"video redaction: detectors {detectors}; frames processed "
             f"{result.video.frames_processed}, fail-closed (fully blurred) "
             f"{result.video.frames_failed_closed}; faces blurred {result.faces_blurred}, "
-            f"plates blurred {result.plates_blurred} (regions summed over frames)"
+            f"plates blurred {result.plates_blurred}, text blurred {result.text_blurred} "
+            "(regions summed over frames)"
         )
         if info.has_audio:
             latency = result.audio_latency
