@@ -7,8 +7,10 @@ RapidOCR PP-OCRv6 models that the pinned ``rapidocr`` wheel ships.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import threading
+from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
 
@@ -17,7 +19,6 @@ import pytest
 
 from bench._video_material import screen_boxes, screen_image
 from streams.media.detectors import ModelIntegrityError
-from streams.media.graph import Graph, GraphRunner
 from streams.media.items import Box, VideoFrame
 from streams.media.text import (
     OCR_FILES,
@@ -30,7 +31,7 @@ from streams.media.text import (
 )
 from streams.media.video import BackgroundDetectStage, BlurStage, TrackStage, redaction_stages
 from streams.media.workers import Workers
-from tests.test_video import FrameSink, FrameSource
+from tests.test_video import _run
 
 pytestmark = pytest.mark.backend_free
 
@@ -127,15 +128,7 @@ async def test_a_file_graph_blurs_personal_text_so_ocr_can_no_longer_read_it(
 ) -> None:
     images = [screen_image(dx=4 * i) for i in range(8)]  # a slow pan, 10 fps
     stages = redaction_stages(face=None, plate=None, text=detector)
-    sink = FrameSink()
-    runner = GraphRunner(
-        Graph(stages=stages, sinks=[sink]),
-        FrameSource(images),
-        workers=workers,
-        name="text-test",
-        max_lag_s=None,
-    )
-    await runner.run()
+    sink, runner = await _run(stages, images, workers)
     assert [f.failed_closed for f in sink.frames] == [False] * 8
     assert stages[0].runs == 2  # when the result would be over 0.5 s old: frames 0, 6
     assert runner.metrics.regions_blurred["text"] >= 3 * 8
@@ -226,14 +219,25 @@ def test_frames_never_wait_for_the_background_ocr_and_fail_closed_until_it_answe
         stage.close()
 
 
-def test_a_hung_background_ocr_makes_frames_fail_closed_once_its_result_is_stale() -> None:
-    gate = _Gate()
+@contextlib.contextmanager
+def _after_one_run(gate: _Gate) -> Iterator[tuple[BackgroundDetectStage, list]]:
+    """A background stage whose first run (on frame 0) has finished."""
     gate.release.set()
     stage = BackgroundDetectStage(gate, interval_s=0.5)
     stages = _chain(stage)
     try:
         _through(stages, _frame(0))
-        stage._future.result(timeout=30)
+        assert stage._future is not None
+        stage._future.exception(timeout=30)
+        yield stage, stages
+    finally:
+        gate.release.set()
+        stage.close()
+
+
+def test_a_hung_background_ocr_makes_frames_fail_closed_once_its_result_is_stale() -> None:
+    gate = _Gate()
+    with _after_one_run(gate) as (_, stages):
         gate.release.clear()  # the next run hangs
         budget_frames = round(TEXT_STALE_S * RATE)
         outs = [_through(stages, _frame(pts)) for pts in range(1, budget_frames + 4)]
@@ -243,26 +247,15 @@ def test_a_hung_background_ocr_makes_frames_fail_closed_once_its_result_is_stale
         assert fresh[-3:] == [False, False, False]
         for out in outs[-3:]:
             assert out.blurred == {} and out.failed_closed
-    finally:
-        gate.release.set()
-        stage.close()
 
 
 def test_a_background_ocr_that_raises_fails_the_frame_that_collects_it_closed() -> None:
-    gate = _Gate(raises=True)
-    gate.release.set()
-    stage = BackgroundDetectStage(gate, interval_s=0.5)
-    stages = _chain(stage)
-    try:
-        _through(stages, _frame(0))
-        stage._future.exception(timeout=30)
+    with _after_one_run(_Gate(raises=True)) as (stage, stages):
         out = _through(stages, _frame(1))
         assert out.failed_closed
         assert stage.runs == 1
         _through(stages, _frame(6))  # due again: a new run starts
         assert stage.runs == 2
-    finally:
-        stage.close()
 
 
 # -- model files ------------------------------------------------------------------------
