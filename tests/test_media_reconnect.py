@@ -93,11 +93,16 @@ async def test_a_failed_media_path_reconnects_into_the_same_session_and_recordin
         player2 = MediaPlayer(str(noisy_jfk_wav))
         pc2 = client_peer()
         pc2.addTransceiver(player2.audio, direction="sendonly")
+        pc2.addTransceiver("video", direction="sendonly")  # a camera the broadcast lacks
         await tab.send_json_to(
             {"type": "broadcast.reconnect", "session_id": session_id, "sdp": await offer_sdp(pc2)}
         )
         answer = await expect(tab, "broadcast.reconnected")
         assert answer["session_id"] == session_id
+        # An audio broadcast receives no camera after a reconnect either.
+        sections = answer["sdp"].split("\r\nm=")[1:]
+        assert [s.split(" ", 1)[0] for s in sections] == ["audio", "video"]
+        assert "a=recvonly" in sections[0] and "a=inactive" in sections[1]
         await accept_answer(pc2, answer["sdp"])
         await until(lambda: room.pc is not first_pc and room.pc.connectionState == "connected")
         assert room.runner is runner and room.source.replacements == 1 and room.reconnects == 1
