@@ -19,6 +19,7 @@ from django.views.decorators.http import require_http_methods, require_POST, req
 
 from streams.selectors import (
     live_session_active_for,
+    live_session_captioned,
     live_session_ended_visible_get,
     live_session_visible_get,
     recording_list_visible,
@@ -132,6 +133,7 @@ def listen(request: HttpRequest, session_id: int) -> HttpResponse:
         "frontend/listen.html",
         live_session=session,
         live_session_json=live_session_json(session),
+        captions=live_session_captioned(session_id=session.id),
     )
 
 

@@ -232,6 +232,7 @@ class BroadcastRoom:
         self.video_metrics = MediaMetrics()
         self.video_relay: Relay | None = None
         self.video_runner: GraphRunner | None = None
+        self.video_source: VideoTrackSource | None = None  # swapped by reconnect()
         self._video_task: asyncio.Task[None] | None = None
         self._video_stages: list[Any] = []
         # A camera broadcast is recorded as MP4 (redacted video + the listeners' audio)
@@ -380,10 +381,11 @@ class BroadcastRoom:
                 self.media_lost(f"its peer connection {pc.connectionState}")
 
     async def _broadcaster_answer(
-        self, pc: RTCPeerConnection, offer_sdp: str
+        self, pc: RTCPeerConnection, offer_sdp: str, *, video: bool = True
     ) -> tuple[Any, Any | None]:
         """Apply the broadcaster's offer to ``pc`` and answer it; returns the audio track
-        and the camera's track (None when the offer sends no video).
+        and the camera's track (None when the offer sends no video, or ``video`` is
+        False: a camera is then answered ``inactive``, never received).
 
         Raises:
             SignalingError: unusable offer, or one that sends no audio.
@@ -409,7 +411,7 @@ class BroadcastRoom:
             (
                 t.receiver.track
                 for t in pc.getTransceivers()
-                if t.kind == "video" and t.receiver.track is not None
+                if video and t.kind == "video" and t.receiver.track is not None
             ),
             None,
         )
@@ -459,6 +461,11 @@ class BroadcastRoom:
 
         The new connection's audio feeds the same graph (:meth:`TrackSource.replace`),
         so denoise, listeners and the recording go on: one file, the gap as silence.
+        A camera broadcast's new camera track feeds the same redaction graph
+        (:meth:`VideoTrackSource.replace`): listeners get redacted frames again on
+        their own connections, the MP4 goes on (the last frame held over the gap);
+        nothing is sent during the gap. A camera on the new connection of a broadcast
+        without one is answered ``inactive``.
         The old connection is closed. The broadcast ends (``disconnected``) unless the
         new one connects within ``MEDIA_RECONNECT_S``.
 
@@ -476,9 +483,9 @@ class BroadcastRoom:
         pc = RTCPeerConnection(ice_configuration())
         try:
             self._broadcaster_watch(pc, asyncio.Event())
-            # A camera on the new connection is not swapped in: the camera graph's
-            # source cannot take a new track yet, so the picture ends at a reconnect.
-            audio, _camera = await self._broadcaster_answer(pc, offer_sdp)
+            audio, camera = await self._broadcaster_answer(
+                pc, offer_sdp, video=self.video_source is not None
+            )
             self._still_opening()
         except BaseException:
             await pc.close()
@@ -487,6 +494,8 @@ class BroadcastRoom:
         self.reconnects += 1
         self.media_lost("reconnecting")  # the new connection has that long to connect
         self.source.replace(audio)
+        if camera is not None and self.video_source is not None:
+            self.video_source.replace(camera)
         logger.info("session %s: broadcaster reconnected (new peer connection)", self.session_id)
         if old is not None:
             self.server.spawn(old.close())
@@ -534,9 +543,11 @@ class BroadcastRoom:
         if self.video_recording is not None:
             sinks.append(self.video_recording.video_sink())
         graph = Graph(stages=self._video_stages, sinks=sinks)
+        # Kept MEDIA_RECONNECT_S when the camera's track ends, for reconnect().
+        self.video_source = VideoTrackSource(track, hold_s=settings.HEARTH["MEDIA_RECONNECT_S"])
         self.video_runner = GraphRunner(
             graph,
-            VideoTrackSource(track),
+            self.video_source,
             workers=self.server.workers,
             name=f"session{self.session_id}-video",
             deadline_s=settings.HEARTH["PROCESS_DEADLINE_S"],

@@ -502,6 +502,17 @@ def live_session_is_live(*, session_id: int) -> bool:
     return LiveSession.objects.filter(id=session_id, ended_at__isnull=True).exists()
 
 
+def live_session_captioned(*, session_id: int) -> bool:
+    """Whether session ``session_id`` sends live captions (``session.caption``): only a
+    broadcast with "bleep personal information" on has the speech analysis that
+    writes them, which ``live_session_start`` notes on its recording as
+    ``processing["bleep_pii"]``. False when the session or its recording is gone."""
+    processing = (
+        Recording.objects.filter(session_id=session_id).values_list("processing", flat=True).first()
+    )
+    return bool(isinstance(processing, dict) and processing.get("bleep_pii"))
+
+
 def recording_id_of_session(*, session_id: int) -> int | None:
     """The id of session ``session_id``'s recording, if it has one."""
     return Recording.objects.filter(session_id=session_id).values_list("id", flat=True).first()

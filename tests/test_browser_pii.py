@@ -1,8 +1,9 @@
 """Bleeping personal information, as the browser asks for it (headless Debian Chromium):
 the go-live page's toggle and delay reach the server in ``broadcast.start``, the
-broadcaster is told the delay the server applies, a friend's listen page shows the
-live captions with their toggle, and the recording keeps the settings and a redacted
-transcript. The server runs the real analysis (Whisper base + Presidio).
+broadcaster is told the delay the server applies, a friend's listen page offers the
+captions toggle from the start ("Waiting for speech…") and shows the live captions,
+and the recording keeps the settings and a redacted transcript. The server runs the
+real analysis (Whisper base + Presidio).
 
 Same rules as tests/test_browser.py, whose fixtures and helpers this uses. Any console
 error (CSP violations included) fails.
@@ -74,15 +75,37 @@ def test_bleeping_chosen_at_go_live_reaches_the_server_and_listeners_see_caption
         session_id = test_browser._orm(
             lambda: LiveSession.objects.get(broadcaster__username="alice", ended_at=None).id
         )
+        captions_got: list[str] = []
+
+        def bob_socket(ws: WebSocket) -> None:
+            def on_frame(payload: str | bytes) -> None:
+                if isinstance(payload, str) and '"session.caption"' in payload:
+                    captions_got.append(json.loads(payload)["text"])
+
+            ws.on("framereceived", on_frame)
+
+        bob.on("websocket", bob_socket)
         bob.goto(f"{base}/listen/{session_id}/?autoplay=1")
+        # A bleeped broadcast's page offers the captions toggle at once, before any
+        # words are captioned (it says it waits for them).
+        row = bob.locator("#listen-captions-row")
+        shown = bob.evaluate(
+            """() => [!document.getElementById("listen-captions-row").hidden,
+                      document.getElementById("listen-captions").textContent]"""
+        )
+        assert shown[0], "no captions toggle before the first caption"
+        assert captions_got or shown[1] == "Waiting for speech…", (shown, captions_got)
+        expect(bob.get_by_label("Captions")).to_be_checked()
         expect(bob.locator("#listen-status")).to_have_attribute(
             "data-state", "live", timeout=20_000
         )
         # JFK's words arrive as captions once their audio has left the delay line.
-        row = bob.locator("#listen-captions-row")
-        expect(row).to_be_visible(timeout=60_000)
-        expect(bob.get_by_label("Captions")).to_be_checked()
+        expect(bob.locator("#listen-captions")).not_to_have_text(
+            "Waiting for speech…", timeout=60_000
+        )
+        expect(row).to_be_visible()
         expect(bob.locator("#listen-captions")).not_to_be_empty()
+        assert captions_got, "the captions shown did not come from session.caption"
         bob.get_by_label("Captions").uncheck()
         expect(bob.locator("#listen-captions")).to_be_hidden()
         bob.get_by_label("Captions").check()

@@ -1,6 +1,7 @@
 """Live video in headless Debian Chromium: a broadcaster goes live with the camera
 (Chromium's fake camera plays a pan across ``city.jpg`` written as Y4M at test time),
-a friend's listen page shows the server's redacted video in a playing ``<video>``.
+a friend's listen page shows the server's redacted video in a playing ``<video>``, and
+keeps getting it after the broadcaster's media connection is replaced (reconnect).
 
 Same loopback-only namespace and daphne as ``tests/test_browser.py``.
 """
@@ -46,6 +47,21 @@ def _until(page, script: str, *, timeout_s: float = 30.0) -> object:
             return value
         page.wait_for_timeout(250)
     raise AssertionError(f"{script} stayed false for {timeout_s} s")
+
+
+def _frames_decoded(page) -> int:
+    """Video frames the listen page's peer connection decoded so far (``getStats``)."""
+    return int(
+        page.evaluate(
+            """async () => {
+                let frames = 0;
+                (await window.hearthListener.pc.getStats()).forEach((s) => {
+                    if (s.type === "inbound-rtp" && s.kind === "video") frames = s.framesDecoded;
+                });
+                return frames;
+            }"""
+        )
+    )
 
 
 def _launch(audio: Path, video: Path) -> tuple[Playwright, Browser]:
@@ -120,6 +136,39 @@ def test_a_friend_watches_the_redacted_camera(server, noisy_jfk_wav: Path, tmp_p
         expect(alice.locator("#video-status")).to_contain_text(
             "faces and licence plates blurred", timeout=15_000
         )
+
+        # Alice's media connection fails (ICE): the new peer connection carries the
+        # camera too, and bob's same video element plays the new frames.
+        alice.evaluate(
+            """() => {
+                const pc = window.hearthBroadcaster.pc;
+                window.failedPc = pc;
+                Object.defineProperty(pc, "connectionState", { get: () => "failed" });
+                pc.dispatchEvent(new Event("connectionstatechange"));
+            }"""
+        )
+        _until(
+            alice,
+            "window.hearthBroadcaster.pc !== window.failedPc"
+            " && window.hearthBroadcaster.pc.connectionState === 'connected'",
+        )
+        assert alice.evaluate(
+            """() => window.hearthBroadcaster.pc.getSenders()
+                .some((s) => s.track?.kind === "video" && s.track.readyState === "live")"""
+        ), "the reconnected peer connection does not send the camera"
+        # The old connection is closed by now: only the new camera's frames, through
+        # the server's redaction graph, can reach bob (a few were still in flight).
+        listener = bob.evaluate("() => window.hearthListener.pc.connectionState")
+        decoded = _frames_decoded(bob)
+        for _ in range(120):
+            if _frames_decoded(bob) >= decoded + 20:
+                break
+            bob.wait_for_timeout(250)
+        assert _frames_decoded(bob) >= decoded + 20, "bob's video froze after the reconnect"
+        assert listener == "connected"
+        assert bob.evaluate("() => window.hearthListener.pc.connectionState") == "connected"
+        expect(video).to_be_visible()
+        expect(alice.locator("#live-status")).to_have_attribute("data-state", "live")
 
         alice.click("#go-live-stop")
         expect(alice.locator("#live-status")).to_have_attribute(

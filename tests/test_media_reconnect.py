@@ -3,6 +3,9 @@
 aiortc 1.16 cannot restart ICE, so a new peer connection replaces the old one and
 feeds the same session graph, listeners and recording, the gap recorded as silence.
 
+A camera broadcast sends its camera again on the new connection: the same redaction
+graph reads it, listeners get blurred frames again and the MP4 stays one file.
+
 aiortc peers in one process, signalled over communicators (tests/rtc_helpers.py).
 """
 
@@ -11,13 +14,19 @@ from __future__ import annotations
 import asyncio
 import wave
 
+import av
 import numpy as np
 import pytest
 from aiortc.contrib.media import MediaPlayer
+from aiortc.mediastreams import AudioStreamTrack
 from channels.db import database_sync_to_async
 
-from streams import rtc
+from bench._video_material import city_image
+from streams import rtc, services
+from streams.media.detectors import YUNET_FILE, CenterFaceDetector, YuNetDetector
+from streams.media.video import laplacian_variance
 from streams.models import LiveSession, Recording
+from tests.conftest import MODELS_DIR
 from tests.live_flow import go_live, listen, until
 from tests.rtc_helpers import (
     accept_answer,
@@ -27,6 +36,16 @@ from tests.rtc_helpers import (
     expect,
     friends_make,
     offer_sdp,
+)
+from tests.test_video_live import (
+    HEIGHT,
+    TOP,
+    WIDTH,
+    CityCamera,
+    _crop_x,
+    _faces_found,
+    _go_live,
+    _watch,
 )
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -74,11 +93,16 @@ async def test_a_failed_media_path_reconnects_into_the_same_session_and_recordin
         player2 = MediaPlayer(str(noisy_jfk_wav))
         pc2 = client_peer()
         pc2.addTransceiver(player2.audio, direction="sendonly")
+        pc2.addTransceiver("video", direction="sendonly")  # a camera the broadcast lacks
         await tab.send_json_to(
             {"type": "broadcast.reconnect", "session_id": session_id, "sdp": await offer_sdp(pc2)}
         )
         answer = await expect(tab, "broadcast.reconnected")
         assert answer["session_id"] == session_id
+        # An audio broadcast receives no camera after a reconnect either.
+        sections = answer["sdp"].split("\r\nm=")[1:]
+        assert [s.split(" ", 1)[0] for s in sections] == ["audio", "video"]
+        assert "a=recvonly" in sections[0] and "a=inactive" in sections[1]
         await accept_answer(pc2, answer["sdp"])
         await until(lambda: room.pc is not first_pc and room.pc.connectionState == "connected")
         assert room.runner is runner and room.source.replacements == 1 and room.reconnects == 1
@@ -188,3 +212,82 @@ async def test_only_the_live_page_may_reconnect_and_only_with_a_usable_offer(
     finally:
         player.audio.stop()
         await close_all([pc, offer_pc], [tab, other_tab, friend])
+
+
+@pytest.mark.slow
+async def test_a_camera_broadcast_reconnects_its_camera_into_the_same_redaction_graph(
+    settings,
+) -> None:
+    # What is blurred, not how fast (see test_video_live): a generous staleness budget.
+    _reconnect_window(settings, 15.0)
+    settings.HEARTH = {**settings.HEARTH, "VIDEO_STALE_S": 1.5}
+    ann, ben = await friends_make()
+    tab, friend = await connected(ann), await connected(ben)
+    pc, camera, session_id = await _go_live(tab)
+    listener_pc, collector = await _watch(friend, session_id)
+    pc2 = None
+    try:
+        await until(lambda: len(collector.frames) >= 5, timeout=60)
+        room = rtc.media_server().rooms[session_id]
+        first_pc, video_runner = room.pc, room.video_runner
+        await until(lambda: first_pc.connectionState == "connected")
+
+        # The media path dies; the camera graph waits for a new track, sending nothing.
+        await pc.close()
+        await until(lambda: first_pc.connectionState in ("failed", "closed"), timeout=40)
+        await asyncio.sleep(1.0)  # a gap without media
+        assert not room.closing and not room._video_task.done()
+        before = len(collector.frames)
+
+        # The page's fresh offer carries the microphone and the camera again.
+        pc2 = client_peer()
+        pc2.addTrack(AudioStreamTrack())
+        pc2.addTrack(CityCamera())
+        await tab.send_json_to(
+            {"type": "broadcast.reconnect", "session_id": session_id, "sdp": await offer_sdp(pc2)}
+        )
+        answer = await expect(tab, "broadcast.reconnected", timeout=30)
+        await accept_answer(pc2, answer["sdp"])
+        await until(lambda: room.pc is not first_pc and room.pc.connectionState == "connected")
+        assert room.video_runner is video_runner and room.video_source.replacements == 1
+
+        # The listener's own connection receives the new camera's frames, redacted.
+        await until(lambda: len(collector.frames) >= before + 15, timeout=60)
+        assert listener_pc.connectionState == "connected"
+        frames = await collector.stop()
+        video = room.video_stats()
+        await tab.send_json_to({"type": "broadcast.stop"})
+        ended = await expect(tab, "broadcast.ended", timeout=60)
+    finally:
+        await close_all([pc2, listener_pc], [tab, friend])
+
+    yunet = YuNetDetector(MODELS_DIR / YUNET_FILE.name)
+    centerface = CenterFaceDetector()
+    band = city_image()[TOP : TOP + HEIGHT]
+    raw_detail = laplacian_variance(camera.crops[0])
+    sharp_after, misses = 0, []
+    for index, frame in enumerate(frames):  # before and after the gap: never a face
+        assert frame.shape == (HEIGHT, WIDTH, 3)
+        if laplacian_variance(frame) < 0.05 * raw_detail:
+            continue  # blurred whole (failed closed): nothing to find
+        sharp_after += index >= before
+        x = _crop_x(frame, band)
+        misses += [(index, "yunet", b) for b in _faces_found(frame, x, yunet, 0.45)]
+        misses += [(index, "centerface", b) for b in _faces_found(frame, x, centerface, 0.3)]
+    print(
+        f"{len(frames)} frames ({before} before the reconnect), {sharp_after} sharp after; {video}"
+    )
+    assert sharp_after > 0, "every frame after the reconnect was blurred whole"
+    assert misses == [], f"faces left: {misses}; {video}"
+
+    # One recording: one playable MP4 holding the picture before and after the gap.
+    recordings = await database_sync_to_async(list)(Recording.objects.filter(owner=ann))
+    assert [r.id for r in recordings] == [ended["recording_id"]], "one recording"
+    assert recordings[0].kind == "video" and recordings[0].file.name.endswith(".mp4")
+    with av.open(str(services.recording_path(recordings[0]))) as container:
+        times = [f.time for f in container.decode(video=0)]
+    gaps = np.diff(times)
+    assert len(times) >= 20 and (gaps > 0).all(), times
+    longest = int(np.argmax(gaps))
+    assert gaps[longest] >= 0.8, f"no gap in the picture: {gaps.max():.2f} s"
+    assert len(times) - longest - 1 >= 10, "too few frames after the reconnect"

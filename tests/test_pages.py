@@ -261,6 +261,27 @@ def test_listen_page_for_friend_of_live_broadcaster(client, alice, bob):
     assert json_script(html, "ice-servers") == []
 
 
+@pytest.mark.parametrize("bleep", ["tone", ""])
+def test_listen_page_shows_the_captions_toggle_only_for_a_bleeped_broadcast(
+    client, alice, bob, bleep
+):
+    from streams.services import live_session_start
+
+    befriend(alice, bob)
+    session, _ = live_session_start(
+        broadcaster=alice, denoise=False, owner_channel="x", bleep=bleep, delay_s=3.0
+    )
+    client.force_login(bob)
+    html = client.get(reverse("listen", args=[session.id])).content.decode()
+    row = re.search(r'<div class="captions-row" id="listen-captions-row"[^>]*>', html).group(0)
+    box = re.search(r'<p id="listen-captions"[^>]*>([^<]*)</p>', html).group(1)
+    if bleep:  # captions will come: the toggle is there before the first one
+        assert " hidden" not in row and box == "Waiting for speech…"
+        assert 'id="listen-captions-on" checked' in html
+    else:  # no speech analysis, no captions: no toggle
+        assert row.endswith(" hidden>") and box == ""
+
+
 def test_listen_page_404_for_non_friend(client, alice, bob):
     session = go_live(alice)
     client.force_login(bob)

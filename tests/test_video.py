@@ -6,6 +6,7 @@ Real material: ``../shared/data/city.jpg`` with its hand-checked faces
 
 from __future__ import annotations
 
+import itertools
 import shutil
 import threading
 from fractions import Fraction
@@ -483,6 +484,77 @@ async def test_a_busy_live_camera_drops_old_frames_and_never_sends_them_raw(
         assert metrics.snapshot()["frames_dropped"] == metrics.frames_dropped
     else:  # the control: in order, every frame queued and processed late
         assert stage.seen == list(range(count)) and metrics.frames_dropped == 0
+
+
+class _ReconnectedCamera(_FastCamera):
+    """A second peer connection's camera: its RTP clock starts near the 32-bit wrap (it
+    wraps after 2 frames) and its frames are filled with ``i + 101``."""
+
+    START = (1 << 32) - 2 * 3000
+
+    async def recv(self):
+        import av
+
+        frame = await super().recv()
+        image = frame.to_ndarray(format="bgr24") + np.uint8(100)
+        out = av.VideoFrame.from_ndarray(image, format="bgr24")
+        out.pts, out.time_base = (self.START + frame.pts) % (1 << 32), frame.time_base
+        return out
+
+
+@pytest.mark.parametrize("newest_only", [True, False])
+async def test_a_replaced_camera_track_continues_the_timeline_after_the_gap(
+    newest_only: bool,
+) -> None:
+    import asyncio
+    import time
+
+    from streams.media.video_live import RTP_VIDEO_TIME_BASE, VideoTrackSource
+
+    started = time.monotonic()
+    source = VideoTrackSource(_FastCamera(5, gap_s=0.005), newest_only=newest_only, hold_s=5.0)
+    frames: list[VideoFrame] = []
+
+    async def read_all() -> None:
+        while (frame := await source.read()) is not None:
+            frames.append(frame)
+
+    reader = asyncio.ensure_future(read_all())
+    for _ in range(100):  # the first track ends: the source waits for a replacement
+        await asyncio.sleep(0.05)
+        if frames and int(frames[-1].image[0, 0, 0]) == 5:
+            break
+    await asyncio.sleep(0.3)  # the gap: no frames
+    assert not reader.done(), "the stream ended instead of waiting for a replacement"
+    source.replace(_ReconnectedCamera(5, gap_s=0.005))
+    for _ in range(100):
+        await asyncio.sleep(0.05)
+        if int(frames[-1].image[0, 0, 0]) == 105:
+            break
+    reader.cancel()
+    elapsed_ticks = (time.monotonic() - started) / RTP_VIDEO_TIME_BASE
+
+    values = [int(frame.image[0, 0, 0]) for frame in frames]
+    before = [f for f, v in zip(frames, values, strict=True) if v <= 5]
+    after = [f for f, v in zip(frames, values, strict=True) if v > 100]
+    assert values[-1] == 105 and len(before) + len(after) == len(frames)
+    assert source.replacements == 1
+    pts = [frame.pts for frame in frames]
+    assert pts == sorted(set(pts)), f"pts not increasing: {pts}"
+    # The new track starts after the gap (at least the 0.3 s slept), not at its own RTP
+    # clock (near 2**32), and its wrap-around is removed.
+    assert after[0].pts - before[-1].pts >= 0.3 / RTP_VIDEO_TIME_BASE
+    assert after[0].pts - before[-1].pts < elapsed_ticks
+    assert all((b.pts - a.pts) % 3000 == 0 for a, b in itertools.pairwise(after))
+    if not newest_only:
+        assert [f.pts - after[0].pts for f in after] == [i * 3000 for i in range(5)]
+
+    # Without a replacement within hold_s the stream ends.
+    alone = VideoTrackSource(_FastCamera(2, gap_s=0.0), newest_only=newest_only, hold_s=0.1)
+    got = 0
+    while await alone.read() is not None:
+        got += 1
+    assert got >= 1 and alone.replacements == 0
 
 
 def test_a_detector_reruns_when_its_carried_result_would_be_stale() -> None:

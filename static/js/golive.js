@@ -99,7 +99,7 @@ let shown = { message: "", error: "" }; // the status texts last shown
 let liveSince = null; // ISO time the broadcast went live (its elapsed clock)
 let resuming = false; // the socket dropped while live: re-attach when it is back
 // The audio connection failed while live. aiortc cannot restart ICE, so a new peer
-// connection sends the same microphone track (broadcast.reconnect): the server keeps
+// connection sends the same microphone (and camera) track (broadcast.reconnect): the server keeps
 // the broadcast MEDIA_RECONNECT_S for it, the gap recorded as silence.
 let mediaLost = false;
 let mediaPending = false; // a broadcast.reconnect is on its way
@@ -464,6 +464,10 @@ async function reconnectMedia() {
     const next = peer;
     next.addEventListener("connectionstatechange", () => onConnectionState(next));
     const nextSender = next.addTransceiver(track, { direction: "sendonly", streams: [stream] }).sender;
+    // A camera broadcast sends its camera again: the server swaps it into the same
+    // redaction graph (listeners keep their connections).
+    const camera = pc?.getSenders().find((s) => s.track?.kind === "video")?.track;
+    if (camera?.readyState === "live") next.addTransceiver(camera, { direction: "sendonly", streams: [stream] });
     const sdp = await createOfferSdp(next);
     if (mine !== attempt) return;
     const reply = await socket.request({ type: "broadcast.reconnect", session_id: id, sdp }, "broadcast.reconnected", {

@@ -59,6 +59,7 @@ const name = shownName(session.broadcaster);
 const TITLES = { live: `Listening to ${name}`, ended: `${name} was live` };
 
 let pageEnded = false; // the broadcast ended while this page was open
+const captionLines = []; // the last live captions shown (session.caption)
 
 /** This tab's listen when it is of this page's session, else null. */
 function mine() {
@@ -88,6 +89,8 @@ function render() {
     delete els.elapsed.dataset.elapsedSince;
     els.listeners.hidden = true; // nobody listens to an ended broadcast
     $("listen-title-state").textContent = "was live";
+    // A bleeped broadcast that ended before any words were captioned: nothing to wait for.
+    if (!captionLines.length) $("listen-captions-row")?.setAttribute("hidden", "");
     document.body.classList.add("broadcast-ended");
     if (els.replay && typeof l?.recordingId === "number") {
       els.replay.href = `/recordings/${l.recordingId}/`;
@@ -159,14 +162,15 @@ socket.on("session.stats", (msg) => {
 socket.on("session.state", (msg) => {
   if (msg.session_id === session.id) showMuted(Boolean(msg.muted));
 });
-// Live captions (bleeped broadcasts): personal information arrives already masked.
-const captionLines = [];
+// Live captions (bleeped broadcasts): personal information arrives already masked. The
+// page shows their row from the start for a bleeped broadcast ("Waiting for speech…").
 socket.on("session.caption", (msg) => {
   if (msg.session_id !== session.id) return;
   const row = $("listen-captions-row");
   const box = $("listen-captions");
   if (!row || !box) return;
   row.hidden = false;
+  box.classList.remove("captions-waiting"); // the page's "Waiting for speech…" is replaced
   captionLines.push(String(msg.text || ""));
   while (captionLines.length > 2) captionLines.shift();
   box.textContent = captionLines.join(" ");

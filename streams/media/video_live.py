@@ -133,30 +133,70 @@ class VideoTrackSource(Source):
     source only when its stages are free, so a frame waits at most one frame's
     processing time. Without it, every frame is read in order (files, tests).
 
+    The track may be replaced mid-stream (:meth:`replace`: the broadcaster's page
+    reconnected with a new peer connection, as :class:`~streams.media.graph.TrackSource`
+    for the microphone). The new track's frames continue the same timeline: its first
+    frame is placed the wall-clock time without frames after the previous track's last
+    one (at least one 90 kHz tick later), so the redaction stages see the gap as content
+    time (held boxes and carried detections expire as they would in a pause) and the
+    MP4 recording keeps increasing timestamps. Nothing is produced during the gap.
+
     Args:
         track: The camera track.
         newest_only: Keep only the newest frame while the graph is busy.
+        hold_s: When a track ends, wait this many seconds for a :meth:`replace` before
+            ending the stream; 0 (default) ends it at once.
     """
 
-    def __init__(self, track: MediaStreamTrack, *, newest_only: bool = True) -> None:
+    def __init__(
+        self, track: MediaStreamTrack, *, newest_only: bool = True, hold_s: float = 0.0
+    ) -> None:
         self.track = track
         self.newest_only = newest_only
+        self.hold_s = hold_s
         self.dropped = 0
+        self.replacements = 0  # tracks taken over by replace()
         self._first: int | None = None
         self._last_raw = 0
         self._wraps = 0
+        self._base = 0  # ticks added to the current track's pts (replacements)
         self._last_pts: int | None = None
+        self._last_arrived: float | None = None  # monotonic time of the last frame read
+        self._gap_due = False  # the next frame is a replacement's first
         self._pending: tuple[av.VideoFrame, float] | None = None
         self._ended = False
         self._error: BaseException | None = None
         self._ready = asyncio.Event()
+        self._replaced = asyncio.Event()
         self._pump: asyncio.Task[None] | None = None
 
-    async def _receive(self) -> None:
-        """Receive frames until the track ends, keeping only the newest."""
+    def replace(self, track: MediaStreamTrack) -> None:
+        """Read ``track`` from now on instead of the current one (ended or not).
+
+        A frame of the previous track not yet read is dropped (counted in
+        :attr:`dropped`); a read waiting for frames or for a replacement reads this one.
+        """
+        if self._pump is not None and not self._pump.done():
+            self._pump.cancel()
+        self._pump = None
+        if self._pending is not None:
+            self._pending = None
+            self.dropped += 1
+        self.track = track
+        self.replacements += 1
+        self._gap_due = True
+        self._ended = False
+        self._error = None
+        self._replaced.set()
+        self._ready.set()
+
+    async def _receive(self, track: MediaStreamTrack) -> None:
+        """Receive ``track``'s frames until it ends, keeping only the newest."""
         try:
             while True:
-                frame = await self.track.recv()
+                frame = await track.recv()
+                if track is not self.track:
+                    return
                 if self._pending is not None:
                     self.dropped += 1
                 self._pending = (frame, time.monotonic())
@@ -164,26 +204,46 @@ class VideoTrackSource(Source):
         except MediaStreamError:
             pass
         except Exception as exc:  # raised to the runner by the next read
-            self._error = exc
+            if track is self.track:
+                self._error = exc
         finally:
-            self._ended = True
-            self._ready.set()
+            if track is self.track:  # a replaced track's end is not the stream's
+                self._ended = True
+                self._ready.set()
+
+    async def _replacement(self) -> bool:
+        """Wait up to ``hold_s`` for :meth:`replace`; whether one came."""
+        if self.hold_s <= 0:
+            return False
+        self._replaced.clear()
+        try:
+            await asyncio.wait_for(self._replaced.wait(), self.hold_s)
+        except TimeoutError:
+            return False
+        return True
 
     async def _next(self) -> tuple[av.VideoFrame, float] | None:
         """The next (newest) decoded frame and when it arrived; None at the end."""
         if not self.newest_only:
-            try:
-                frame = await self.track.recv()
-            except MediaStreamError:
-                return None
-            return frame, time.monotonic()
-        if self._pump is None:
-            self._pump = asyncio.ensure_future(self._receive())
+            while True:
+                track = self.track
+                try:
+                    frame = await track.recv()
+                except MediaStreamError:
+                    if self.track is track and not await self._replacement():
+                        return None
+                    continue
+                if self.track is track:  # else replaced meanwhile: read the new one
+                    return frame, time.monotonic()
         while self._pending is None:
             if self._ended:
                 if self._error is not None:
                     raise self._error
-                return None
+                if not await self._replacement():
+                    return None
+                continue
+            if self._pump is None:
+                self._pump = asyncio.ensure_future(self._receive(self.track))
             self._ready.clear()
             await self._ready.wait()
         pending, self._pending = self._pending, None
@@ -204,7 +264,18 @@ class VideoTrackSource(Source):
         if raw < self._last_raw and self._last_raw - raw > 1 << 31:
             self._wraps += 1
         self._last_raw = raw
-        return raw + (self._wraps << 32) - self._first
+        return raw + (self._wraps << 32) - self._first + self._base
+
+    def _continue_after_gap(self, arrived: float) -> None:
+        """A replacement's first frame (arrived at ``arrived``): its pts start where
+        the previous track's last frame was, plus the time without frames."""
+        self._gap_due = False
+        self._first = None
+        self._wraps = 0
+        if self._last_pts is None or self._last_arrived is None:
+            return
+        gap = round(max(0.0, arrived - self._last_arrived) / RTP_VIDEO_TIME_BASE)
+        self._base = self._last_pts + max(1, gap)
 
     async def read(self) -> VideoFrame | None:
         """The next decoded frame (the newest, with ``newest_only``); None once the
@@ -217,6 +288,8 @@ class VideoTrackSource(Source):
         if received is None:
             return None
         frame, arrived = received
+        if self._gap_due:
+            self._continue_after_gap(arrived)
         raw = frame.pts
         if (
             raw is not None
@@ -226,6 +299,7 @@ class VideoTrackSource(Source):
             raw = round(raw * frame.time_base / RTP_VIDEO_TIME_BASE)
         pts = self._pts(raw)
         self._last_pts = pts
+        self._last_arrived = arrived
         image = await asyncio.to_thread(frame.to_ndarray, format="bgr24")
         return VideoFrame(
             image=np.ascontiguousarray(image),
