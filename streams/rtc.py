@@ -58,6 +58,7 @@ from streams.media.relay import OpusEncoder, Relay, RelaySink, RelayTrack
 from streams.media.sinks import RecorderSink
 from streams.media.text import text_detector_build
 from streams.media.video_live import (
+    FrameRateMeter,
     VideoRelaySink,
     VideoTrackSource,
     Vp8Encoder,
@@ -230,6 +231,7 @@ class BroadcastRoom:
         self.blur_plates = blur_plates
         self.blur_text = blur_text  # on-screen e-mails, phone and card numbers (OCR)
         self.video_metrics = MediaMetrics()
+        self._video_rate = FrameRateMeter()
         self.video_relay: Relay | None = None
         self.video_runner: GraphRunner | None = None
         self.video_source: VideoTrackSource | None = None  # swapped by reconnect()
@@ -568,11 +570,24 @@ class BroadcastRoom:
     def video_stats(self) -> dict[str, Any] | None:
         """The camera's figures for the broadcaster's page, or None without a camera:
         ``frames`` in, ``frames_blurred_whole`` (failed closed: a detector failed,
-        stalled or the server fell behind), ``regions_blurred`` per kind, the switches."""
+        stalled or the server fell behind), ``regions_blurred`` per kind, the switches,
+        and from the second call on ``fps_camera`` / ``fps_sent``: frames per second
+        the camera sent and friends got since the previous call (the stats loop's)."""
         if self.video_relay is None:
             return None
         metrics = self.video_metrics
+        rates = self._video_rate.update(
+            now_s=time.monotonic(),
+            camera_frames=metrics.frames_in + metrics.frames_dropped,
+            sent_frames=metrics.frames_in,
+        )
+        fps = (
+            {}
+            if rates is None
+            else {"fps_camera": round(rates[0], 1), "fps_sent": round(rates[1], 1)}
+        )
         return {
+            **fps,
             "frames": metrics.frames_in,
             "frames_redacted": metrics.frames_processed,
             "frames_blurred_whole": metrics.frames_failed_closed,

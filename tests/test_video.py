@@ -681,3 +681,15 @@ async def test_cameras_never_hold_every_processing_slot() -> None:
         pool.shutdown()
     # Three cameras, two slots: one slot always stays free for audio.
     assert most == 1 and all(r.metrics.frames_processed == 6 for r in runners)
+
+
+def test_the_frame_rate_meter_reports_camera_and_sent_rates_between_readings() -> None:
+    from streams.media.video_live import FrameRateMeter
+
+    meter = FrameRateMeter(min_interval_s=0.5)
+    assert meter.update(now_s=10.0, camera_frames=0, sent_frames=0) is None  # first
+    # 2 s later: the camera sent 30 frames, 12 were passed on (18 dropped as stale).
+    assert meter.update(now_s=12.0, camera_frames=30, sent_frames=12) == (15.0, 6.0)
+    # A reading too soon after returns the last rates unchanged.
+    assert meter.update(now_s=12.1, camera_frames=31, sent_frames=13) == (15.0, 6.0)
+    assert meter.update(now_s=14.0, camera_frames=60, sent_frames=42) == (15.0, 15.0)

@@ -172,6 +172,10 @@ async def test_friend_sees_the_camera_with_every_face_blurred(settings) -> None:
     await _until(lambda: len(collector.frames) >= 15, timeout=60)
     room = media_server().rooms[session_id]
     stats = await expect_matching(a, "session.stats", lambda f: "video" in f, timeout=20)
+    # From the second reading on, the page is told the frame rates (camera / sent).
+    rates = await expect_matching(
+        a, "session.stats", lambda f: "fps_sent" in f.get("video", {}), timeout=20
+    )
     frames = await collector.stop()
     video = room.video_stats()
     await a.send_json_to({"type": "broadcast.stop"})
@@ -181,6 +185,8 @@ async def test_friend_sees_the_camera_with_every_face_blurred(settings) -> None:
     assert len(frames) >= 15, f"only {len(frames)} frames received"
     assert stats["video"]["blur_faces"] is True and stats["video"]["blur_plates"] is True
     assert video is not None and video["frames_redacted"] > 0
+    assert rates["video"]["fps_camera"] > 0
+    assert 0 <= rates["video"]["fps_sent"] <= rates["video"]["fps_camera"]
     assert video["regions_blurred"].get("face", 0) > 0
     # Encode once: every frame the listener got came from the room's one encoder.
     assert video["packets_encoded"] >= len(frames) // 2

@@ -614,6 +614,13 @@ socket.on("session.stats", (msg) => {
     if (video.frames_blurred_whole > blurredWhole) {
       parts.push("Video fully blurred: the server is overloaded.");
     }
+    // The server keeps only the newest frame while it is busy: say when friends get
+    // noticeably fewer frames than the camera sends.
+    if (video.fps_camera >= 5 && video.fps_sent < 0.6 * video.fps_camera) {
+      parts.push(
+        `Friends see ${Math.round(video.fps_sent)} of your ${Math.round(video.fps_camera)} frames a second: the server is busy.`,
+      );
+    }
     blurredWhole = video.frames_blurred_whole;
     showMessage(els.videoStatus, parts.join(" "));
   }

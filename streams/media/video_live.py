@@ -119,6 +119,41 @@ def live_redaction_stages(
     )
 
 
+class FrameRateMeter:
+    """Frames per second the camera sent and the graph passed on, between two readings.
+
+    The live source keeps only the newest frame while the stages are busy, so an
+    overloaded stream shows as a falling frame rate, not as late frames; this measures
+    it for the broadcaster's page (camera frames = frames in + frames dropped; frames
+    passed on = frames in: redacted or blurred whole, each one sent).
+
+    Args:
+        min_interval_s: Readings closer together than this return the last rates.
+    """
+
+    def __init__(self, *, min_interval_s: float = 0.5) -> None:
+        self.min_interval_s = min_interval_s
+        self._last: tuple[float, int, int] | None = None
+        self._rates: tuple[float, float] | None = None
+
+    def update(
+        self, *, now_s: float, camera_frames: int, sent_frames: int
+    ) -> tuple[float, float] | None:
+        """Rates ``(camera fps, sent fps)`` since the previous reading (monotonic
+        seconds ``now_s``, cumulative frame counts); None on the first reading."""
+        last = self._last
+        if last is not None and now_s - last[0] < self.min_interval_s:
+            return self._rates
+        self._last = (now_s, camera_frames, sent_frames)
+        if last is not None:
+            elapsed = now_s - last[0]
+            self._rates = (
+                max(0, camera_frames - last[1]) / elapsed,
+                max(0, sent_frames - last[2]) / elapsed,
+            )
+        return self._rates
+
+
 class VideoTrackSource(Source):
     """Video frames from an aiortc ``MediaStreamTrack`` (decoded ``av.VideoFrame``).
 
@@ -421,6 +456,7 @@ __all__ = [
     "LIVE_PLATE_EVERY",
     "RTP_VIDEO_TIME_BASE",
     "VIDEO_BITRATE",
+    "FrameRateMeter",
     "VideoRelaySink",
     "VideoTrackSource",
     "Vp8Encoder",
