@@ -61,6 +61,7 @@ import os
 import sys
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -125,7 +126,10 @@ def frame_silence(frame: AudioFrame) -> tuple[bool, bool]:
 
 
 class CountingSink:
-    """Consumes a received audio track; counts frames (and all-zero ones) in a window."""
+    """Consumes a received audio track; counts frames (and all-zero ones) in a window.
+
+    ``heard`` is set at the first frame that is not silent (:meth:`classify`).
+    """
 
     def __init__(self, track: MediaStreamTrack, *, max_frames: int) -> None:
         self.track = track
@@ -135,6 +139,7 @@ class CountingSink:
         self.received = 0
         self.silent = 0
         self.zero = 0
+        self.keyframes = 0  # video only (:class:`VideoCountingSink`)
         self.max_gap_s = 0.0
         self.total = 0
         self._last: float | None = None
@@ -146,7 +151,7 @@ class CountingSink:
                 frame = await self.track.recv()
                 now = time.monotonic()
                 self.total += 1
-                silent, zero = frame_silence(frame)
+                silent, zero = self.classify(frame)
                 if not silent and not self.heard.is_set():
                     self.heard.set()
                 window = self.window
@@ -158,11 +163,68 @@ class CountingSink:
                         self.max_gap_s = max(self.max_gap_s, now - self._last)
                 self._last = now
 
+    def classify(self, frame: Any) -> tuple[bool, bool]:
+        """(silent, all zero) of one received frame (:func:`frame_silence`)."""
+        return frame_silence(frame)
+
     async def stop(self) -> None:
         """Stop consuming."""
         self.task.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await self.task
+
+
+class VideoCountingSink(CountingSink):
+    """Counts a received video track's frames, which :class:`EncodedFrameCounter`
+    leaves undecoded (aiortc ``JitterFrame`` s: one VP8 frame each, reassembled from
+    its RTP packets); also counts the keyframes among those in the window.
+
+    ``heard`` is set at the first frame (no frame counts as silent).
+    """
+
+    def classify(self, frame: Any) -> tuple[bool, bool]:
+        """Never silent; counts a VP8 keyframe (RFC 6386 §9.1: bit 0 of the frame tag
+        is 0) when the frame falls in the window."""
+        data = bytes(getattr(frame, "data", b"")[:1])
+        window = self.window
+        now = time.monotonic()
+        if data and not data[0] & 1 and window is not None and window[0] <= now < window[1]:
+            self.keyframes += 1
+        return False, False
+
+
+class EncodedFrameCounter:
+    """Stands in for aiortc's video decoder in a listener client process: hands each
+    reassembled encoded frame on undecoded.
+
+    A VP8 decoder per listener (~1-3 ms a 640x480 frame) would cost the client
+    processes most of a core at 16 listeners x 30 fps on the 2-core bench machine,
+    competing with the server they measure; the server's cost does not depend on it.
+    aiortc also sends a PLI when its decoder fails; with this counter only the jitter
+    buffer's losses do.
+    """
+
+    def decode(self, encoded_frame: Any) -> list[Any]:
+        """``[encoded_frame]`` (aiortc's ``Decoder`` protocol)."""
+        return [encoded_frame]
+
+
+def video_decoding_skip() -> None:
+    """Make this process's aiortc receivers use :class:`EncodedFrameCounter` for video
+    (``aiortc.rtcrtpreceiver.get_decoder``, looked up at each codec change)."""
+    import aiortc.rtcrtpreceiver as receiver_module
+
+    original = receiver_module.get_decoder
+    if getattr(original, "_hearth_counting", False):
+        return
+
+    def get_decoder(codec: Any) -> Any:
+        if str(codec.mimeType).lower().startswith("video/"):
+            return EncodedFrameCounter()
+        return original(codec)
+
+    get_decoder._hearth_counting = True  # type: ignore[attr-defined]
+    receiver_module.get_decoder = get_decoder
 
 
 async def _drain(ws: WsClient) -> None:
@@ -176,31 +238,54 @@ async def _drain(ws: WsClient) -> None:
 class _ClientListener:
     ws: WsClient
     pc: RTCPeerConnection
+    session_id: int
     sink: CountingSink | None = None
+    extra: CountingSink | None = None  # a video listener's audio, consumed unreported
     drain: asyncio.Task[None] | None = None
 
 
-async def _listener_open(job: dict[str, Any], cookie: str, name: str) -> _ClientListener:
+async def _listener_open(
+    job: dict[str, Any], cookie: str, name: str, session_id: int
+) -> _ClientListener:
+    """One listener of ``session_id``: audio only, or (``job["video"]``) audio and
+    video as the listen page asks, counting the video."""
+    video = bool(job.get("video"))
     ws = await WsClient.open(job["ws_url"], cookie, origin=job["origin"], name=name)
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-    listener = _ClientListener(ws=ws, pc=pc)
+    listener = _ClientListener(ws=ws, pc=pc, session_id=session_id)
     try:
         await ws.expect("hello", timeout=20)
         pc.addTransceiver("audio", direction="recvonly")
-        got: asyncio.Future[MediaStreamTrack] = asyncio.get_running_loop().create_future()
-        pc.on("track", lambda track: got.done() or got.set_result(track))
+        if video:
+            pc.addTransceiver("video", direction="recvonly")
+        loop = asyncio.get_running_loop()
+        got: dict[str, asyncio.Future[MediaStreamTrack]] = {
+            kind: loop.create_future() for kind in (("audio", "video") if video else ("audio",))
+        }
+
+        def on_track(track: MediaStreamTrack) -> None:
+            future = got.get(track.kind)
+            if future is not None and not future.done():
+                future.set_result(track)
+
+        pc.on("track", on_track)
         await pc.setLocalDescription(await pc.createOffer())
         await ws.send_json(
-            {
-                "type": "listen.start",
-                "session_id": job["session_id"],
-                "sdp": pc.localDescription.sdp,
-            }
+            {"type": "listen.start", "session_id": session_id, "sdp": pc.localDescription.sdp}
         )
         answer = await ws.expect("listen.answer", timeout=30)
+        if video and not answer.get("video"):
+            raise RuntimeError("the server sent no video")
         await pc.setRemoteDescription(RTCSessionDescription(answer["sdp"], "answer"))
-        track = await asyncio.wait_for(got, 15)
-        listener.sink = CountingSink(track, max_frames=int(job["max_frames"]))
+        audio = await asyncio.wait_for(got["audio"], 15)
+        max_frames = int(job["max_frames"])
+        if video:
+            listener.sink = VideoCountingSink(
+                await asyncio.wait_for(got["video"], 15), max_frames=max_frames
+            )
+            listener.extra = CountingSink(audio, max_frames=max_frames)
+        else:
+            listener.sink = CountingSink(audio, max_frames=max_frames)
         listener.drain = asyncio.ensure_future(_drain(ws))
     except BaseException:
         await _listener_close(listener)
@@ -209,8 +294,9 @@ async def _listener_open(job: dict[str, Any], cookie: str, name: str) -> _Client
 
 
 async def _listener_close(listener: _ClientListener) -> None:
-    if listener.sink is not None:
-        await listener.sink.stop()
+    for sink in (listener.sink, listener.extra):
+        if sink is not None:
+            await sink.stop()
     if listener.drain is not None:
         listener.drain.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -240,23 +326,33 @@ def _emit(payload: dict[str, Any]) -> None:
 
 
 async def client_serve(reader: asyncio.StreamReader) -> None:
-    """One client process's life: job → listeners → ready → measure → result → close."""
+    """One client process's life: job → listeners → ready → measure → result → close.
+
+    The job names the listeners' cookies, and either one ``session_id`` for all or
+    ``session_ids`` (one per cookie); with ``video`` true they receive the camera too
+    (counted undecoded: :func:`video_decoding_skip`).
+    """
     job = await _read_command(reader, 120)
     if "cmd" in job:  # closed before it got a job (the broadcaster failed to go live)
         return
     ice_host_addresses_apply([LOOPBACK])
+    if job.get("video"):
+        video_decoding_skip()
+    cookies = list(job["cookies"])
+    session_ids = [int(i) for i in job.get("session_ids") or [job["session_id"]] * len(cookies)]
     started = time.monotonic()
     outcomes = await asyncio.gather(
         *(
-            _listener_open(job, cookie, f"{job['name']}-l{i}")
-            for i, cookie in enumerate(job["cookies"])
+            _listener_open(job, cookie, f"{job['name']}-l{i}", session_id)
+            for i, (cookie, session_id) in enumerate(zip(cookies, session_ids, strict=True))
         ),
         return_exceptions=True,
     )
     listeners = [o for o in outcomes if isinstance(o, _ClientListener)]
     errors = [f"{type(o).__name__}: {o}"[:300] for o in outcomes if isinstance(o, BaseException)]
     try:
-        sinks = [lis.sink for lis in listeners if lis.sink is not None]
+        opened = [(lis.session_id, lis.sink) for lis in listeners if lis.sink is not None]
+        sinks = [sink for _, sink in opened]
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(
                 asyncio.gather(*(s.heard.wait() for s in sinks)), float(job["heard_wait_s"])
@@ -285,10 +381,12 @@ async def client_serve(reader: asyncio.StreamReader) -> None:
                         "received": s.received,
                         "silent": s.silent,
                         "zero": s.zero,
+                        "keyframes": s.keyframes,
                         "max_gap_ms": 1000 * s.max_gap_s,
                         "ended": s.task.done(),
+                        "session_id": session_id,
                     }
-                    for s in sinks
+                    for session_id, s in opened
                 ],
                 "errors": errors,
             }
@@ -410,7 +508,8 @@ class FanoutRound:
 
 
 class StatsReader:
-    """Reads the broadcaster page's frames while live; keeps its media stats frames.
+    """Reads the broadcaster page's frames while live; keeps its media stats frames
+    (and their ``video`` figures, for a camera broadcast).
 
     Frames go to ``ws.received`` as :meth:`WsClient.expect` keeps them; frames other
     than ``session.stats`` also go to ``ws.pending``, so a later ``expect`` finds them.
@@ -420,6 +519,7 @@ class StatsReader:
     def __init__(self, ws: WsClient) -> None:
         self.ws = ws
         self.history: deque[tuple[float, dict[str, Any]]] = deque(maxlen=STATS_HISTORY)
+        self.video_history: deque[tuple[float, dict[str, Any]]] = deque(maxlen=STATS_HISTORY)
         self.errors: list[dict[str, Any]] = []
         self._noted = len(ws.received)
         self.task = asyncio.ensure_future(self._run())
@@ -435,6 +535,8 @@ class StatsReader:
         for frame in self.ws.received[self._noted :]:
             if frame.get("type") == "session.stats" and isinstance(frame.get("media"), dict):
                 self.history.append((now, frame["media"]))
+                if isinstance(frame.get("video"), dict):
+                    self.video_history.append((now, frame["video"]))
             elif frame.get("type") == "error":
                 self.errors.append(frame)
         self._noted = len(self.ws.received)
@@ -452,6 +554,27 @@ class StatsReader:
         except (KeyError, TypeError, ValueError):
             return None
         return closed, blocks, tb - ta
+
+    def video_window(self, t0: float, t1: float) -> dict[str, float] | None:
+        """Camera figures between the first and the last video stats received in
+        [t0, t1]: the growth of each counter (``frames``, ``frames_redacted``,
+        ``frames_blurred_whole``, ``frames_dropped``, ``packets_encoded``) and
+        ``seconds`` between them; None with fewer than two."""
+        inside = [(t, v) for t, v in self.video_history if t0 <= t <= t1]
+        if len(inside) < 2:
+            return None
+        (ta, a), (tb, b) = inside[0], inside[-1]
+        figures: dict[str, float] = {"seconds": tb - ta}
+        for key in (
+            "frames",
+            "frames_redacted",
+            "frames_blurred_whole",
+            "frames_dropped",
+            "packets_encoded",
+        ):
+            with contextlib.suppress(KeyError, TypeError, ValueError):
+                figures[key] = float(b[key]) - float(a[key])
+        return figures
 
     async def _run(self) -> None:
         with contextlib.suppress(Exception):
@@ -471,15 +594,16 @@ class StatsReader:
             await self.task
 
 
-def make_fanout_accounts(listeners: int) -> tuple[str, list[str]]:
-    """(broadcaster cookie, ``listeners`` listener cookies), each listener a friend."""
+def make_fanout_accounts(listeners: int, *, prefix: str = "fanout") -> tuple[str, list[str]]:
+    """(broadcaster cookie, ``listeners`` listener cookies), each listener a friend;
+    user names ``<prefix>-b`` and ``<prefix>-l<i>``."""
     from tests.live_server import session_cookie
     from users.models import Friendship, User
 
-    broadcaster = User.objects.create_user("fanout-b", password="bench-pass-123")
+    broadcaster = User.objects.create_user(f"{prefix}-b", password="bench-pass-123")
     cookies = []
     for i in range(listeners):
-        user = User.objects.create_user(f"fanout-l{i}", password="bench-pass-123")
+        user = User.objects.create_user(f"{prefix}-l{i}", password="bench-pass-123")
         low, high = sorted((broadcaster, user), key=lambda u: u.id)
         Friendship.objects.create(user_low=low, user_high=high)
         cookies.append(session_cookie(user))
@@ -600,6 +724,139 @@ def _cpu_snapshot(server_pid: int, client_pids: list[int]) -> tuple[float, ...]:
     )
 
 
+@dataclass
+class CpuWindow:
+    """CPU seconds spent over a measured window, by party (two :func:`_cpu_snapshot` s).
+
+    Attributes:
+        seconds: The window, wall seconds.
+        server_s: The daphne process (every thread, user + system).
+        clients_s: The listener client processes.
+        bench_s: This process (broadcaster peers, the bench itself).
+        busy_s: Every CPU's busy time (all processes and the kernel; no idle, iowait
+            or steal).
+        steal_s: Time the hypervisor gave our CPUs to someone else.
+        machine_busy: Share of all CPUs busy, 0..1.
+    """
+
+    seconds: float
+    server_s: float
+    clients_s: float
+    bench_s: float
+    busy_s: float
+    steal_s: float
+    machine_busy: float
+
+    @classmethod
+    def between(
+        cls, before: tuple[float, ...], after: tuple[float, ...], seconds: float
+    ) -> CpuWindow:
+        """From two :func:`_cpu_snapshot` results ``seconds`` apart."""
+        d = [b - a for a, b in zip(before, after, strict=True)]
+        return cls(seconds, d[0], d[1], d[2], d[3], d[4], d[3] / d[5] if d[5] > 0 else math.nan)
+
+    @property
+    def other_pct(self) -> float:
+        """CPU of everything but daphne, the clients and the bench, % of one core."""
+        return 100 * (self.busy_s - self.server_s - self.clients_s - self.bench_s) / self.seconds
+
+    def warnings(self) -> list[str]:
+        """Why the figures may be disturbed: other load or steal over
+        ``OTHER_LOAD_WARN_PCT`` of a core."""
+        notes = []
+        if not math.isnan(self.other_pct) and self.other_pct > OTHER_LOAD_WARN_PCT:
+            notes.append(
+                f"warning: other processes used {self.other_pct:.0f}% of a core "
+                "during the window (figures disturbed)"
+            )
+        steal_pct = 100 * self.steal_s / self.seconds
+        if steal_pct > OTHER_LOAD_WARN_PCT:
+            notes.append(
+                f"warning: the hypervisor took {steal_pct:.0f}% of a core (steal) during the "
+                "window (figures disturbed)"
+            )
+        return notes
+
+
+async def clients_ready(
+    clients: list[ClientProcess], jobs: list[dict[str, Any]], wait_s: float
+) -> tuple[int, list[str]]:
+    """Send each client its job and wait for every ``ready``: (listeners connected,
+    errors, including listeners that heard nothing)."""
+    for client, job in zip(clients, jobs, strict=True):
+        await client.send(job)
+    ready = await asyncio.gather(
+        *(c.receive("ready", wait_s) for c in clients), return_exceptions=True
+    )
+    connected = 0
+    errors: list[str] = []
+    for item in ready:
+        if isinstance(item, BaseException):
+            errors.append(f"{type(item).__name__}: {item}"[:400])
+            continue
+        connected += int(item["listeners"])
+        errors += item.get("errors", [])
+        if item["heard"] < item["listeners"]:
+            errors.append(f"{item['listeners'] - item['heard']} listener(s) heard nothing")
+    return connected, errors
+
+
+@dataclass
+class Window:
+    """A measured window (:func:`measure_window`).
+
+    Attributes:
+        t0: Start, ``time.monotonic()`` seconds (one clock for all local processes).
+        t1: End, same clock.
+        cpu: CPU by party over the window.
+        listeners: Each listener's figures from the clients' ``result`` lines.
+        errors: Clients that sent no result.
+        probes: ``probe()`` at the start and at the end, when one was given.
+    """
+
+    t0: float
+    t1: float
+    cpu: CpuWindow
+    listeners: list[dict[str, Any]]
+    errors: list[str]
+    probes: tuple[Any, Any] | None = None
+
+
+async def measure_window(
+    server_pid: int,
+    clients: list[ClientProcess],
+    seconds: float,
+    *,
+    probe: Callable[[], Any] | None = None,
+) -> Window:
+    """Measure ``seconds`` from ``WINDOW_LEAD_S`` from now: the CPU by party, each
+    listener's figures; ``probe()`` (more figures to difference) runs right after each
+    CPU snapshot."""
+    t0 = time.monotonic() + WINDOW_LEAD_S
+    t1 = t0 + seconds
+    for client in clients:
+        await client.send({"cmd": "measure", "t0": t0, "t1": t1})
+    client_pids = [c.proc.pid for c in clients]
+    await asyncio.sleep(max(0.0, t0 - time.monotonic()))
+    before = _cpu_snapshot(server_pid, client_pids)
+    probe_before = probe() if probe is not None else None
+    await asyncio.sleep(max(0.0, t1 - time.monotonic()))
+    after = _cpu_snapshot(server_pid, client_pids)
+    probe_after = probe() if probe is not None else None
+    reports = await asyncio.gather(
+        *(c.receive("result", 30) for c in clients), return_exceptions=True
+    )
+    window = Window(t0, t1, CpuWindow.between(before, after, seconds), [], [])
+    if probe is not None:
+        window.probes = (probe_before, probe_after)
+    for item in reports:
+        if isinstance(item, BaseException):
+            window.errors.append(f"{type(item).__name__}: {item}"[:400])
+        else:
+            window.listeners += item["listeners"]
+    return window
+
+
 async def run_round(
     server: DaphneProcess,
     broadcaster_cookie: str,
@@ -650,81 +907,49 @@ async def run_round(
 
         started = time.monotonic()
         heard_wait_s = 30.0 + listeners / 2
-        for k, client in enumerate(clients):
-            await client.send(
-                {
-                    "name": client.name,
-                    "ws_url": server.ws_url,
-                    "origin": server.origin,
-                    "session_id": session_id,
-                    "cookies": listener_cookies[k:listeners:procs],
-                    "max_frames": int((seconds + 120 + heard_wait_s) * FPS),
-                    "heard_wait_s": heard_wait_s,
-                    "command_wait_s": 60.0,
-                }
-            )
-        ready = await asyncio.gather(
-            *(c.receive("ready", heard_wait_s + 60) for c in clients), return_exceptions=True
-        )
+        jobs = [
+            {
+                "name": client.name,
+                "ws_url": server.ws_url,
+                "origin": server.origin,
+                "session_id": session_id,
+                "cookies": listener_cookies[k:listeners:procs],
+                "max_frames": int((seconds + 120 + heard_wait_s) * FPS),
+                "heard_wait_s": heard_wait_s,
+                "command_wait_s": 60.0,
+            }
+            for k, client in enumerate(clients)
+        ]
+        result.connected, errors = await clients_ready(clients, jobs, heard_wait_s + 60)
         result.setup_s = time.monotonic() - started
-        for item in ready:
-            if isinstance(item, BaseException):
-                result.errors.append(f"{type(item).__name__}: {item}"[:400])
-                continue
-            result.connected += int(item["listeners"])
-            result.errors += item.get("errors", [])
-            if item["heard"] < item["listeners"]:
-                deaf = item["listeners"] - item["heard"]
-                result.errors.append(f"{deaf} listener(s) heard nothing")
+        result.errors += errors
         if result.connected == 0:
             raise RuntimeError("no listener connected")
 
         await asyncio.sleep(SETTLE_S)
-        t0 = time.monotonic() + WINDOW_LEAD_S
-        t1 = t0 + seconds
-        for client in clients:
-            await client.send({"cmd": "measure", "t0": t0, "t1": t1})
-        client_pids = [c.proc.pid for c in clients]
-        await asyncio.sleep(max(0.0, t0 - time.monotonic()))
-        before = _cpu_snapshot(server.pid, client_pids)
-        await asyncio.sleep(max(0.0, t1 - time.monotonic()))
-        after = _cpu_snapshot(server.pid, client_pids)
-        delta = [b - a for a, b in zip(before, after, strict=True)]
-        result.cpu_s, result.clients_cpu_s, result.bench_cpu_s = delta[:3]
-        result.busy_cpu_s, result.steal_cpu_s = delta[3:5]
-        if delta[5] > 0:
-            result.machine_busy = delta[3] / delta[5]
-
-        reports = await asyncio.gather(
-            *(c.receive("result", 30) for c in clients), return_exceptions=True
+        window = await measure_window(server.pid, clients, seconds)
+        cpu = window.cpu
+        result.errors += window.errors
+        result.cpu_s, result.clients_cpu_s, result.bench_cpu_s = (
+            cpu.server_s,
+            cpu.clients_s,
+            cpu.bench_s,
         )
+        result.busy_cpu_s, result.steal_cpu_s = cpu.busy_s, cpu.steal_s
+        result.machine_busy = cpu.machine_busy
         received = 0
-        for item in reports:
-            if isinstance(item, BaseException):
-                result.errors.append(f"{type(item).__name__}: {item}"[:400])
-                continue
-            for lis in item["listeners"]:
-                received += min(int(lis["received"]), round(seconds * FPS))
-                result.silent_frames += int(lis["silent"])
-                result.zero_frames += int(lis.get("zero", 0))
-                result.max_gap_ms = max(result.max_gap_ms, float(lis["max_gap_ms"]))
+        for lis in window.listeners:
+            received += min(int(lis["received"]), round(seconds * FPS))
+            result.silent_frames += int(lis["silent"])
+            result.zero_frames += int(lis.get("zero", 0))
+            result.max_gap_ms = max(result.max_gap_ms, float(lis["max_gap_ms"]))
         result.missing_frames = max(0, result.expected_frames - received)
         result.measured = True
 
         await stats.stop()
         stats.note_new()
-        result.media_window = stats.window(t0, t1)
-        if not math.isnan(result.other_cpu_pct) and result.other_cpu_pct > OTHER_LOAD_WARN_PCT:
-            result.errors.append(
-                f"warning: other processes used {result.other_cpu_pct:.0f}% of a core "
-                "during the window (figures disturbed)"
-            )
-        steal_pct = 100 * result.steal_cpu_s / seconds
-        if steal_pct > OTHER_LOAD_WARN_PCT:
-            result.errors.append(
-                f"warning: the hypervisor took {steal_pct:.0f}% of a core (steal) during the "
-                "window (figures disturbed)"
-            )
+        result.media_window = stats.window(window.t0, window.t1)
+        result.errors += cpu.warnings()
         await bws.send_json({"type": "broadcast.stop"})
         await bws.expect("broadcast.ended", timeout=30)
     except Exception as exc:  # report the round as failed, keep benchmarking

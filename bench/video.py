@@ -4,9 +4,13 @@ Usage::
 
     .venv/bin/python bench/video.py [--repeats 15] [--threads 1] [--json OUT.json]
     .venv/bin/python bench/video.py --live [--seconds 10] [--json OUT.json]
+    .venv/bin/python bench/video.py --concurrent [--broadcasts 1,2] [--listeners 1,8] ...
 
 ``--live`` runs the live-camera path instead (``bench/video_live_path.py``: 640x480 at
 15 fps through the live stages, before/after the frame-dropping change, in one run).
+``--concurrent`` runs ``bench/video_fanout.py`` (its options follow): concurrent
+640x480 30 fps camera broadcasts through a real daphne with aiortc listeners, server
+CPU per broadcast and per extra listener, redaction against pass-through.
 
 Measured, in one run, on this machine (one thread each: ``cv2.setNumThreads`` and
 onnxruntime's intra-op threads, so the figures are per core):
@@ -130,6 +134,10 @@ def timed(fn: Callable[[], object], repeats: int) -> dict[str, float]:
 
 def main() -> None:
     """Run the measurements and print them (and write JSON when asked)."""
+    if "--concurrent" in sys.argv[1:]:
+        from bench.video_fanout import main as concurrent_main
+
+        sys.exit(concurrent_main([a for a in sys.argv[1:] if a != "--concurrent"]))
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--threads", type=int, default=1)
