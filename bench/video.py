@@ -212,6 +212,7 @@ def main() -> None:
             )
             for face in (yunet, centerface)
         }
+        chains["chain yunet + track + blur (faces only)"] = redaction_stages(face=yunet, plate=None)
         chains["chain yunet + plates every 3rd + blur"] = [
             DetectStage(yunet),
             DetectStage(plates, every=3),
