@@ -96,10 +96,15 @@ _HOUSE_NUMBER = rf"(?:\d+[A-Za-z]?|(?i:{_NUMBER_TOKEN})(?:[\s\-]+(?i:{_NUMBER_TO
 _FUNCTION_WORD = (
     r"(?i:the|a|an|to|down|up|of|in|on|at|my|your|our|this|that|and|or|miles?|times?)\b"
 )
-_NAME_WORD = rf"(?:[A-Z][\w'’]*|(?!{_FUNCTION_WORD})[a-z][\w'’]*)"
-_STREET = rf"\b{_HOUSE_NUMBER},?\s+(?:[A-Z][\w'’]*\s+){{1,3}}{_STREET_SUFFIX}\b"
-_STREET_LOWER = rf"\b{_HOUSE_NUMBER},?\s+(?:{_NAME_WORD}\s+){{1,2}}{_STREET_SUFFIX}\b"
-"""Lower-case street names (ASR in noise writes "8 church lane"), no function words."""
+_NAME_WORD = rf"(?:[A-Z][\w'’]*|(?!{_FUNCTION_WORD}|{_STREET_SUFFIX}\b)[a-z][\w'’]*)"
+_AFTER_NUMBER = r",?(?:\s+-?|-)"
+"""Between house number and street name: a space, a hyphen or both (Whisper base wrote
+"8 -church lane" and "17 -mectoria road" for "8 Church Lane" and "17 Victoria Road" in
+``bench/pii_windows.py`` windows, which then cleared the address)."""
+_STREET = rf"\b{_HOUSE_NUMBER}{_AFTER_NUMBER}(?:[A-Z][\w'’]*\s+){{1,3}}{_STREET_SUFFIX}\b"
+_STREET_LOWER = rf"\b{_HOUSE_NUMBER}{_AFTER_NUMBER}(?:{_NAME_WORD}\s+){{1,2}}{_STREET_SUFFIX}\b"
+"""Lower-case street names (ASR in noise writes "8 church lane"), no function words and
+no street words ("a 2-lane road" is no address)."""
 _HOME_CUE = re.compile(
     r"\b(?i:live|lives|living|moved|move|moving|staying|stay|based|home is)\s+(?i:at|to|in|on)\s+"
     r"(?P<address>\d+[A-Za-z]*(?:[\s,]+[A-Z][\w'’-]*){1,3})"
