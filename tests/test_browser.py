@@ -11,6 +11,7 @@ LAN candidate; the server gathers on 127.0.0.1 (ICE_HOST_ADDRESSES).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -20,12 +21,14 @@ import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
 from playwright.sync_api import (
     Browser,
+    BrowserContext,
     ConsoleMessage,
     Page,
     Playwright,
@@ -240,13 +243,17 @@ def _befriend(a: str, b: str) -> None:
     _orm(make)
 
 
-def _launch(audio: Path, *, autoplay_anything: bool = True) -> tuple[Playwright, Browser]:
-    """Playwright and headless Debian Chromium whose fake microphone plays ``audio``.
+def _launch(
+    audio: Path, *, video: Path | None = None, autoplay_anything: bool = True
+) -> tuple[Playwright, Browser]:
+    """Playwright and headless Debian Chromium whose fake microphone plays ``audio``
+    (a WAV file) and, with ``video`` (a Y4M file), whose fake camera loops it.
 
     ``autoplay_anything=False`` keeps Chromium's own autoplay policy (sound only
     after a user activation) instead of letting any page play.
     """
     playwright = sync_playwright().start()
+    camera = [f"--use-file-for-fake-video-capture={video}"] if video is not None else []
     autoplay = ["--autoplay-policy=no-user-gesture-required"] if autoplay_anything else []
     browser = playwright.chromium.launch(
         executable_path=CHROMIUM,
@@ -255,6 +262,7 @@ def _launch(audio: Path, *, autoplay_anything: bool = True) -> tuple[Playwright,
             "--use-fake-ui-for-media-stream",
             "--use-fake-device-for-media-stream",
             f"--use-file-for-fake-audio-capture={audio}",
+            *camera,
             "--allow-loopback-in-peer-connection",
             *autoplay,
             "--disable-background-networking",
@@ -266,18 +274,79 @@ def _launch(audio: Path, *, autoplay_anything: bool = True) -> tuple[Playwright,
     return playwright, browser
 
 
+@dataclass
+class Chromium:
+    """A Chromium launched by :func:`chromium`: ``browser`` (Playwright's), and
+    ``errors``, the console errors and uncaught exceptions of the pages made by
+    :meth:`page`, each as ``"<page URL>: <text>"``, in the order they came."""
+
+    browser: Browser
+    errors: list[str] = field(default_factory=list)
+
+    def new_context(self, **options: Any) -> BrowserContext:
+        """A fresh browser context; ``options`` are Playwright's ``new_context`` ones."""
+        return self.browser.new_context(**options)
+
+    def page(self, context: BrowserContext | None = None, **options: Any) -> Page:
+        """A new page whose console errors go to ``errors`` (and whose dialogs are
+        accepted): in ``context``, or in a fresh context made with ``options``.
+
+        Raises TypeError when given both a context and options.
+        """
+        if context is None:
+            context = self.browser.new_context(**options)
+        elif options:
+            raise TypeError("options are for a fresh context; this one is made already")
+        page = context.new_page()
+        _watch_console(page, self.errors)
+        return page
+
+
+@contextlib.contextmanager
+def chromium(
+    ns: str,
+    audio: Path,
+    *,
+    video: Path | None = None,
+    autoplay_anything: bool = True,
+    check_console: bool = True,
+) -> Iterator[Chromium]:
+    """Chromium (see ``_launch`` for ``audio``, ``video``, ``autoplay_anything``)
+    started inside network namespace ``ns``, for the block.
+
+    When the block ends normally, fails if a page made by ``Chromium.page`` logged a
+    console error, unless ``check_console=False`` (the test judges ``errors`` itself);
+    an exception from the block goes on unmasked. The browser is closed and
+    Playwright stopped whatever happens.
+    """
+    with inside(ns):  # Playwright's driver and Chromium start inside the namespace
+        playwright, browser = _launch(audio, video=video, autoplay_anything=autoplay_anything)
+    try:
+        handle = Chromium(browser)
+        yield handle
+        if check_console:
+            assert handle.errors == [], "console errors:\n" + "\n".join(handle.errors)
+    finally:
+        try:
+            browser.close()
+        finally:
+            playwright.stop()
+
+
+def _sign_up_friends(base: str, alice: Page, bob: Page) -> None:
+    """Sign up "alice" on page ``alice`` and "bob" on page ``bob``; make them friends."""
+    _sign_up(alice, base, "alice")
+    _sign_up(bob, base, "bob")
+    _befriend("alice", "bob")
+
+
 def test_sign_up_befriend_go_live_listen_and_replay(server, noisy_jfk_wav: Path) -> None:
     assert shutil.which(CHROMIUM) or Path(CHROMIUM).exists(), "install Debian chromium"
     ns, base = server
-    errors: list[str] = []
-    with inside(ns):  # Playwright's driver and Chromium start inside the namespace
-        playwright, browser = _launch(noisy_jfk_wav)
-    try:
+    with chromium(ns, noisy_jfk_wav) as browser:
         alice_ctx = browser.new_context(viewport={"width": 1280, "height": 900})
         bob_ctx = browser.new_context(viewport={"width": 390, "height": 844})  # a phone
-        alice, bob = alice_ctx.new_page(), bob_ctx.new_page()
-        for page in (alice, bob):
-            _watch_console(page, errors)
+        alice, bob = browser.page(alice_ctx), browser.page(bob_ctx)
 
         _sign_up(alice, base, "alice")
         _sign_up(bob, base, "bob")
@@ -359,10 +428,6 @@ def test_sign_up_befriend_go_live_listen_and_replay(server, noisy_jfk_wav: Path)
         )
         assert played["duration"] > 3, played
         assert played["time"] > 2.3 and not played["paused"], played
-        assert errors == [], "console errors:\n" + "\n".join(errors)
-    finally:
-        browser.close()
-        playwright.stop()
 
 
 @pytest.mark.parametrize("server", [{"MAX_BROADCAST_S": "62"}], indirect=True)
@@ -372,12 +437,8 @@ def test_the_broadcaster_is_told_before_the_length_limit_ends_the_broadcast(
     # Before: the server sent session.warning a minute before MAX_BROADCAST_S, but
     # the go-live page ignored it, so the broadcast ended without notice.
     ns, base = server
-    errors: list[str] = []
-    with inside(ns):
-        playwright, browser = _launch(noisy_jfk_wav)
-    try:
-        page = browser.new_context().new_page()
-        _watch_console(page, errors)
+    with chromium(ns, noisy_jfk_wav) as browser:
+        page = browser.page()
         _sign_up(page, base, "alice")
         page.goto(f"{base}/live/")
         page.click("#go-live-start")
@@ -389,10 +450,6 @@ def test_the_broadcaster_is_told_before_the_length_limit_ends_the_broadcast(
         expect(page.locator("#live-status")).to_have_attribute(
             "data-state", "ended", timeout=20_000
         )
-        assert errors == [], "console errors:\n" + "\n".join(errors)
-    finally:
-        browser.close()
-        playwright.stop()
 
 
 def test_a_listener_resumes_after_a_network_drop_and_learns_of_a_missed_end(
@@ -404,18 +461,11 @@ def test_a_listener_resumes_after_a_network_drop_and_learns_of_a_missed_end(
     from streams.models import LiveSession
 
     ns, base = server
-    errors: list[str] = []
-    with inside(ns):
-        playwright, browser = _launch(noisy_jfk_wav)
-    try:
+    with chromium(ns, noisy_jfk_wav) as browser:
         alice_ctx, bob_ctx = browser.new_context(), browser.new_context()
         bob_ctx.add_init_script(CUTTABLE_WEBSOCKET)
-        alice, bob = alice_ctx.new_page(), bob_ctx.new_page()
-        for page in (alice, bob):
-            _watch_console(page, errors)
-        _sign_up(alice, base, "alice")
-        _sign_up(bob, base, "bob")
-        _befriend("alice", "bob")
+        alice, bob = browser.page(alice_ctx), browser.page(bob_ctx)
+        _sign_up_friends(base, alice, bob)
 
         alice.goto(f"{base}/live/")
         alice.click("#go-live-start")
@@ -449,10 +499,6 @@ def test_a_listener_resumes_after_a_network_drop_and_learns_of_a_missed_end(
         bob.evaluate("window.networkCut(false)")
         expect(status).to_have_attribute("data-state", "ended", timeout=30_000)
         expect(bob.locator("#listen-title-state")).to_have_text("was live")
-        assert errors == [], "console errors:\n" + "\n".join(errors)
-    finally:
-        browser.close()
-        playwright.stop()
 
 
 # Records every desktop notification a page shows (window.shownNotifications, the
@@ -493,19 +539,14 @@ def test_a_friend_going_live_alerts_every_page_and_one_click_listens(
     from users.models import User
 
     ns, base = server
-    errors: list[str] = []
-    with inside(ns):
-        playwright, browser = _launch(noisy_jfk_wav)
-    try:
+    with chromium(ns, noisy_jfk_wav) as browser:
         alice_ctx = browser.new_context()
         # Granting a permission denies every other one: with the microphone denied
         # (not granted by --use-fake-ui-for-media-stream), Chromium hides host
         # candidates behind mDNS names, which never resolve in the namespace.
         bob_ctx = browser.new_context(permissions=["notifications", "microphone"])
         bob_ctx.add_init_script(NOTIFICATION_SPY)
-        alice, bob = alice_ctx.new_page(), bob_ctx.new_page()
-        for page in (alice, bob):
-            _watch_console(page, errors)
+        alice, bob = browser.page(alice_ctx), browser.page(bob_ctx)
         _sign_up(alice, base, "alice")
         _sign_up(bob, base, "bob")
 
@@ -530,8 +571,7 @@ def test_a_friend_going_live_alerts_every_page_and_one_click_listens(
         _orm(befriend_with_two_recordings)
 
         # Bob has the recordings page open in two tabs and opts in to desktop alerts.
-        other = bob_ctx.new_page()
-        _watch_console(other, errors)
+        other = browser.page(bob_ctx)
         other.goto(f"{base}/recordings/")
         held: list[Route] = []  # this tab's first /api/live is answered late, see below
         bob.route("**/api/live", lambda route: held.append(route))
@@ -622,10 +662,6 @@ def test_a_friend_going_live_alerts_every_page_and_one_click_listens(
         expect(bob).to_have_title("alice was live · Hearth")
         expect(bob.locator("#listen-listeners")).to_be_hidden()
         expect(bob.locator("#nav-live-count")).to_be_hidden()
-        assert errors == [], "console errors:\n" + "\n".join(errors)
-    finally:
-        browser.close()
-        playwright.stop()
 
 
 # Logs the outcome of every HTMLMediaElement.play() ("hearth-test play: played" or
@@ -667,13 +703,8 @@ def test_listen_links_play_under_the_browsers_own_autoplay_policy(
     from users.models import User
 
     ns, base = server
-    errors: list[str] = []
-    with inside(ns):
-        playwright, browser = _launch(noisy_jfk_wav, autoplay_anything=False)
-    try:
-        alice, bob = browser.new_context().new_page(), browser.new_context().new_page()
-        for page in (alice, bob):
-            _watch_console(page, errors)
+    with chromium(ns, noisy_jfk_wav, autoplay_anything=False) as browser:
+        alice, bob = browser.page(), browser.page()
         _sign_up(alice, base, "alice")
         _sign_up(bob, base, "bob")
         _orm(lambda: befriend(*User.objects.filter(username__in=["alice", "bob"])))
@@ -690,8 +721,7 @@ def test_listen_links_play_under_the_browsers_own_autoplay_policy(
         bob_ctx.add_init_script(PLAY_RECORDER)
 
         # No user activation: it connects, and the one thing to press is "Click to play".
-        page = bob_ctx.new_page()
-        _watch_console(page, errors)
+        page = browser.page(bob_ctx)
         url = f"{base}/listen/{session.id}/?autoplay=1"
         assert _first_play(page, lambda: page.goto(url)) == "NotAllowedError"
         expect(page.locator("#listen-status")).to_have_attribute("data-state", "live")
@@ -704,8 +734,7 @@ def test_listen_links_play_under_the_browsers_own_autoplay_policy(
         page.close()
 
         # From the dashboard: one click on Listen, and it plays.
-        page = bob_ctx.new_page()
-        _watch_console(page, errors)
+        page = browser.page(bob_ctx)
         page.goto(f"{base}/")
         link = page.locator(".live-now-item .listen-link")
         link.wait_for()
@@ -713,10 +742,6 @@ def test_listen_links_play_under_the_browsers_own_autoplay_policy(
         expect(page.locator("#listen-live")).to_have_attribute("data-on", "true")
         expect(page.locator("#listen-play")).to_be_hidden()
         assert _audio_level(page) > 0.01
-        assert errors == [], "console errors:\n" + "\n".join(errors)
-    finally:
-        browser.close()
-        playwright.stop()
 
 
 def test_broadcaster_titles_mutes_switches_denoise_and_sees_who_listens(
@@ -725,16 +750,9 @@ def test_broadcaster_titles_mutes_switches_denoise_and_sees_who_listens(
     from users.models import User
 
     ns, base = server
-    errors: list[str] = []
-    with inside(ns):
-        playwright, browser = _launch(noisy_jfk_wav)
-    try:
-        alice, bob = browser.new_context().new_page(), browser.new_context().new_page()
-        for page in (alice, bob):
-            _watch_console(page, errors)
-        _sign_up(alice, base, "alice")
-        _sign_up(bob, base, "bob")
-        _befriend("alice", "bob")
+    with chromium(ns, noisy_jfk_wav) as browser:
+        alice, bob = browser.page(), browser.page()
+        _sign_up_friends(base, alice, bob)
         alice.goto(f"{base}/live/")
         alice.fill("#live-title", "Friday jam")
         alice.click("#go-live-start")
@@ -781,22 +799,14 @@ def test_broadcaster_titles_mutes_switches_denoise_and_sees_who_listens(
             )
         )
         assert titles == ["Friday jam"]
-        assert errors == [], "console errors:\n" + "\n".join(errors)
-    finally:
-        browser.close()
-        playwright.stop()
 
 
 def test_a_broadcast_too_short_to_keep_says_so(server, noisy_jfk_wav: Path) -> None:
     # Before: a broadcast under MIN_RECORDING_S ended with "Nothing was recorded."
     # although audio was sent: its recording is dropped as too short, and now says so.
     ns, base = server
-    errors: list[str] = []
-    with inside(ns):
-        playwright, browser = _launch(noisy_jfk_wav)
-    try:
-        page = browser.new_context().new_page()
-        _watch_console(page, errors)
+    with chromium(ns, noisy_jfk_wav) as browser:
+        page = browser.page()
         _sign_up(page, base, "alice")
         page.goto(f"{base}/live/")
         page.click("#go-live-start")
@@ -806,7 +816,3 @@ def test_a_broadcast_too_short_to_keep_says_so(server, noisy_jfk_wav: Path) -> N
             "data-state", "ended", timeout=20_000
         )
         expect(page.locator("#live-message")).to_contain_text("shorter than 2 seconds")
-        assert errors == [], "console errors:\n" + "\n".join(errors)
-    finally:
-        browser.close()
-        playwright.stop()

@@ -20,14 +20,12 @@ import pytest
 from playwright.sync_api import Page, expect
 
 from tests import test_browser
-from tests.netns import inside
 
 server = test_browser.server  # the fixture, bound here (an import would trip ruff F811)
-_befriend = test_browser._befriend
-_launch = test_browser._launch
+chromium = test_browser.chromium
 _orm = test_browser._orm
 _sign_up = test_browser._sign_up
-_watch_console = test_browser._watch_console
+_sign_up_friends = test_browser._sign_up_friends
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
@@ -129,17 +127,12 @@ def test_every_page_and_state_passes_axe_light_and_dark_desktop_and_phone(
     from users.models import User
 
     ns, base = server
-    errors: list[str] = []
     expected_errors: list[str] = []  # the 404 and 429 pages' own status
     audit = Audit()
-    with inside(ns):
-        playwright, browser = _launch(noisy_jfk_wav)
-    try:
-        anon = browser.new_context(viewport=DESKTOP).new_page()
-        alice = browser.new_context(viewport=DESKTOP).new_page()
-        bob = browser.new_context(viewport=DESKTOP).new_page()
-        for page in (anon, alice, bob):
-            _watch_console(page, errors)
+    with chromium(ns, noisy_jfk_wav, check_console=False) as browser:
+        anon = browser.page(viewport=DESKTOP)
+        alice = browser.page(viewport=DESKTOP)
+        bob = browser.page(viewport=DESKTOP)
 
         # --- Signed out: landing, sign-up and log-in with errors, locked out, reset.
         anon.goto(f"{base}/")
@@ -186,9 +179,7 @@ def test_every_page_and_state_passes_axe_light_and_dark_desktop_and_phone(
         anon.context.close()
 
         # --- Bob's dashboard: Alice online, Carol's request, a search, Eve blocked.
-        _sign_up(alice, base, "alice")
-        _sign_up(bob, base, "bob")
-        _befriend("alice", "bob")
+        _sign_up_friends(base, alice, bob)
 
         def others() -> None:
             bob_user = User.objects.get(username="bob")
@@ -279,11 +270,8 @@ def test_every_page_and_state_passes_axe_light_and_dark_desktop_and_phone(
         audit(bob, "not found")
 
         audit.check()
-        unexpected = [e for e in errors if e not in expected_errors]
+        unexpected = [e for e in browser.errors if e not in expected_errors]
         assert unexpected == [], "console errors:\n" + "\n".join(unexpected)
-    finally:
-        browser.close()
-        playwright.stop()
 
 
 def test_focus_moves_to_what_replaced_the_pressed_button(server, noisy_jfk_wav: Path) -> None:
@@ -293,14 +281,9 @@ def test_focus_moves_to_what_replaced_the_pressed_button(server, noisy_jfk_wav: 
     from users import services
 
     ns, base = server
-    errors: list[str] = []
-    with inside(ns):
-        playwright, browser = _launch(noisy_jfk_wav)
-    try:
-        alice = browser.new_context(viewport=DESKTOP).new_page()
-        bob = browser.new_context(viewport=PHONE).new_page()
-        for page in (alice, bob):
-            _watch_console(page, errors)
+    with chromium(ns, noisy_jfk_wav) as browser:
+        alice = browser.page(viewport=DESKTOP)
+        bob = browser.page(viewport=PHONE)
         _sign_up(alice, base, "alice")
         _sign_up(bob, base, "bob")
 
@@ -380,7 +363,3 @@ def test_focus_moves_to_what_replaced_the_pressed_button(server, noisy_jfk_wav: 
         alice.locator("#livebar-stop").click()
         expect(alice.locator("#livebar")).to_be_hidden(timeout=20_000)
         expect(alice.locator("#main")).to_be_focused()
-        assert errors == [], "console errors:\n" + "\n".join(errors)
-    finally:
-        browser.close()
-        playwright.stop()

@@ -18,14 +18,13 @@ import pytest
 from playwright.sync_api import Page, expect
 
 from tests import test_browser
-from tests.netns import inside
 
 server = test_browser.server  # the fixture, bound here (an import would trip ruff F811)
+chromium = test_browser.chromium
 _befriend = test_browser._befriend
-_launch = test_browser._launch
 _orm = test_browser._orm
 _sign_up = test_browser._sign_up
-_watch_console = test_browser._watch_console
+_sign_up_friends = test_browser._sign_up_friends
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
@@ -66,17 +65,10 @@ def test_account_page_display_name_block_and_passwords(
     server, noisy_jfk_wav: Path, tmp_path: Path
 ) -> None:
     ns, base = server
-    errors: list[str] = []
-    with inside(ns):
-        playwright, browser = _launch(noisy_jfk_wav)
-    try:
-        alice = browser.new_context(viewport={"width": 1100, "height": 900}).new_page()
-        bob = browser.new_context(viewport={"width": 390, "height": 844}).new_page()
-        for page in (alice, bob):
-            _watch_console(page, errors)
-        _sign_up(alice, base, "alice")
-        _sign_up(bob, base, "bob")
-        _befriend("alice", "bob")
+    with chromium(ns, noisy_jfk_wav) as browser:
+        alice = browser.page(viewport={"width": 1100, "height": 900})
+        bob = browser.page(viewport={"width": 390, "height": 844})
+        _sign_up_friends(base, alice, bob)
         bob.reload()
         expect(bob.locator(".friend-item .friend-name")).to_have_text("alice")
 
@@ -145,22 +137,13 @@ def test_account_page_display_name_block_and_passwords(
         alice.click("#password-reset-confirm-form button[type=submit]")
         expect(alice.locator("#password-reset-complete")).to_be_visible()
         _log_in(alice, base, "alice", "reset-Phrase-99")
-        assert errors == []
-    finally:
-        browser.close()
-        playwright.stop()
 
 
 def test_search_card_follows_a_cancel_and_a_decline(server, noisy_jfk_wav: Path) -> None:
     ns, base = server
-    errors: list[str] = []
-    with inside(ns):
-        playwright, browser = _launch(noisy_jfk_wav)
-    try:
-        alice = browser.new_context(viewport={"width": 1100, "height": 900}).new_page()
-        bob = browser.new_context(viewport={"width": 1100, "height": 900}).new_page()
-        for page in (alice, bob):
-            _watch_console(page, errors)
+    with chromium(ns, noisy_jfk_wav) as browser:
+        alice = browser.page(viewport={"width": 1100, "height": 900})
+        bob = browser.page(viewport={"width": 1100, "height": 900})
         _sign_up(alice, base, "alice")
         _sign_up(bob, base, "bob")
         status = alice.locator("#friend-search-status")
@@ -180,22 +163,14 @@ def test_search_card_follows_a_cancel_and_a_decline(server, noisy_jfk_wav: Path)
         bob.click("#incoming-list .decline-button")
         expect(status).to_have_text("1 person found.")  # told by the friends.changed event
         expect(alice.locator(".search-result .add-friend-button")).to_be_visible()
-        assert errors == []
-    finally:
-        browser.close()
-        playwright.stop()
 
 
 def test_signup_errors_sit_under_their_field_and_take_the_focus(
     server, noisy_jfk_wav: Path
 ) -> None:
     ns, base = server
-    errors: list[str] = []
-    with inside(ns):
-        playwright, browser = _launch(noisy_jfk_wav)
-    try:
-        page = browser.new_context(viewport={"width": 390, "height": 844}).new_page()
-        _watch_console(page, errors)
+    with chromium(ns, noisy_jfk_wav) as browser:
+        page = browser.page(viewport={"width": 390, "height": 844})
         page.goto(f"{base}/signup/")
         page.fill("#id_username", "newbie")
         page.fill("#id_password1", "123")
@@ -217,10 +192,6 @@ def test_signup_errors_sit_under_their_field_and_take_the_focus(
         page.click("#login-form button[type=submit]")
         expect(page.locator("#login-form .alert-error")).to_be_visible()
         expect(page.locator("#id_username")).to_be_focused()
-        assert errors == []
-    finally:
-        browser.close()
-        playwright.stop()
 
 
 def test_a_150_character_username_fits_a_phone(server, noisy_jfk_wav: Path) -> None:
@@ -228,15 +199,10 @@ def test_a_150_character_username_fits_a_phone(server, noisy_jfk_wav: Path) -> N
     from users.models import User
 
     ns, base = server
-    errors: list[str] = []
     long_name = "w" * 150
-    with inside(ns):
-        playwright, browser = _launch(noisy_jfk_wav)
-    try:
-        page = browser.new_context(viewport={"width": 390, "height": 844}).new_page()
-        friend = browser.new_context(viewport={"width": 390, "height": 844}).new_page()
-        _watch_console(page, errors)
-        _watch_console(friend, errors)
+    with chromium(ns, noisy_jfk_wav) as browser:
+        page = browser.page(viewport={"width": 390, "height": 844})
+        friend = browser.page(viewport={"width": 390, "height": 844})
         _sign_up(page, base, long_name)
         _sign_up(friend, base, "Rosalind")
         _befriend(long_name, "Rosalind")
@@ -253,7 +219,3 @@ def test_a_150_character_username_fits_a_phone(server, noisy_jfk_wav: Path) -> N
         friend.goto(f"{base}/listen/{session.id}/")
         expect(friend.locator("#broadcaster-name")).to_have_text(long_name)
         _no_horizontal_overflow(friend)
-        assert errors == []
-    finally:
-        browser.close()
-        playwright.stop()

@@ -15,16 +15,13 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Page, expect
 
-from tests.netns import inside
 from tests.test_browser import (
     CUTTABLE_WEBSOCKET,
     _audio_level,
-    _befriend,
-    _launch,
     _orm,
     _screenshot,
-    _sign_up,
-    _watch_console,
+    _sign_up_friends,
+    chromium,
     server,  # noqa: F401  (the fixture)
 )
 
@@ -36,9 +33,7 @@ LIVE_PLAYERS = """[...document.querySelectorAll("audio")]
 
 
 def _befriend_and_go_live(base: str, alice: Page, bob: Page) -> None:
-    _sign_up(alice, base, "alice")
-    _sign_up(bob, base, "bob")
-    _befriend("alice", "bob")
+    _sign_up_friends(base, alice, bob)
     alice.goto(f"{base}/live/")
     alice.click("#go-live-start")
     expect(alice.locator("#live-status")).to_have_attribute("data-state", "live", timeout=20_000)
@@ -55,13 +50,8 @@ def test_navigating_while_live_keeps_the_broadcast_and_one_recording(
     from streams.models import Recording
 
     ns, base = server
-    errors: list[str] = []
-    with inside(ns):
-        playwright, browser = _launch(noisy_jfk_wav)
-    try:
-        alice, bob = browser.new_context().new_page(), browser.new_context().new_page()
-        for page in (alice, bob):
-            _watch_console(page, errors)
+    with chromium(ns, noisy_jfk_wav) as browser:
+        alice, bob = browser.page(), browser.page()
         _befriend_and_go_live(base, alice, bob)
         started = time.monotonic()
         bar = alice.locator("#livebar-text")
@@ -107,10 +97,6 @@ def test_navigating_while_live_keeps_the_broadcast_and_one_recording(
         recordings = _orm(lambda: list(Recording.objects.filter(owner__username="alice")))
         assert len(recordings) == 1, "one broadcast, one recording"
         assert recordings[0].duration_s >= 0.8 * wall - 1.0, (recordings[0].duration_s, wall)
-        assert errors == [], "console errors:\n" + "\n".join(errors)
-    finally:
-        browser.close()
-        playwright.stop()
 
 
 @pytest.mark.parametrize("server", [{"BROADCAST_GRACE_S": "20"}], indirect=True)
@@ -121,15 +107,10 @@ def test_a_broadcasters_dropped_socket_and_failed_audio_reconnect_to_one_broadca
     from streams.models import LiveSession, Recording
 
     ns, base = server
-    errors: list[str] = []
-    with inside(ns):
-        playwright, browser = _launch(noisy_jfk_wav)
-    try:
+    with chromium(ns, noisy_jfk_wav) as browser:
         alice_ctx = browser.new_context()
         alice_ctx.add_init_script(CUTTABLE_WEBSOCKET)
-        alice, bob = alice_ctx.new_page(), browser.new_context().new_page()
-        for page in (alice, bob):
-            _watch_console(page, errors)
+        alice, bob = browser.page(alice_ctx), browser.page()
         _befriend_and_go_live(base, alice, bob)
         alice.evaluate("networkCut(true)")
         expect(alice.locator("#livebar")).to_have_attribute("data-state", "reconnecting")
@@ -176,10 +157,6 @@ def test_a_broadcasters_dropped_socket_and_failed_audio_reconnect_to_one_broadca
         assert ended.end_reason == "stopped"
         recordings = _orm(lambda: list(Recording.objects.filter(owner__username="alice")))
         assert len(recordings) == 1, "one broadcast, one recording, across both drops"
-        assert errors == [], "console errors:\n" + "\n".join(errors)
-    finally:
-        browser.close()
-        playwright.stop()
 
 
 def test_a_listen_lives_in_the_bar_across_pages_and_ends_there(
@@ -198,18 +175,11 @@ def test_a_listen_lives_in_the_bar_across_pages_and_ends_there(
     from users.models import User
 
     ns, base = server
-    errors: list[str] = []
-    with inside(ns):
-        playwright, browser = _launch(noisy_jfk_wav)
-    try:
+    with chromium(ns, noisy_jfk_wav) as browser:
         bob_ctx = browser.new_context()
         bob_ctx.add_init_script(CUTTABLE_WEBSOCKET)
-        alice, bob = browser.new_context().new_page(), bob_ctx.new_page()
-        for page in (alice, bob):
-            _watch_console(page, errors)
-        _sign_up(alice, base, "alice")
-        _sign_up(bob, base, "bob")
-        _befriend("alice", "bob")
+        alice, bob = browser.page(), browser.page(bob_ctx)
+        _sign_up_friends(base, alice, bob)
 
         def name_alice_and_keep_an_old_recording() -> None:
             alice_user = User.objects.get(username="alice")
@@ -332,7 +302,3 @@ def test_a_listen_lives_in_the_bar_across_pages_and_ends_there(
         bob.get_by_role("button", name="Close").click()
         expect(bob.locator("#livebar")).to_be_hidden()
         assert bob.evaluate("window.sameDocument") is True
-        assert errors == [], "console errors:\n" + "\n".join(errors)
-    finally:
-        browser.close()
-        playwright.stop()

@@ -18,7 +18,6 @@ import pytest
 from playwright.sync_api import WebSocket, expect
 
 from tests import test_browser
-from tests.netns import inside
 
 server = test_browser.server  # the fixture, bound here (an import would trip ruff F811)
 
@@ -31,7 +30,6 @@ def test_bleeping_chosen_at_go_live_reaches_the_server_and_listeners_see_caption
     from streams.models import LiveSession, Recording
 
     ns, base = server
-    errors: list[str] = []
     sent: list[dict] = []
 
     def watch(ws: WebSocket) -> None:
@@ -41,17 +39,11 @@ def test_bleeping_chosen_at_go_live_reaches_the_server_and_listeners_see_caption
 
         ws.on("framesent", on_frame)
 
-    with inside(ns):
-        playwright, browser = test_browser._launch(noisy_jfk_wav)
-    try:
-        alice = browser.new_context().new_page()
-        bob = browser.new_context(viewport={"width": 390, "height": 844}).new_page()
-        for page in (alice, bob):
-            test_browser._watch_console(page, errors)
+    with test_browser.chromium(ns, noisy_jfk_wav) as browser:
+        alice = browser.page()
+        bob = browser.page(viewport={"width": 390, "height": 844})
         alice.on("websocket", watch)
-        test_browser._sign_up(alice, base, "alice")
-        test_browser._sign_up(bob, base, "bob")
-        test_browser._befriend("alice", "bob")
+        test_browser._sign_up_friends(base, alice, bob)
 
         alice.goto(f"{base}/live/")
         expect(alice.get_by_label("Delay")).to_have_value("3")  # the server's default
@@ -123,7 +115,3 @@ def test_bleeping_chosen_at_go_live_reaches_the_server_and_listeners_see_caption
         # Its cues may all be "[…]" on a loaded machine (analysis behind: muted), so
         # only that a transcript was stored is asserted here.
         assert recording.transcript, "no transcript was stored"
-        assert errors == [], "console errors:\n" + "\n".join(errors)
-    finally:
-        browser.close()
-        playwright.stop()

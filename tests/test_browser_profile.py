@@ -17,15 +17,11 @@ import pytest
 from playwright.sync_api import Page, expect
 
 from tests import test_browser
-from tests.netns import inside
 from tests.test_avatars import halves_jpeg
 
 server = test_browser.server  # the fixture, bound here (an import would trip ruff F811)
-_befriend = test_browser._befriend
-_launch = test_browser._launch
-_orm = test_browser._orm
-_sign_up = test_browser._sign_up
-_watch_console = test_browser._watch_console
+chromium = test_browser.chromium
+_sign_up_friends = test_browser._sign_up_friends
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
@@ -44,20 +40,13 @@ def test_picture_seen_by_a_friend_then_account_deleted(
     server, noisy_jfk_wav: Path, tmp_path: Path
 ) -> None:
     ns, base = server
-    errors: list[str] = []
     picture = tmp_path / "me.jpg"
     picture.write_bytes(halves_jpeg(orientation=6))
-    with inside(ns):
-        playwright, browser = _launch(noisy_jfk_wav)
-    try:
-        alice = browser.new_context(viewport={"width": 1100, "height": 900}).new_page()
+    with chromium(ns, noisy_jfk_wav) as browser:
+        alice = browser.page(viewport={"width": 1100, "height": 900})
         laptop_context = browser.new_context(viewport={"width": 1100, "height": 900})
-        bob = browser.new_context(viewport={"width": 390, "height": 844}).new_page()
-        for page in (alice, bob):
-            _watch_console(page, errors)
-        _sign_up(alice, base, "alice")
-        _sign_up(bob, base, "bob")
-        _befriend("alice", "bob")
+        bob = browser.page(viewport={"width": 390, "height": 844})
+        _sign_up_friends(base, alice, bob)
         bob.reload()
         initials = bob.locator(".friend-item .avatar-initials")
         expect(initials).to_have_attribute("data-initials", "A")
@@ -88,8 +77,7 @@ def test_picture_seen_by_a_friend_then_account_deleted(
         expect(alice.locator("#avatar_avatar")).to_be_focused()
 
         # Alice is signed in on a second device too.
-        laptop = laptop_context.new_page()
-        _watch_console(laptop, errors)
+        laptop = browser.page(laptop_context)
         laptop.goto(f"{base}/login/")
         laptop.fill("#id_username", "alice")
         laptop.fill("#id_password", PASSWORD)
@@ -117,7 +105,3 @@ def test_picture_seen_by_a_friend_then_account_deleted(
         laptop.goto(f"{base}/account/")
         expect(laptop.locator("#login-form")).to_be_visible()
         assert not stored[0].exists()
-        assert errors == []
-    finally:
-        browser.close()
-        playwright.stop()

@@ -18,14 +18,11 @@ import pytest
 from playwright.sync_api import Page, expect
 
 from tests import test_browser
-from tests.netns import inside
 
 server = test_browser.server  # the fixture, bound here (an import would trip ruff F811)
-_befriend = test_browser._befriend
-_launch = test_browser._launch
+chromium = test_browser.chromium
 _orm = test_browser._orm
-_sign_up = test_browser._sign_up
-_watch_console = test_browser._watch_console
+_sign_up_friends = test_browser._sign_up_friends
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
@@ -152,17 +149,10 @@ def test_a_recording_page_plays_seeks_downloads_renames_and_deletes(
     from streams.views import download_stem
 
     ns, base = server
-    errors: list[str] = []
-    with inside(ns):
-        playwright, browser = _launch(noisy_jfk_wav)
-    try:
-        alice = browser.new_context(viewport={"width": 1100, "height": 900}).new_page()
-        bob = browser.new_context(viewport={"width": 390, "height": 844}).new_page()
-        for page in (alice, bob):
-            _watch_console(page, errors)
-        _sign_up(alice, base, "alice")
-        _sign_up(bob, base, "bob")
-        _befriend("alice", "bob")
+    with chromium(ns, noisy_jfk_wav) as browser:
+        alice = browser.page(viewport={"width": 1100, "height": 900})
+        bob = browser.page(viewport={"width": 390, "height": 844})
+        _sign_up_friends(base, alice, bob)
         recording_id = _speech_recording("alice", noisy_jfk_wav, settings)
         rec = _orm(lambda: Recording.objects.get(id=recording_id))
         assert rec.is_compressed
@@ -242,10 +232,6 @@ def test_a_recording_page_plays_seeks_downloads_renames_and_deletes(
         expect(alice.locator("#recordings-empty")).to_contain_text("No recordings yet")
         expect(bob.locator("#recording-error")).to_have_text("This recording has been deleted.")
         assert not _orm(lambda: Recording.objects.filter(id=recording_id).exists())
-        assert errors == [], "console errors:\n" + "\n".join(errors)
-    finally:
-        browser.close()
-        playwright.stop()
 
 
 def test_the_list_follows_a_friend_live_and_an_ended_link_leads_to_the_replay(
@@ -255,17 +241,10 @@ def test_the_list_follows_a_friend_live_and_an_ended_link_leads_to_the_replay(
     from streams.when import when_label
 
     ns, base = server
-    errors: list[str] = []
-    with inside(ns):
-        playwright, browser = _launch(noisy_jfk_wav)
-    try:
-        alice = browser.new_context().new_page()
-        bob = browser.new_context(viewport={"width": 390, "height": 844}).new_page()
-        for page in (alice, bob):
-            _watch_console(page, errors)
-        _sign_up(alice, base, "alice")
-        _sign_up(bob, base, "bob")
-        _befriend("alice", "bob")
+    with chromium(ns, noisy_jfk_wav) as browser:
+        alice = browser.page()
+        bob = browser.page(viewport={"width": 390, "height": 844})
+        _sign_up_friends(base, alice, bob)
         bob.goto(f"{base}/recordings/")
         expect(bob.locator("#recordings-empty")).to_contain_text("No recordings yet")
 
@@ -314,7 +293,9 @@ def test_the_list_follows_a_friend_live_and_an_ended_link_leads_to_the_replay(
         response = bob.goto(f"{base}/listen/{session.id + 1000}/")
         assert response is not None and response.status == 404
         expect(bob.locator("#not-found h1")).to_have_text("Not found")
-        errors[:] = [e for e in errors if "404 (Not Found)" not in e]  # that one was asked for
+        browser.errors[:] = [
+            e for e in browser.errors if "404 (Not Found)" not in e
+        ]  # that one was asked for
 
         # Many more recordings: the list pages through them, and filters by friend.
         def many() -> None:
@@ -338,7 +319,3 @@ def test_the_list_follows_a_friend_live_and_an_ended_link_leads_to_the_replay(
         bob.select_option("#recordings-owner", label="You")
         expect(bob.locator(".recording-item")).to_have_count(20)
         expect(bob.locator("#recordings-more")).to_be_visible()
-        assert errors == [], "console errors:\n" + "\n".join(errors)
-    finally:
-        browser.close()
-        playwright.stop()

@@ -23,9 +23,8 @@ from tests.conftest import MODELS_DIR
 from tests.netns import inside
 
 server = test_browser.server  # the fixture, bound here (an import would trip ruff F811)
-_launch = test_browser._launch
+chromium = test_browser.chromium
 _sign_up = test_browser._sign_up
-_watch_console = test_browser._watch_console
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
@@ -46,7 +45,6 @@ def test_upload_a_video_follow_its_progress_and_open_the_recording(
         "PYTHONUNBUFFERED": "1",
     }
     env.pop("REDIS_URL", None)
-    errors: list[str] = []
     with inside(ns):
         worker_log = (tmp_path / "worker.log").open("w")
         worker = subprocess.Popen(
@@ -56,58 +54,57 @@ def test_upload_a_video_follow_its_progress_and_open_the_recording(
             stdout=worker_log,
             stderr=subprocess.STDOUT,
         )
-        playwright, browser = _launch(noisy_jfk_wav)
     try:
-        page = browser.new_page()
-        _watch_console(page, errors)
-        _sign_up(page, base, "uploader")
-        page.click("nav.site-nav a[href='/upload/']")
-        expect(page.locator("h1")).to_have_text("Upload & process")
-        for option in ("#upload-blur-faces", "#upload-blur-plates", "#upload-denoise"):
-            expect(page.locator(option)).to_be_checked()  # the defaults
-        expect(page.locator("#upload-blur-text")).not_to_be_checked()
+        with chromium(ns, noisy_jfk_wav, check_console=False) as browser:
+            page = browser.page()
+            _sign_up(page, base, "uploader")
+            page.click("nav.site-nav a[href='/upload/']")
+            expect(page.locator("h1")).to_have_text("Upload & process")
+            for option in ("#upload-blur-faces", "#upload-blur-plates", "#upload-denoise"):
+                expect(page.locator(option)).to_be_checked()  # the defaults
+            expect(page.locator("#upload-blur-text")).not_to_be_checked()
 
-        page.set_input_files("#upload-file", str(not_media))
-        page.click("#upload-submit")
-        expect(page.locator("#upload-error")).to_contain_text("not an audio or video file")
+            page.set_input_files("#upload-file", str(not_media))
+            page.click("#upload-submit")
+            expect(page.locator("#upload-error")).to_contain_text("not an audio or video file")
 
-        page.set_input_files("#upload-file", str(clip))
-        page.fill("#upload-title", "Street walk")
-        page.uncheck("#upload-denoise")  # the AAC track still goes through (passthrough)
-        page.evaluate("window.sameDocument = true")
-        page.click("#upload-submit")
-        # The job's states reach the page as upload.progress events on its socket (the
-        # page never polls): the link to the new recording appears when it is done,
-        # without a reload. (A 1 s clip can finish between two relayed events, so the
-        # "Processing…" state in between is not asserted.)
-        link = page.locator("#upload-recording-link")
-        expect(link).to_be_visible(timeout=120_000)
-        expect(page.locator("#upload-status")).to_contain_text("Done: “Street walk”")
-        assert page.evaluate("window.sameDocument") is True
-        expect(page.locator("#upload-progress")).to_have_attribute("value", "100")
-        link.click()
-        expect(page.locator("#recording-title")).to_have_text("Street walk")
-        video = page.locator("video#recording-audio")
-        expect(video).to_be_visible()
-        page.wait_for_function(
-            "() => document.querySelector('video#recording-audio').readyState >= 1",
-            timeout=20_000,
-        )
-        assert page.evaluate(
-            "() => document.querySelector('video#recording-audio').duration"
-        ) == pytest.approx(1.0, abs=0.1)  # 12 frames at 12 fps
-        expect(page.locator("#recording-video-redaction")).to_contain_text("12 frames processed")
-        expect(page.locator("#recording-file")).to_contain_text("MP4 (H.264 + AAC)")
-        # The list plays it in a <video> too.
-        page.click('.site-nav a:text-is("Recordings")')
-        expect(page.locator(".recording-item video")).to_have_count(1, timeout=15_000)
-        # The one refusal above is logged by Chromium as a failed load; nothing else.
-        refused = "the server responded with a status of 400"
-        assert [e for e in errors if refused not in e] == []
-        assert sum(refused in e for e in errors) == 1
+            page.set_input_files("#upload-file", str(clip))
+            page.fill("#upload-title", "Street walk")
+            page.uncheck("#upload-denoise")  # the AAC track still goes through (passthrough)
+            page.evaluate("window.sameDocument = true")
+            page.click("#upload-submit")
+            # The job's states reach the page as upload.progress events on its socket (the
+            # page never polls): the link to the new recording appears when it is done,
+            # without a reload. (A 1 s clip can finish between two relayed events, so the
+            # "Processing…" state in between is not asserted.)
+            link = page.locator("#upload-recording-link")
+            expect(link).to_be_visible(timeout=120_000)
+            expect(page.locator("#upload-status")).to_contain_text("Done: “Street walk”")
+            assert page.evaluate("window.sameDocument") is True
+            expect(page.locator("#upload-progress")).to_have_attribute("value", "100")
+            link.click()
+            expect(page.locator("#recording-title")).to_have_text("Street walk")
+            video = page.locator("video#recording-audio")
+            expect(video).to_be_visible()
+            page.wait_for_function(
+                "() => document.querySelector('video#recording-audio').readyState >= 1",
+                timeout=20_000,
+            )
+            assert page.evaluate(
+                "() => document.querySelector('video#recording-audio').duration"
+            ) == pytest.approx(1.0, abs=0.1)  # 12 frames at 12 fps
+            expect(page.locator("#recording-video-redaction")).to_contain_text(
+                "12 frames processed"
+            )
+            expect(page.locator("#recording-file")).to_contain_text("MP4 (H.264 + AAC)")
+            # The list plays it in a <video> too.
+            page.click('.site-nav a:text-is("Recordings")')
+            expect(page.locator(".recording-item video")).to_have_count(1, timeout=15_000)
+            # The one refusal above is logged by Chromium as a failed load; nothing else.
+            refused = "the server responded with a status of 400"
+            assert [e for e in browser.errors if refused not in e] == []
+            assert sum(refused in e for e in browser.errors) == 1
     finally:
-        browser.close()
-        playwright.stop()
         worker.terminate()
         try:
             worker.wait(timeout=20)

@@ -12,12 +12,11 @@ from pathlib import Path
 
 import cv2
 import pytest
-from playwright.sync_api import Browser, Playwright, expect, sync_playwright
+from playwright.sync_api import expect
 
 from bench._video_material import pan_frames
 from tests.conftest import MODELS_DIR
-from tests.netns import inside
-from tests.test_browser import CHROMIUM, _befriend, _sign_up, _watch_console, server
+from tests.test_browser import _sign_up_friends, chromium, server
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
@@ -64,42 +63,14 @@ def _frames_decoded(page) -> int:
     )
 
 
-def _launch(audio: Path, video: Path) -> tuple[Playwright, Browser]:
-    playwright = sync_playwright().start()
-    browser = playwright.chromium.launch(
-        executable_path=CHROMIUM,
-        args=[
-            "--no-sandbox",
-            "--use-fake-ui-for-media-stream",
-            "--use-fake-device-for-media-stream",
-            f"--use-file-for-fake-audio-capture={audio}",
-            f"--use-file-for-fake-video-capture={video}",
-            "--allow-loopback-in-peer-connection",
-            "--autoplay-policy=no-user-gesture-required",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--no-first-run",
-        ],
-    )
-    return playwright, browser
-
-
 @pytest.mark.parametrize("server", [{"HEARTH_MODEL_DIR": str(MODELS_DIR)}], indirect=True)
 def test_a_friend_watches_the_redacted_camera(server, noisy_jfk_wav: Path, tmp_path) -> None:
     ns, base = server
-    errors: list[str] = []
     camera = _write_y4m(tmp_path / "city.y4m")
-    with inside(ns):
-        playwright, browser = _launch(noisy_jfk_wav, camera)
-    try:
-        alice = browser.new_context().new_page()
-        bob = browser.new_context().new_page()
-        for page in (alice, bob):
-            _watch_console(page, errors)
-        _sign_up(alice, base, "alice")
-        _sign_up(bob, base, "bob")
-        _befriend("alice", "bob")
+    with chromium(ns, noisy_jfk_wav, video=camera) as browser:
+        alice = browser.page()
+        bob = browser.page()
+        _sign_up_friends(base, alice, bob)
 
         alice.goto(f"{base}/live/")
         expect(alice.locator("#blur-faces")).not_to_be_visible()
@@ -175,7 +146,3 @@ def test_a_friend_watches_the_redacted_camera(server, noisy_jfk_wav: Path, tmp_p
             "data-state", "ended", timeout=20_000
         )
         expect(bob.locator("#remote-video")).to_be_hidden(timeout=15_000)
-        assert errors == [], "console errors:\n" + "\n".join(errors)
-    finally:
-        browser.close()
-        playwright.stop()
