@@ -65,12 +65,12 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription  # noqa: E402
+from aiortc import RTCConfiguration, RTCPeerConnection  # noqa: E402
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack  # noqa: E402
 
 from bench._common import in_temp_workdir, shared_models_dir  # noqa: E402
 from bench.fanout import _listener_close, _listener_open, make_fanout_accounts  # noqa: E402
-from bench.video_fanout import MODES  # noqa: E402
+from bench.video_fanout import MODES, broadcast_offer  # noqa: E402
 from streams.ice import ice_host_addresses_apply  # noqa: E402
 from tests.live_server import LOOPBACK, DaphneProcess, WsClient  # noqa: E402
 
@@ -369,18 +369,7 @@ async def run_mode(
         await ws.expect("hello")
         pc.addTrack(microphone)
         pc.addTrack(camera)
-        await pc.setLocalDescription(await pc.createOffer())
-        await ws.send_json(
-            {
-                "type": "broadcast.start",
-                "sdp": pc.localDescription.sdp,
-                "denoise": False,
-                "blur_faces": blur_faces,
-                "blur_plates": blur_plates,
-            }
-        )
-        answer = await ws.expect("broadcast.answer", timeout=60)
-        await pc.setRemoteDescription(RTCSessionDescription(answer["sdp"], "answer"))
+        answer = await broadcast_offer(ws, pc, blur_faces=blur_faces, blur_plates=blur_plates)
         drain = asyncio.ensure_future(_drain_quietly(ws))
         job = {
             "ws_url": server.ws_url,

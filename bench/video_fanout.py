@@ -203,6 +203,30 @@ class _Broadcast:
     stats: StatsReader
 
 
+async def broadcast_offer(
+    ws: WsClient, pc: RTCPeerConnection, *, blur_faces: bool, blur_plates: bool
+) -> dict[str, Any]:
+    """Send ``pc``'s offer as ``broadcast.start`` (denoise off, the blur switches) and
+    apply the server's answer; returns the ``broadcast.answer`` message.
+
+    Raises:
+        Whatever ``WsClient.expect`` raises when no answer comes within 60 s.
+    """
+    await pc.setLocalDescription(await pc.createOffer())
+    await ws.send_json(
+        {
+            "type": "broadcast.start",
+            "sdp": pc.localDescription.sdp,
+            "denoise": False,
+            "blur_faces": blur_faces,
+            "blur_plates": blur_plates,
+        }
+    )
+    answer = await ws.expect("broadcast.answer", timeout=60)
+    await pc.setRemoteDescription(RTCSessionDescription(answer["sdp"], "answer"))
+    return answer
+
+
 async def _go_live(
     server: DaphneProcess, cookie: str, mode: str, frames: list[NDArray[np.uint8]], name: str
 ) -> _Broadcast:
@@ -215,18 +239,7 @@ async def _go_live(
         await ws.expect("hello")
         pc.addTrack(AudioStreamTrack())
         pc.addTrack(camera)
-        await pc.setLocalDescription(await pc.createOffer())
-        await ws.send_json(
-            {
-                "type": "broadcast.start",
-                "sdp": pc.localDescription.sdp,
-                "denoise": False,
-                "blur_faces": blur_faces,
-                "blur_plates": blur_plates,
-            }
-        )
-        answer = await ws.expect("broadcast.answer", timeout=60)
-        await pc.setRemoteDescription(RTCSessionDescription(answer["sdp"], "answer"))
+        answer = await broadcast_offer(ws, pc, blur_faces=blur_faces, blur_plates=blur_plates)
     except BaseException:
         camera.stop()
         with contextlib.suppress(Exception):
