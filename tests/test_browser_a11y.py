@@ -222,6 +222,10 @@ def test_every_page_and_state_passes_axe_light_and_dark_desktop_and_phone(
 
         # --- Alice stops: Bob's page ends; the recording, its page, the replay link.
         session = _orm(lambda: LiveSession.objects.get(ended_at__isnull=True))
+        # Audits can take less than MIN_RECORDING_S (2 s) on a quick run; a shorter
+        # broadcast is not kept and the recordings page below would be empty (CI saw it:
+        # 99 blocks, 1.98 s). Let a few seconds be recorded first.
+        alice.wait_for_timeout(3000)
         alice.click("#livebar-stop")
         expect(bob.locator("#listen-status")).to_have_attribute(
             "data-state", "ended", timeout=20_000
