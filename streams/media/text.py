@@ -236,9 +236,6 @@ class TextDetector:
         matcher: The personal-information matcher.
         text: Report personal-text lines.
         plates: Report plate-like lines.
-
-    Attributes:
-        lines_read: Lines the OCR returned so far (stats).
     """
 
     name = "rapidocr_text"
@@ -256,14 +253,11 @@ class TextDetector:
         self.matcher = matcher
         self.text = text
         self.plates = plates
-        self.lines_read = 0
 
     def detect(self, image: NDArray[np.uint8]) -> list[Box]:
         """Boxes to blur in ``image`` (BGR uint8)."""
         found: list[Box] = []
-        lines = self.reader.read(image)
-        self.lines_read += len(lines)
-        for line in lines:
+        for line in self.reader.read(image):
             box = line.box
             if self.plates and plate_like(line.text, box):
                 found.append(Box(box.x0, box.y0, box.x1, box.y1, "plate", line.score))

@@ -169,6 +169,13 @@ def analysis_image(
     return small, factor
 
 
+def detect_scaled(detector: Detector, small: NDArray[np.uint8], factor: float) -> list[Box]:
+    """``detector``'s boxes on the analysis image ``small`` (:func:`analysis_image`),
+    scaled by ``factor`` back to the frame's pixels."""
+    boxes = detector.detect(small)
+    return [box.scaled(factor) for box in boxes] if factor != 1.0 else boxes
+
+
 # -- stages ---------------------------------------------------------------------------
 class VideoStage(Stage):
     """Base of video stages: no latency, fail-closed output = the frame blurred whole.
@@ -204,9 +211,10 @@ class DetectStage(VideoStage):
 
     The detector sees the frame downscaled to at most ``analysis_width`` pixels wide
     (:func:`analysis_image`); its boxes are scaled back to frame pixels. With
-    ``every=n`` it runs on every n-th frame and the frames between carry the last
-    result (older pts: the blur stage judges its age). A detector that raises fails
-    closed for that frame only (:attr:`fails_per_item`); the next frame runs it again.
+    ``every=n`` it runs on every n-th frame (``None``: only on the first frame and as
+    ``max_age_s`` asks) and the frames between carry the last result (older pts: the
+    blur stage judges its age). A detector that raises fails closed for that frame only
+    (:attr:`fails_per_item`); the next frame runs it again.
     With ``max_age_s`` it also runs whenever the carried result would be older than
     that for this frame (content time), so skipping frames never makes the blur stage
     find a stale result: a live stream that drops frames runs the detector more often.
@@ -215,7 +223,7 @@ class DetectStage(VideoStage):
         detector: What to run (see :mod:`streams.media.detectors`).
         label: Name its results are filed under in ``frame.detections`` and that the
             blur stage requires (default: the detector's ``kind``).
-        every: Run on every n-th frame (1: every frame).
+        every: Run on every n-th frame (1: every frame; None: never by count).
         analysis_width: Widest analysis image, pixels.
         max_age_s: Run whenever the carried result is older than this, seconds
             (None: ``every`` alone decides).
@@ -228,14 +236,14 @@ class DetectStage(VideoStage):
         detector: Detector,
         *,
         label: str | None = None,
-        every: int = 1,
+        every: int | None = 1,
         analysis_width: int = ANALYSIS_WIDTH,
         max_age_s: float | None = None,
     ) -> None:
         self.detector = detector
         self.label = label or detector.kind
         self.name = f"detect_{self.label}"
-        self.every = max(1, every)
+        self.every = None if every is None else max(1, every)
         self.analysis_width = analysis_width
         self.max_age_s = max_age_s
         self.runs = 0  # frames the detector ran on
@@ -253,7 +261,7 @@ class DetectStage(VideoStage):
             return [frame]
         last = self._last
         run = (
-            self._count % self.every == 0
+            (self.every is not None and self._count % self.every == 0)
             or last is None
             or (self.max_age_s is not None and frame.seconds(frame.pts - last.pts) > self.max_age_s)
         )
@@ -261,9 +269,7 @@ class DetectStage(VideoStage):
         if run:
             self.runs += 1
             small, factor = analysis_image(frame.image, self.analysis_width)
-            boxes = self.detector.detect(small)
-            if factor != 1.0:
-                boxes = [box.scaled(factor) for box in boxes]
+            boxes = detect_scaled(self.detector, small, factor)
             self._last = Detections(self.label, frame.pts, tuple(boxes))
         if self._last is not None:
             frame.detections[self.label] = self._last
@@ -317,10 +323,7 @@ class BackgroundDetectStage(VideoStage):
         self._last: Detections | None = None
 
     def _run(self, image: NDArray[np.uint8], factor: float, pts: int) -> Detections:
-        boxes = self.detector.detect(image)
-        if factor != 1.0:
-            boxes = [box.scaled(factor) for box in boxes]
-        return Detections(self.label, pts, tuple(boxes))
+        return Detections(self.label, pts, tuple(detect_scaled(self.detector, image, factor)))
 
     def process(self, chunk: VideoFrame) -> list[Item]:  # type: ignore[override]
         """Collect a finished run, maybe start one; returns ``[chunk]`` carrying the
@@ -686,10 +689,9 @@ class RecheckStage(VideoStage):
         if frame.failed_closed:
             return [frame]
         small, factor = analysis_image(frame.image, self.analysis_width)
-        boxes = self.detector.detect(small)
+        boxes = detect_scaled(self.detector, small, factor)
         if not boxes:
             return [frame]
-        boxes = [box.scaled(factor) for box in boxes] if factor != 1.0 else boxes
         self.tracker.add(tuple(boxes), seen_s=frame.start_s)
         counts = dict(frame.blurred)
         for box in boxes:
@@ -771,7 +773,7 @@ def redaction_stages(
                 DetectStage(
                     text,
                     label=label,
-                    every=1 << 30,
+                    every=None,
                     analysis_width=analysis_width,
                     max_age_s=text_interval_s,
                 )
@@ -800,6 +802,7 @@ __all__ = [
     "analysis_image",
     "blur_full",
     "blur_region",
+    "detect_scaled",
     "laplacian_variance",
     "redaction_stages",
 ]
